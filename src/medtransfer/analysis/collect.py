@@ -1,0 +1,53 @@
+"""Gather per-run outputs into the tidy CSVs the figures read (one row per measurement)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medtransfer.grid import RUN_COLUMNS, run_columns
+
+
+def collect_metrics(metrics_files: list[str]) -> pd.DataFrame:
+    """metrics.csv: run columns + task, test_auc, test_acc, test_kappa, test_balanced_acc, val_auc,
+    best_epoch, epochs, num_train, train_seconds, config_hash, git_commit."""
+    rows = []
+    for path in metrics_files:
+        metrics = json.loads(Path(path).read_text())
+        row = run_columns(metrics["spec"])
+        row["task"] = metrics["task"]
+        for name in ("auc", "acc", "kappa", "balanced_acc"):
+            row[f"test_{name}"] = metrics["test"].get(name, np.nan)
+        row.update(val_auc=metrics["val"]["auc"], best_epoch=metrics["best_epoch"], epochs=metrics["epochs"],
+                   num_train=metrics["num_train"], train_seconds=metrics["train_seconds"],
+                   config_hash=metrics["provenance"]["config_hash"],
+                   git_commit=metrics["provenance"]["git_commit"])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else list(RUN_COLUMNS))
+
+
+def collect_history(metrics_files: list[str]) -> pd.DataFrame:
+    """history.csv: run columns + the per-epoch rows of each run's history.csv (beside metrics.json)."""
+    frames = []
+    for path in metrics_files:
+        columns = run_columns(json.loads(Path(path).read_text())["spec"])
+        history = pd.read_csv(Path(path).with_name("history.csv"))
+        frames.append(history.assign(**columns)[list(columns) + list(history.columns)])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RUN_COLUMNS))
+
+
+def collect_csvs(csv_files: list[str]) -> pd.DataFrame:
+    """Concatenate per-run tidy CSVs (they already carry the run columns)."""
+    frames = [pd.read_csv(path, keep_default_na=False, na_values=[""]) for path in csv_files]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+COLLECTORS: dict[str, Callable[[list[str]], pd.DataFrame]] = {
+    "metrics": collect_metrics,
+    "history": collect_history,
+    "similarity": collect_csvs,
+}

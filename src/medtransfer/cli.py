@@ -1,0 +1,146 @@
+"""The command line: one sub-command per workflow rule (``medtransfer <command> --help``).
+
+Rules pass each job its spec as JSON (built by medtransfer.grid), so a job never re-reads the
+config. Errors a user can cause end in one line naming the file or key and the fix (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from medtransfer.errors import MedtransferError
+
+log = logging.getLogger("medtransfer")
+
+
+def _spec(text: str) -> dict:
+    return json.loads(Path(text[1:]).read_text()) if text.startswith("@") else json.loads(text)
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from medtransfer.data import build_cache
+
+    spec = _spec(args.spec)
+    build_cache(spec["name"], spec["entry"], spec["out"])
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from medtransfer.devices import configure_threads
+    from medtransfer.training.pretrain import pretrain
+
+    configure_threads(args.threads)
+    meta = pretrain(_spec(args.spec), device=args.device, progress=not args.no_progress)
+    log.info("source %s/%s test %s", meta["source"], meta["arch"], meta["test"])
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from medtransfer.devices import configure_threads
+    from medtransfer.training.finetune import finetune
+
+    configure_threads(args.threads)
+    metrics = finetune(_spec(args.spec), device=args.device, progress=not args.no_progress)
+    log.info("run %s test %s", metrics["run"], metrics["test"])
+
+
+def cmd_activations(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.activations import extract
+    from medtransfer.devices import configure_threads, select_device
+
+    configure_threads(args.threads)
+    extract(_spec(args.spec), select_device(args.device))
+
+
+def cmd_similarity(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.init_final import similarity_init_final
+    from medtransfer.atomic import atomic_path
+
+    spec = _spec(args.spec)
+    frame = similarity_init_final(spec["activations"]["init"], spec["activations"]["final"],
+                                  spec["measures"], spec["columns"])
+    with atomic_path(spec["out"]) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.collect import COLLECTORS
+    from medtransfer.atomic import atomic_path
+
+    frame = COLLECTORS[args.kind](args.inputs)
+    with atomic_path(args.out) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    from medtransfer.figures import FIGURES
+
+    function, _kind = FIGURES[args.name]
+    function(args.input, args.out)
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    from medtransfer.figures.tables import summary_table
+
+    summary_table(args.input, args.out_csv, args.out_md)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medtransfer", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, function: Callable, help_text: str, job: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(function=function)
+        if job:
+            sub.add_argument("--spec", required=True, help="job spec as JSON, or @file.json")
+            sub.add_argument("--threads", type=int, default=None, help="torch threads (Snakemake's {threads})")
+            sub.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default; env MEDTRANSFER_DEVICE)")
+            sub.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs stay readable)")
+        return sub
+
+    add("preprocess", cmd_preprocess, "convert a dataset to the HDF5 cache results/data/{dataset}.h5")
+    add("pretrain", cmd_pretrain, "pretrain a source model on a source dataset")
+    add("finetune", cmd_finetune, "initialise and fine-tune one run of the study grid")
+    add("activations", cmd_activations, "activations of every canonical block, init and final states")
+    add("similarity", cmd_similarity, "similarity(init, final) per block for one run")
+    sub = add("collect", cmd_collect, "gather per-run results into one tidy CSV", job=False)
+    sub.add_argument("kind", choices=["metrics", "history", "similarity"])
+    sub.add_argument("--out", required=True)
+    sub.add_argument("inputs", nargs="+")
+    sub = add("figure", cmd_figure, "draw one figure (PDF + PNG) from a tidy CSV", job=False)
+    sub.add_argument("name")
+    sub.add_argument("--input", required=True)
+    sub.add_argument("--out", required=True, help="the .pdf; the .png is written beside it")
+    sub = add("table", cmd_table, "summary table (mean ± sd over seeds) as CSV and Markdown", job=False)
+    sub.add_argument("--input", required=True)
+    sub.add_argument("--out-csv", required=True)
+    sub.add_argument("--out-md", required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.function(args)
+    except MedtransferError as error:
+        print(f"medtransfer {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - keep the traceback for bugs, name the preemption
+        from medtransfer.training.trainer import Preempted
+
+        if isinstance(error, Preempted):
+            print(f"medtransfer {args.command}: preempted: {error}", file=sys.stderr)
+            return 3
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Which device a job uses, and how concurrent GPU jobs on one machine avoid each other.
+
+Snakemake's ``--resources gpu=N`` only bounds how many ``gpu=1`` jobs run at once; it does not
+tell a job *which* GPU is free, and it does not set CUDA_VISIBLE_DEVICES when running locally.
+So a local GPU job claims a device itself: it takes an exclusive, non-blocking ``flock`` on one
+lock file per visible device (in a node-local folder) and keeps it for its lifetime. The kernel
+releases the lock when the process ends, even after SIGKILL, so a crashed job never leaves a GPU
+marked busy. Under SLURM the scheduler already restricts CUDA_VISIBLE_DEVICES to the job's GPUs,
+so the job uses the first visible device. Without CUDA everything runs on the CPU, same code.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+_held_locks: list = []  # file objects whose flock marks a claimed GPU; kept open until exit
+
+
+def default_lock_dir() -> Path:
+    # Node-local on purpose: two nodes sharing a home directory have different GPUs.
+    return Path(os.environ.get("MEDTRANSFER_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / "medtransfer-gpu-locks"))
+
+
+def claim_gpu(n_devices: int, lock_dir: str | Path | None = None, timeout_s: float = 600.0) -> int:
+    """Claim the first free device index in ``range(n_devices)``; hold it until the process ends.
+
+    Waits (polling) while all devices are claimed, up to ``timeout_s`` seconds, then raises
+    RuntimeError: more GPU jobs are running than GPUs exist (``--resources gpu`` too high).
+    """
+    if n_devices < 1:
+        raise ValueError("n_devices must be at least 1")
+    lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for index in range(n_devices):
+            handle = open(lock_dir / f"gpu{index}.lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            _held_locks.append(handle)
+            return index
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"all {n_devices} GPUs are claimed by other medtransfer jobs (locks in {lock_dir}); "
+                "run with --resources gpu=N where N is at most the number of GPUs"
+            )
+        time.sleep(1.0)
+
+
+def managed_by_scheduler() -> bool:
+    """True when a batch scheduler has already restricted the visible GPUs to this job."""
+    return "SLURM_JOB_ID" in os.environ and "CUDA_VISIBLE_DEVICES" in os.environ
+
+
+def select_device(requested: str | None = None) -> torch.device:
+    """The device for this job.
+
+    ``requested`` (or env MEDTRANSFER_DEVICE): "cpu", "cuda", "cuda:N" or None/"auto". With
+    "auto" a job uses a GPU when CUDA is available: under a scheduler the first visible one,
+    otherwise the first one no other medtransfer job on this machine holds.
+    """
+    requested = requested or os.environ.get("MEDTRANSFER_DEVICE") or "auto"
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested.startswith("cuda:"):
+        return torch.device(requested)
+    if not torch.cuda.is_available():
+        if requested == "cuda":
+            raise RuntimeError("device 'cuda' was requested but CUDA is not available")
+        return torch.device("cpu")
+    n_devices = torch.cuda.device_count()
+    if managed_by_scheduler() or n_devices == 1:
+        return torch.device("cuda:0")
+    return torch.device(f"cuda:{claim_gpu(n_devices)}")
+
+
+def configure_threads(threads: int | None) -> None:
+    """Use the threads Snakemake gave the job (``{threads}``), not every core of the node."""
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))

@@ -1,0 +1,391 @@
+"""The study grid: the one place where a config becomes the list of jobs.
+
+``Study(config)`` checks the cross-references the JSON schema cannot (targets and pretrain
+datasets exist, inits name known sources and registered initialisations, architectures exist)
+and expands ``datasets × architectures × inits × fractions × seeds`` into :class:`Run` cells.
+The Snakefile asks it for targets and for the spec (a JSON-able dict) of each job; the CLI
+receives that spec, so a job never re-reads the config.
+
+Init labels (the ``{init}`` path component) are built from the config entry:
+``RI``, ``Gabor``, ``WT_<source>``, ``ST_<source>``, ``WT-ST_<source>_k<k>``,
+``WT-RI_<source>_k<k>`` and ``..._slim<factor>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medtransfer import paths
+from medtransfer.errors import ConfigError
+from medtransfer.paths import Run
+
+# Inits and the options they take; the full registry lives in medtransfer.init, which imports
+# torch. The grid must stay importable cheaply (the Snakefile imports it), so it checks names
+# against this list; tests/test_grid.py keeps it equal to the registry.
+INITS_WITH_SOURCE = ("WT", "ST", "WT-ST", "WT-RI")
+INITS_WITHOUT_SOURCE = ("RI", "Gabor")
+INITS_WITH_K = ("WT-ST", "WT-RI")
+
+DEFAULT_TRAINING: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 64,
+    "eval_batch_size": 256,
+    "optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9},
+    "schedule": {"name": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1, "warmup_epochs": 0},
+    "normalize": "dataset",
+    "image_size": None,
+    "resize_mode": "nearest",
+    "augment": None,
+    "select_on": "val_auc",
+    "amp": "bf16",
+    "channels_last": True,
+    "deterministic": True,
+    "num_workers": 2,
+    "max_memory_mb": 4096,
+    "checkpoint_minutes": 10.0,
+}
+
+DEFAULT_ANALYSIS: dict[str, Any] = {
+    "probe_size": 512,
+    "probe_split": "test",
+    "probe_seed": 0,
+    "pool": 4,
+    "dtype": "float32",
+    "measures": ["linear_cka"],
+    "pairs": [],
+}
+
+# Per-rule defaults; config `resources:` overrides them per rule name.
+DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
+    "preprocess": {"threads": 2, "mem_mb": 4000, "runtime": 60},
+    "pretrain": {"threads": 4, "mem_mb": 8000, "runtime": 240},
+    "finetune": {"threads": 4, "mem_mb": 8000, "runtime": 240},
+    "activations": {"threads": 2, "mem_mb": 8000, "runtime": 30},
+    "similarity": {"threads": 2, "mem_mb": 8000, "runtime": 30},
+    "collect": {"threads": 1, "mem_mb": 2000, "runtime": 10},
+    "figure": {"threads": 1, "mem_mb": 2000, "runtime": 10},
+}
+
+
+# Figure name -> the tidy CSV (medtransfer.paths.analysis_table kind) it is drawn from. The
+# drawing functions live in medtransfer.figures (which imports matplotlib; the Snakefile must
+# not); tests/test_grid.py keeps the two in step.
+FIGURE_INPUTS: dict[str, str] = {
+    "test_auc": "metrics",
+    "init_comparison": "metrics",
+    "metric_vs_k": "metrics",
+    "convergence": "history",
+    "epochs_to_95": "history",
+    "similarity_init_final": "similarity_init_final",
+    "similarity_pairs_heatmap": "similarity_pairs",
+    "similarity_pairs_blocks": "similarity_pairs",
+}
+
+
+def deep_merge(base: dict, override: dict | None) -> dict:
+    """A copy of ``base`` with ``override`` merged in, recursively for nested dicts."""
+    merged = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def spec_hash(spec: Any) -> str:
+    """A short, stable hash of a JSON-able spec (key order does not matter)."""
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path, schema: str | Path | None = None) -> dict:
+    """Read a YAML config and validate it against the JSON schema (the Snakefile does the same
+    with snakemake.utils.validate). Errors name the key path and the allowed values."""
+    with open(path) as handle:
+        config = yaml.safe_load(handle)
+    if schema is not None:
+        validate_config(config, schema)
+    return config
+
+
+def validate_config(config: dict, schema: str | Path) -> None:
+    import jsonschema
+
+    with open(schema) as handle:
+        schema_dict = yaml.safe_load(handle)
+    validator = jsonschema.Draft202012Validator(schema_dict)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+        raise ConfigError(f"config key {key}: {error.message}")
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """One expanded init of the grid: the registry name, its source and options."""
+
+    name: str
+    source: str | None = None
+    k: int | None = None
+    slim: float | None = None
+
+    @property
+    def label(self) -> str:
+        parts = [self.name]
+        if self.source:
+            parts.append(self.source)
+        if self.k is not None:
+            parts.append(f"k{self.k}")
+        if self.slim is not None:
+            parts.append(f"slim{self.slim:g}")
+        return "_".join(parts)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "k": self.k, "slim": self.slim, "label": self.label}
+
+
+def expand_init(entry: str | dict, index: int) -> list[InitSpec]:
+    """One config entry of ``study.inits`` -> one InitSpec per k (a list of k is a sweep)."""
+    key = f"study.inits[{index}]"
+    allowed = ", ".join(INITS_WITHOUT_SOURCE + INITS_WITH_SOURCE)
+    if isinstance(entry, str):
+        if entry in INITS_WITH_SOURCE:
+            raise ConfigError(f"config key {key}: {entry} needs a source, write {{{entry}: <source name>}}")
+        if entry not in INITS_WITHOUT_SOURCE:
+            raise ConfigError(f"config key {key}: unknown init {entry!r}; allowed: {allowed}")
+        return [InitSpec(entry)]
+    options = {k: v for k, v in entry.items() if k in ("k", "slim")}
+    names = [k for k in entry if k not in ("k", "slim")]
+    if len(names) != 1:
+        raise ConfigError(f"config key {key}: name exactly one init (allowed: {allowed}), got {names}")
+    name = names[0]
+    if name not in INITS_WITH_SOURCE + INITS_WITHOUT_SOURCE:
+        raise ConfigError(f"config key {key}: unknown init {name!r}; allowed: {allowed}")
+    source = entry[name] if name in INITS_WITH_SOURCE else None
+    if name in INITS_WITH_SOURCE and not isinstance(source, str):
+        raise ConfigError(f"config key {key}.{name}: give the name of a source from `sources:`")
+    ks = options.get("k")
+    if name in INITS_WITH_K and ks is None:
+        raise ConfigError(f"config key {key}: {name} needs k (the number of transferred blocks, or a list)")
+    if name not in INITS_WITH_K and ks is not None:
+        raise ConfigError(f"config key {key}.k: only {', '.join(INITS_WITH_K)} take k")
+    slim = options.get("slim")
+    if slim is not None and name != "WT-RI":
+        raise ConfigError(f"config key {key}.slim: only WT-RI takes a slim top")
+    ks = ks if isinstance(ks, list) else [ks]
+    return [InitSpec(name, source, k, slim) for k in ks]
+
+
+RUN_COLUMNS = ("dataset", "arch", "init", "init_name", "source", "k", "fraction", "seed")
+
+
+def run_columns(run_spec: dict) -> dict:
+    """The columns that identify a run in every tidy CSV, from its spec (``Study.run_spec``)."""
+    init = run_spec["init"]
+    return {
+        "dataset": run_spec["dataset"],
+        "arch": run_spec["arch"],
+        "init": init["label"],
+        "init_name": init["name"],
+        "source": init["source"] or "",
+        "k": "" if init["k"] is None else init["k"],
+        "fraction": float(run_spec["fraction"]),
+        "seed": int(run_spec["seed"]),
+    }
+
+
+@dataclass
+class Study:
+    """The validated, expanded study of a config."""
+
+    config: dict
+    inits: list[InitSpec] = field(init=False)
+    runs: list[Run] = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.config
+        study = config["study"]
+        self.datasets: dict[str, dict] = config["datasets"]
+        self.sources: dict[str, dict] = config.get("sources") or {}
+        self.train = deep_merge(DEFAULT_TRAINING, config.get("train"))
+        self.pretrain_defaults = deep_merge(self.train, config.get("pretrain"))
+        self.analysis = deep_merge(DEFAULT_ANALYSIS, config.get("analysis"))
+        self.arch_options: dict[str, dict] = config.get("architectures") or {}
+        self.resources = deep_merge(DEFAULT_RESOURCES, config.get("resources"))
+
+        for i, target in enumerate(study["targets"]):
+            self._check_dataset(target, f"study.targets[{i}]")
+        for name, source in self.sources.items():
+            if "pretrain" in source:
+                self._check_dataset(source["pretrain"]["dataset"], f"sources.{name}.pretrain.dataset")
+        self.inits = [spec for i, entry in enumerate(study["inits"]) for spec in expand_init(entry, i)]
+        for i, spec in enumerate(self.inits):
+            if spec.source is not None and spec.source not in self.sources:
+                known = ", ".join(self.sources) or "none defined"
+                raise ConfigError(
+                    f"config key study.inits: init {spec.label} names source {spec.source!r}, "
+                    f"which is not under `sources:` (defined: {known})"
+                )
+        labels = [spec.label for spec in self.inits]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"config key study.inits: the same init appears twice ({labels})")
+        self.architectures: list[str] = list(study["architectures"])
+        self.fractions = [paths.format_fraction(f) for f in study["fractions"]]
+        self.seeds: list[int] = list(study["seeds"])
+        self.runs = [
+            Run(dataset, arch, spec.label, fraction, seed)
+            for dataset, arch, spec, fraction, seed in product(
+                study["targets"], self.architectures, self.inits, self.fractions, self.seeds
+            )
+        ]
+        self._init_by_label = {spec.label: spec for spec in self.inits}
+        for i, pair in enumerate(self.analysis["pairs"]):
+            for side in ("a", "b"):
+                if pair[side] not in self._init_by_label:
+                    raise ConfigError(
+                        f"config key analysis.pairs[{i}].{side}: {pair[side]!r} is not an init label "
+                        f"of the study; labels: {', '.join(labels)}"
+                    )
+
+    def _check_dataset(self, name: str, key: str) -> None:
+        if name not in self.datasets:
+            raise ConfigError(
+                f"config key {key}: dataset {name!r} is not under `datasets:` "
+                f"(defined: {', '.join(self.datasets)})"
+            )
+
+    # ---- what the workflow builds -------------------------------------------------------
+
+    def init_spec(self, label: str) -> InitSpec:
+        try:
+            return self._init_by_label[label]
+        except KeyError:
+            raise ConfigError(f"init label {label!r} is not in the study") from None
+
+    def pretrain_jobs(self) -> list[tuple[str, str]]:
+        """(source, arch) pairs that the workflow must pretrain itself."""
+        needed = {spec.source for spec in self.inits if spec.source}
+        return [
+            (source, arch)
+            for source in sorted(needed)
+            if "pretrain" in self.sources[source]
+            for arch in self.architectures
+        ]
+
+    def datasets_needed(self) -> list[str]:
+        names = {run.dataset for run in self.runs}
+        names |= {self.sources[s]["pretrain"]["dataset"] for s, _ in self.pretrain_jobs()}
+        return sorted(names)
+
+    def run_groups(self) -> dict[tuple[str, str, str], list[Run]]:
+        """Runs grouped by (dataset, arch, fraction): the unit of cross-run comparisons."""
+        groups: dict[tuple[str, str, str], list[Run]] = {}
+        for run in self.runs:
+            groups.setdefault((run.dataset, run.arch, run.fraction), []).append(run)
+        return groups
+
+    # ---- job specs (what the CLI receives) ------------------------------------------------
+
+    def preprocess_spec(self, dataset: str) -> dict:
+        return {"name": dataset, "entry": self.datasets[dataset], "out": paths.dataset_cache(dataset)}
+
+    def source_spec(self, source: str, arch: str) -> dict:
+        """Where the weights of ``source`` for ``arch`` come from (medtransfer.models.weights)."""
+        entry = self.sources[source]
+        if "pretrain" in entry:
+            return {"kind": "pretrain", "path": paths.pretrain_model(source, arch)}
+        if "file" in entry:
+            return {"kind": "file", "path": entry["file"].replace("{arch}", arch)}
+        tag = entry["timm"]
+        return {"kind": "timm", "arch": arch, "tag": None if tag is True else tag}
+
+    def pretrain_spec(self, source: str, arch: str) -> dict:
+        entry = self.sources[source]["pretrain"]
+        return {
+            "source": source,
+            "arch": arch,
+            "arch_options": self.arch_options.get(arch, {}),
+            "dataset": entry["dataset"],
+            "cache": paths.dataset_cache(entry["dataset"]),
+            "training": deep_merge(self.pretrain_defaults, entry.get("training")),
+            "seed": 0,
+            "out_dir": paths.pretrain_dir(source, arch),
+        }
+
+    def run_spec(self, run: Run) -> dict:
+        init = self.init_spec(run.init)
+        return {
+            "run": run.id,
+            "run_dir": paths.run_dir(run),
+            "dataset": run.dataset,
+            "cache": paths.dataset_cache(run.dataset),
+            "arch": run.arch,
+            "arch_options": self.arch_options.get(run.arch, {}),
+            "init": init.as_dict(),
+            "source": self.source_spec(init.source, run.arch) if init.source else None,
+            "fraction": float(run.fraction),
+            "seed": int(run.seed),
+            "training": self.train,
+        }
+
+    def activation_spec(self, run: Run) -> dict:
+        """What the activations job needs: the run's model files, the probe set and pooling."""
+        run_spec = self.run_spec(run)
+        keys = ("probe_size", "probe_split", "probe_seed", "pool", "dtype")
+        return {
+            "run": run.id,
+            "run_dir": paths.run_dir(run),
+            "cache": run_spec["cache"],
+            "arch": run.arch,
+            "arch_options": run_spec["arch_options"],
+            "init": run_spec["init"],
+            "columns": run_columns(run_spec),
+            "out": {state: paths.activations(run, state) for state in paths.STATES},
+            "training": {k: self.train[k] for k in ("normalize", "image_size", "resize_mode", "eval_batch_size",
+                                                    "max_memory_mb", "num_workers")},
+            **{k: self.analysis[k] for k in keys},
+        }
+
+    def similarity_spec(self, run: Run) -> dict:
+        return {
+            "columns": self.run_columns(run),
+            "activations": {state: paths.activations(run, state) for state in paths.STATES},
+            "measures": self.analysis["measures"],
+            "out": paths.run_analysis("similarity_init_final", run),
+        }
+
+    def run_columns(self, run: Run) -> dict:
+        """The columns that identify a run in every tidy CSV."""
+        return run_columns(self.run_spec(run))
+
+    def figure_names(self) -> list[str]:
+        """The figures this study can draw (e.g. the k sweep only when a WT-ST/WT-RI init is in it)."""
+        names = ["test_auc", "convergence", "epochs_to_95"]
+        init_names = {spec.name for spec in self.inits}
+        if len(init_names & {"RI", "ST", "WT"}) >= 2:
+            names.append("init_comparison")
+        if init_names & set(INITS_WITH_K):
+            names.append("metric_vs_k")
+        if self.analysis["measures"]:
+            names.append("similarity_init_final")
+        if self.analysis["pairs"]:
+            names += ["similarity_pairs_heatmap", "similarity_pairs_blocks"]
+        return names
+
+    def figure_input(self, name: str) -> str:
+        if name not in FIGURE_INPUTS:
+            raise ConfigError(f"unknown figure {name!r}; figures: {', '.join(FIGURE_INPUTS)}")
+        return FIGURE_INPUTS[name]
+
+    def resources_for(self, rule: str) -> dict[str, int]:
+        return dict(self.resources[rule])

@@ -1,0 +1,99 @@
+"""Every path of the stage contracts, spelled once (DESIGN.md, "Contracts between stages").
+
+The Snakemake rules import these helpers, so a path is never written twice. All paths are
+relative to the results root (``results/`` by default) and returned as strings, because that
+is what Snakemake's ``input``/``output`` expect; the ``{wildcard}`` patterns for the rules come
+from the same functions called with wildcard names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RESULTS = "results"
+STATES = ("init", "final")
+RUN_FILES = ("init.pt", "final.pt", "history.csv", "metrics.json", "predictions.h5")
+
+
+def format_fraction(fraction: float | str) -> str:
+    """Canonical spelling of a data fraction in paths: 1.0 -> '1', 0.1 -> '0.1'."""
+    if isinstance(fraction, str):
+        return fraction
+    return f"{float(fraction):g}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of the study grid. ``init`` is the init label (see ``medtransfer.grid``)."""
+
+    dataset: str
+    arch: str
+    init: str
+    fraction: str
+    seed: int | str
+
+    @property
+    def id(self) -> str:
+        """'{dataset}/{arch}/{init}/f{fraction}/s{seed}', the run's name in every stage."""
+        return f"{self.dataset}/{self.arch}/{self.init}/f{format_fraction(self.fraction)}/s{self.seed}"
+
+    @classmethod
+    def pattern(cls) -> "Run":
+        """The run with Snakemake wildcards in place of values."""
+        return cls("{dataset}", "{arch}", "{init}", "{fraction}", "{seed}")
+
+
+def dataset_cache(dataset: str, root: str = RESULTS) -> str:
+    return f"{root}/data/{dataset}.h5"
+
+
+def pretrain_dir(source: str, arch: str, root: str = RESULTS) -> str:
+    # DESIGN names results/pretrain/{source}/; a source is pretrained once per architecture,
+    # so the architecture is a level below it.
+    return f"{root}/pretrain/{source}/{arch}"
+
+
+def pretrain_model(source: str, arch: str, root: str = RESULTS) -> str:
+    return f"{pretrain_dir(source, arch, root)}/model.pt"
+
+
+def pretrain_meta(source: str, arch: str, root: str = RESULTS) -> str:
+    return f"{pretrain_dir(source, arch, root)}/meta.json"
+
+
+def run_dir(run: Run, root: str = RESULTS) -> str:
+    return f"{root}/runs/{run.id}"
+
+
+def run_file(run: Run, name: str, root: str = RESULTS) -> str:
+    if name not in RUN_FILES + ("init.json",):
+        raise ValueError(f"{name!r} is not a run file; run files: {RUN_FILES + ('init.json',)}")
+    return f"{run_dir(run, root)}/{name}"
+
+
+def activations(run: Run, state: str, root: str = RESULTS) -> str:
+    if state not in STATES:
+        raise ValueError(f"state must be one of {STATES}, not {state!r}")
+    return f"{root}/activations/{run.id}/{state}.h5"
+
+
+def analysis_table(kind: str, root: str = RESULTS) -> str:
+    """The tidy CSV of one kind of measurement over the whole study (metrics, history, ...)."""
+    return f"{root}/analysis/{kind}.csv"
+
+
+def run_analysis(kind: str, run: Run, root: str = RESULTS) -> str:
+    """The per-run part of ``analysis_table(kind)``, gathered by the collect rule."""
+    return f"{root}/analysis/{kind}/{run.id}.csv"
+
+
+def table(name: str, ext: str = "csv", root: str = RESULTS) -> str:
+    return f"{root}/tables/{name}.{ext}"
+
+
+def figure(name: str, ext: str = "pdf", root: str = RESULTS) -> str:
+    return f"{root}/figures/{name}.{ext}"
+
+
+def log(rule: str, name: str, root: str = RESULTS) -> str:
+    return f"{root}/logs/{rule}/{name}.log"

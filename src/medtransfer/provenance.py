@@ -1,0 +1,59 @@
+"""What produced a result: code version, packages, machine, device, seed, config hash.
+
+Every JSON output of the workflow embeds ``provenance(...)`` so that a number can be traced to
+a config, a seed and a code version (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import platform
+import socket
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGES = ("medtransfer", "torch", "torchvision", "timm", "numpy", "h5py", "scikit-learn", "pandas")
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str:
+    """The commit of the code that runs (``+dirty`` when the tree has changes), or 'unknown'."""
+    where = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def provenance(*, spec_hash: str, seed: int | None = None, device: str | None = None,
+               wall_seconds: float | None = None) -> dict:
+    return {
+        "config_hash": spec_hash,
+        "seed": seed,
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "host": socket.gethostname(),
+        "device": device,
+        "wall_seconds": wall_seconds,
+        "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }

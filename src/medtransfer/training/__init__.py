@@ -1,0 +1,1 @@
+"""Training: the fine-tuning and pretraining loops, checkpoints, losses and metrics."""

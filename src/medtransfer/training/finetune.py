@@ -1,0 +1,133 @@
+"""Fine-tune one cell of the study grid and write the run's files (DESIGN.md contracts).
+
+``finetune(spec)`` takes the JSON spec the workflow built for the run (medtransfer.grid
+``Study.run_spec``) and writes, in the run directory: ``init.pt`` + ``init.json`` (the weights
+right after initialisation and where each block's came from), ``history.csv`` (one row per
+epoch), ``final.pt`` (the weights of the best validation epoch), ``predictions.h5`` (val and
+test scores) and ``metrics.json`` (test metrics with provenance). Training state lives in
+``checkpoint.pt`` until the run finishes, so a killed job resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+from medtransfer import data, init, models
+from medtransfer.atomic import atomic_path, torch_save, write_json
+from medtransfer.devices import select_device
+from medtransfer.grid import spec_hash
+from medtransfer.provenance import provenance
+from medtransfer.training.trainer import evaluate, fit, precision_for
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def input_size(arch: str, training: dict) -> int | None:
+    """Batches are resized on the device to this size: the config's, else the architecture's
+    required size (ViT/Swin patch grid, Inception's 299), else the cache's own size (None)."""
+    return training.get("image_size") or models.default_input_size(arch)
+
+
+def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | None) -> dict[str, Any]:
+    """Train (shuffled, augmented, subset), val and test loaders for a run or a pretraining."""
+    training = spec["training"]
+    common = dict(
+        device=device, channels=3, normalize=training["normalize"],
+        image_size=input_size(spec["arch"], training), resize_mode=training["resize_mode"],
+        max_memory_mb=training["max_memory_mb"], num_workers=training["num_workers"], seed=spec["seed"],
+    )
+    return {
+        "train": data.make_loader(spec["cache"], "train", batch_size=training["batch_size"], shuffle=True,
+                                  indices=train_indices, augment=training["augment"], **common),
+        "val": data.make_loader(spec["cache"], "val", batch_size=training["eval_batch_size"], shuffle=False,
+                                **common),
+        "test": data.make_loader(spec["cache"], "test", batch_size=training["eval_batch_size"], shuffle=False,
+                                 **common),
+    }
+
+
+def write_predictions(path: Path, evaluations: dict[str, Any], task: str, class_names: list[str]) -> None:
+    """predictions.h5: per split ``scores`` float32 [N, K] and ``labels`` (loader order = cache order)."""
+    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as handle:
+        handle.attrs["task"] = task
+        handle.attrs["class_names"] = np.array(class_names, dtype=h5py.string_dtype())
+        for split, evaluation in evaluations.items():
+            group = handle.create_group(split)
+            group.create_dataset("scores", data=evaluation.scores.astype(np.float32))
+            group.create_dataset("labels", data=evaluation.labels)
+
+
+def finetune(spec: dict, *, device: str | None = None, progress: bool = True) -> dict:
+    """Run one fine-tuning job; return the metrics dict written to metrics.json."""
+    wall_start = time.monotonic()
+    run_dir = Path(spec["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    training = spec["training"]
+    job_hash = spec_hash(spec)
+    torch_device = select_device(device)
+    seed_everything(spec["seed"], training["deterministic"])
+
+    info = data.read_info(spec["cache"])
+    init_spec = spec["init"]
+    model = models.create(spec["arch"], info.num_classes, in_chans=3, **spec["arch_options"],
+                          **models.init_create_options(init_spec))
+    source = models.load_source_state_dict(spec["source"]) if spec["source"] else None
+    record = init.apply(model, init_spec["name"], source=source, k=init_spec["k"], seed=spec["seed"],
+                        **({"slim": init_spec["slim"]} if init_spec.get("slim") else {}))
+    torch_save({"state_dict": model.state_dict(), "arch": spec["arch"], "num_classes": info.num_classes,
+                "arch_options": spec["arch_options"], "init": init_spec}, run_dir / "init.pt")
+    write_json(run_dir / "init.json", {"run": spec["run"], **record})
+
+    _, train_labels = data.read_labels(spec["cache"], "train")
+    train_indices = data.subset_indices(train_labels, spec["fraction"], spec["seed"])
+    loaders = make_loaders(spec, torch_device, train_indices)
+    precision = precision_for(torch_device, training)
+    result = fit(model, loaders["train"], loaders["val"], task=info.task, training=training,
+                 device=torch_device, checkpoint_path=run_dir / "checkpoint.pt", spec_hash=job_hash,
+                 precision=precision, progress=progress)
+
+    model.load_state_dict(result.best_state)
+    evaluations = {split: evaluate(model, loaders[split], info.task, torch_device, precision)
+                   for split in ("val", "test")}
+    with atomic_path(run_dir / "history.csv") as tmp:
+        pd.DataFrame(result.history).to_csv(tmp, index=False)
+    write_predictions(run_dir / "predictions.h5", evaluations, info.task, info.class_names)
+    torch_save({"state_dict": result.best_state, "arch": spec["arch"], "num_classes": info.num_classes,
+                "arch_options": spec["arch_options"], "init": init_spec, "best_epoch": result.best_epoch},
+               run_dir / "final.pt")
+    metrics = {
+        "run": spec["run"],
+        "task": info.task,
+        "test": evaluations["test"].metrics,
+        "val": evaluations["val"].metrics,
+        "best_epoch": result.best_epoch,
+        "epochs": len(result.history),
+        "num_train": int(len(train_indices)),
+        "train_seconds": result.train_seconds,
+        "provenance": provenance(spec_hash=job_hash, seed=spec["seed"], device=str(torch_device),
+                                 wall_seconds=time.monotonic() - wall_start),
+        "spec": spec,
+    }
+    # metrics.json last: its presence means the run is complete.
+    write_json(run_dir / "metrics.json", metrics)
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return metrics

@@ -1,0 +1,93 @@
+"""The study grid: expansion, cross-reference checks and the job specs the rules pass on."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from medtransfer import paths
+from medtransfer.errors import ConfigError
+from medtransfer.grid import FIGURE_INPUTS, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, Study, expand_init, load_config, validate_config
+
+from conftest import REPO, SCHEMA, tiny_config
+
+
+def test_grid_is_the_cartesian_product():
+    config = tiny_config()
+    config["study"].update(inits=["RI", {"WT": "natural"}, {"WT-ST": "natural", "k": [1, 2, 3]}],
+                           fractions=[0.1, 0.5, 1.0], seeds=[0, 1])
+    study = Study(config)
+    assert len(study.runs) == 1 * 1 * 5 * 3 * 2
+    assert len({run.id for run in study.runs}) == len(study.runs)
+    assert {run.init for run in study.runs} == {"RI", "WT_natural", "WT-ST_natural_k1", "WT-ST_natural_k2",
+                                                "WT-ST_natural_k3"}
+    assert {run.fraction for run in study.runs} == {"0.1", "0.5", "1"}
+
+
+def test_run_spec_paths_come_from_the_path_helper():
+    study = Study(tiny_config())
+    run = study.runs[-1]
+    spec = study.run_spec(run)
+    assert spec["run_dir"] == paths.run_dir(run)
+    assert spec["cache"] == paths.dataset_cache("lesions")
+    assert spec["source"] == {"kind": "pretrain", "path": paths.pretrain_model("natural", "cbr_tiny")}
+    assert study.pretrain_jobs() == [("natural", "cbr_tiny")]
+    assert study.datasets_needed() == ["lesions", "shapes"]
+
+
+def test_training_defaults_are_merged_not_replaced():
+    study = Study(tiny_config())
+    assert study.train["epochs"] == 2
+    assert study.train["optimizer"]["name"] == "adam"  # from the defaults
+    assert study.pretrain_spec("natural", "cbr_tiny")["training"]["epochs"] == 1
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda c: c["study"].update(targets=["nope"]), "study.targets[0]"),
+        (lambda c: c["study"].update(inits=["XX"]), "unknown init 'XX'"),
+        (lambda c: c["study"].update(inits=["WT"]), "needs a source"),
+        (lambda c: c["study"].update(inits=[{"WT": "imagenet"}]), "not under `sources:`"),
+        (lambda c: c["study"].update(inits=[{"WT-ST": "natural"}]), "needs k"),
+        (lambda c: c["study"].update(inits=[{"WT": "natural", "k": 2}]), "only WT-ST, WT-RI take k"),
+        (lambda c: c["sources"]["natural"]["pretrain"].update(dataset="imagenet"), "sources.natural.pretrain.dataset"),
+        (lambda c: c.update(analysis={"pairs": [{"a": "RI", "b": "ST_natural"}]}), "analysis.pairs[0].b"),
+    ],
+)
+def test_config_errors_name_the_key(mutate, message):
+    config = copy.deepcopy(tiny_config())
+    mutate(config)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Study(config)
+
+
+def test_schema_rejects_a_bad_value_naming_the_key():
+    config = tiny_config()
+    config["train"]["optimizer"] = {"name": "rmsprop", "lr": 0.1}
+    with pytest.raises(ConfigError, match=r"train\.optimizer\.name.*rmsprop"):
+        validate_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize("path", ["config.yaml", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "workflow" / "studies").glob("*.yaml"))])
+def test_shipped_configs_are_valid(path):
+    Study(load_config(REPO / path, SCHEMA))
+
+
+def test_init_names_match_the_registry():
+    from medtransfer.init import INITS
+
+    assert set(INITS.names()) == set(INITS_WITH_SOURCE + INITS_WITHOUT_SOURCE)
+
+
+def test_figure_inputs_match_the_figure_registry():
+    from medtransfer.figures import FIGURES
+
+    assert set(FIGURES) == set(FIGURE_INPUTS)
+
+
+def test_init_labels_are_path_safe_and_unique():
+    specs = expand_init({"WT-RI": "natural", "k": [1, 2], "slim": 0.5}, 0)
+    assert [s.label for s in specs] == ["WT-RI_natural_k1_slim0.5", "WT-RI_natural_k2_slim0.5"]
+    assert all("/" not in s.label for s in specs)

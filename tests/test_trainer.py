@@ -1,0 +1,127 @@
+"""The training loop: schedule, exact resume after preemption, precision policy."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+
+from medtransfer.grid import DEFAULT_TRAINING, deep_merge
+from medtransfer.training.trainer import Preempted, fit, lr_factor, precision_for
+
+
+class TensorLoader:
+    """A minimal loader with the BatchLoader contract: order is a function of (seed, epoch)."""
+
+    def __init__(self, x, y, batch_size, seed=0, shuffle=True, on_batch=None):
+        self.x, self.y, self.batch_size, self.seed, self.shuffle = x, y, batch_size, seed, shuffle
+        self.epoch, self.on_batch = 0, on_batch
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return (len(self.x) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        order = (torch.randperm(len(self.x), generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+                 if self.shuffle else torch.arange(len(self.x)))
+        for i in range(len(self)):
+            if self.on_batch:
+                self.on_batch(self.epoch, i)
+            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.x[index], self.y[index]
+
+
+def problem(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(96, 3, 8, 8, generator=generator)
+    y = (x[:, 0].mean((1, 2)) > 0).long()
+    return x, y
+
+
+def model_factory():
+    torch.manual_seed(0)
+    # dropout makes the RNG state part of what a resume must restore
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 32), torch.nn.ReLU(),
+                               torch.nn.Dropout(0.3), torch.nn.Linear(32, 2))
+
+
+def training(**overrides):
+    return deep_merge(DEFAULT_TRAINING, {"epochs": 4, "batch_size": 16, **overrides})
+
+
+def run_fit(tmp_path, on_batch=None, name="ckpt.pt"):
+    x, y = problem()
+    model = model_factory()
+    result = fit(model, TensorLoader(x, y, 16, on_batch=on_batch), TensorLoader(x, y, 32, shuffle=False),
+                 task="binary", training=training(), device=torch.device("cpu"),
+                 checkpoint_path=tmp_path / name, spec_hash="abc", progress=False)
+    return model, result
+
+
+def test_multistep_schedule_matches_medmnist_protocol():
+    schedule = {"name": "multistep", "milestones": [50, 75], "gamma": 0.1}
+    factors = [lr_factor(e, 100, schedule) for e in range(100)]
+    assert factors[49] == 1.0 and factors[50] == pytest.approx(0.1) and factors[75] == pytest.approx(0.01)
+    fractional = {"name": "multistep", "milestones": [0.5, 0.75], "gamma": 0.1}
+    assert [lr_factor(e, 100, fractional) for e in range(100)] == factors
+    cosine = {"name": "cosine"}
+    assert lr_factor(0, 10, cosine) == 1.0 and lr_factor(5, 10, cosine) == pytest.approx(0.5)
+
+
+def test_sigterm_checkpoints_and_the_rerun_is_bit_identical(tmp_path):
+    reference_model, reference = run_fit(tmp_path / "a")
+
+    def preempt(epoch, batch):
+        if (epoch, batch) == (1, 3):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Preempted, match="checkpoint saved"):
+        run_fit(tmp_path / "b", on_batch=preempt)
+    assert (tmp_path / "b" / "ckpt.pt").exists()
+    resumed_model, resumed = run_fit(tmp_path / "b")
+    for key, value in reference_model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[key]), key
+    strip = lambda history: [{k: v for k, v in row.items() if k != "seconds"} for row in history]  # noqa: E731
+    assert strip(resumed.history) == strip(reference.history)
+    assert resumed.best_epoch == reference.best_epoch
+
+
+def test_a_checkpoint_of_another_spec_is_not_resumed(tmp_path):
+    run_fit(tmp_path)
+    x, y = problem()
+    model = model_factory()
+    result = fit(model, TensorLoader(x, y, 16), TensorLoader(x, y, 32, shuffle=False), task="binary",
+                 training=training(), device=torch.device("cpu"), checkpoint_path=tmp_path / "ckpt.pt",
+                 spec_hash="other", progress=False)
+    assert len(result.history) == 4 and result.history[0]["epoch"] == 1
+
+
+def test_best_validation_epoch_is_kept(tmp_path):
+    _, result = run_fit(tmp_path)
+    best = max(result.history, key=lambda row: row["val_auc"])
+    assert result.best_epoch == best["epoch"]
+
+
+def test_precision_policy_is_cuda_only_unless_forced():
+    config = training(amp="bf16", channels_last=True)
+    assert precision_for(torch.device("cpu"), config).autocast_dtype is None
+    cuda = precision_for(torch.device("cuda", 0), config)
+    assert cuda.autocast_dtype == torch.bfloat16 and cuda.channels_last
+    assert precision_for(torch.device("cuda", 0), training(amp="none")).autocast_dtype is None
+
+
+def test_the_accelerated_path_runs_on_the_cpu(tmp_path):
+    """bf16 autocast + channels_last is the CUDA path; forcing it on the CPU keeps it from rotting."""
+    x, y = problem()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    config = training(amp="bf16", channels_last=True, epochs=1)
+    precision = precision_for(torch.device("cpu"), config, force_on_cpu=True)
+    result = fit(model, TensorLoader(x, y, 16), TensorLoader(x, y, 32, shuffle=False), task="binary",
+                 training=config, device=torch.device("cpu"), checkpoint_path=tmp_path / "c.pt",
+                 spec_hash="x", precision=precision, progress=False)
+    assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))

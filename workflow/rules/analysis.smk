@@ -1,0 +1,74 @@
+rule similarity_init_final:
+    input:
+        init=paths.activations(RUN, "init"),
+        final=paths.activations(RUN, "final"),
+    output:
+        paths.run_analysis("similarity_init_final", RUN),
+    params:
+        spec=similarity_spec,
+    log:
+        paths.log("similarity_init_final", RUN.id),
+    threads: resource("similarity", "threads")
+    resources:
+        mem_mb=resource("similarity", "mem_mb"),
+        runtime=resource("similarity", "runtime"),
+        gpu=0,
+    conda:
+        ENV
+    shell:
+        "medtransfer similarity --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+
+
+rule collect_metrics:
+    input:
+        metrics=run_outputs("metrics.json"),
+    output:
+        paths.analysis_table("metrics"),
+    log:
+        paths.log("collect", "metrics"),
+    threads: 1
+    resources:
+        mem_mb=resource("collect", "mem_mb"),
+        runtime=resource("collect", "runtime"),
+        gpu=0,
+    conda:
+        ENV
+    shell:
+        "medtransfer collect metrics --out {output} {input.metrics} > {log} 2>&1"
+
+
+rule collect_history:
+    input:
+        metrics=run_outputs("metrics.json"),
+        history=run_outputs("history.csv"),
+    output:
+        paths.analysis_table("history"),
+    log:
+        paths.log("collect", "history"),
+    threads: 1
+    resources:
+        mem_mb=resource("collect", "mem_mb"),
+        runtime=resource("collect", "runtime"),
+        gpu=0,
+    conda:
+        ENV
+    shell:
+        "medtransfer collect history --out {output} {input.metrics} > {log} 2>&1"
+
+
+rule collect_similarity_init_final:
+    input:
+        similarity_outputs(),
+    output:
+        paths.analysis_table("similarity_init_final"),
+    log:
+        paths.log("collect", "similarity_init_final"),
+    threads: 1
+    resources:
+        mem_mb=resource("collect", "mem_mb"),
+        runtime=resource("collect", "runtime"),
+        gpu=0,
+    conda:
+        ENV
+    shell:
+        "medtransfer collect similarity --out {output} {input} > {log} 2>&1"

@@ -1,0 +1,99 @@
+# Config validation and every input function; rules hold no logic of their own.
+import json
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from medtransfer import paths
+from medtransfer.errors import ConfigError
+from medtransfer.grid import Study
+from medtransfer.paths import Run
+
+validate(config, "../schemas/config.schema.yaml")
+try:
+    STUDY = Study(config)
+except ConfigError as error:
+    raise WorkflowError(f"invalid config: {error}")
+
+ENV = "../../envs/medtransfer.yaml"
+RUN = Run.pattern()
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9][A-Za-z0-9.-]*",
+    source=r"[A-Za-z0-9][A-Za-z0-9.-]*",
+    arch=r"[^/]+",
+    init=r"[^/]+",
+    fraction=r"[0-9.]+",
+    seed=r"\d+",
+    state=r"init|final",
+
+
+def resource(rule_name, key):
+    return STUDY.resources_for(rule_name)[key]
+
+
+def run_of(wildcards):
+    return Run(wildcards.dataset, wildcards.arch, wildcards.init, wildcards.fraction, wildcards.seed)
+
+
+def as_json(spec):
+    return json.dumps(spec, separators=(",", ":"))
+
+
+# ---- specs handed to `medtransfer <command> --spec` -------------------------------------
+
+
+def preprocess_spec(wildcards):
+    return as_json(STUDY.preprocess_spec(wildcards.dataset))
+
+
+def pretrain_spec(wildcards):
+    return as_json(STUDY.pretrain_spec(wildcards.source, wildcards.arch))
+
+
+def finetune_spec(wildcards):
+    return as_json(STUDY.run_spec(run_of(wildcards)))
+
+
+def activations_spec(wildcards):
+    return as_json(STUDY.activation_spec(run_of(wildcards)))
+
+
+def similarity_spec(wildcards):
+    return as_json(STUDY.similarity_spec(run_of(wildcards)))
+
+
+# ---- inputs -----------------------------------------------------------------------------
+
+
+def pretrain_inputs(wildcards):
+    dataset = STUDY.sources[wildcards.source]["pretrain"]["dataset"]
+    return paths.dataset_cache(dataset)
+
+
+def finetune_inputs(wildcards):
+    """The target's cache, and the source model when the init transfers from our own pretraining."""
+    spec = STUDY.run_spec(run_of(wildcards))
+    inputs = {"cache": spec["cache"]}
+    if spec["source"] and spec["source"]["kind"] in ("pretrain", "file"):
+        inputs["source"] = spec["source"]["path"]
+    return inputs
+
+
+def run_outputs(name):
+    return [paths.run_file(run, name) for run in STUDY.runs]
+
+
+def similarity_outputs(wildcards=None):
+    return [paths.run_analysis("similarity_init_final", run) for run in STUDY.runs]
+
+
+def figure_input(wildcards):
+    return paths.analysis_table(STUDY.figure_input(wildcards.figure))
+
+
+def final_targets():
+    targets = [paths.table("summary", "csv"), paths.table("summary", "md")]
+    targets += [paths.figure(name, ext) for name in STUDY.figure_names() for ext in ("pdf", "png")]
+    return targets

@@ -1,0 +1,16 @@
+rule preprocess:
+    output:
+        paths.dataset_cache("{dataset}"),
+    params:
+        spec=preprocess_spec,
+    log:
+        paths.log("preprocess", "{dataset}"),
+    threads: resource("preprocess", "threads")
+    resources:
+        mem_mb=resource("preprocess", "mem_mb"),
+        runtime=resource("preprocess", "runtime"),
+        gpu=0,
+    conda:
+        ENV
+    shell:
+        "medtransfer preprocess --spec {params.spec:q} --threads {threads} > {log} 2>&1"

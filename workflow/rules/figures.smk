@@ -1,0 +1,47 @@
+# Every figure is a target of its own: `snakemake results/figures/<name>.pdf`.
+
+
+localrules:
+    figure,
+    summary_table,
+    collect_metrics,
+    collect_history,
+    collect_similarity_init_final,
+
+
+rule figure:
+    input:
+        figure_input,
+    output:
+        pdf=report(paths.figure("{figure}", "pdf"), caption="../report/{figure}.rst", category="Figures"),
+        png=report(paths.figure("{figure}", "png"), caption="../report/{figure}.rst", category="Figures"),
+    log:
+        paths.log("figure", "{figure}"),
+    threads: 1
+    resources:
+        mem_mb=resource("figure", "mem_mb"),
+        runtime=resource("figure", "runtime"),
+        gpu=0,
+    conda:
+        ENV
+    shell:
+        "medtransfer figure {wildcards.figure} --input {input} --out {output.pdf} > {log} 2>&1"
+
+
+rule summary_table:
+    input:
+        paths.analysis_table("metrics"),
+    output:
+        csv=report(paths.table("summary", "csv"), caption="../report/summary.rst", category="Tables"),
+        md=paths.table("summary", "md"),
+    log:
+        paths.log("table", "summary"),
+    threads: 1
+    resources:
+        mem_mb=resource("figure", "mem_mb"),
+        runtime=resource("figure", "runtime"),
+        gpu=0,
+    conda:
+        ENV
+    shell:
+        "medtransfer table --input {input} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"

@@ -1,0 +1,23 @@
+rule finetune:
+    input:
+        unpack(finetune_inputs),
+    output:
+        init=paths.run_file(RUN, "init.pt"),
+        init_record=paths.run_file(RUN, "init.json"),
+        final=paths.run_file(RUN, "final.pt"),
+        history=paths.run_file(RUN, "history.csv"),
+        predictions=paths.run_file(RUN, "predictions.h5"),
+        metrics=paths.run_file(RUN, "metrics.json"),
+    params:
+        spec=finetune_spec,
+    log:
+        paths.log("finetune", RUN.id),
+    threads: resource("finetune", "threads")
+    resources:
+        mem_mb=resource("finetune", "mem_mb"),
+        runtime=resource("finetune", "runtime"),
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "medtransfer finetune --spec {params.spec:q} --threads {threads} --no-progress > {log} 2>&1"

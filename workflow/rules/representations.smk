@@ -1,0 +1,21 @@
+rule activations:
+    input:
+        init=paths.run_file(RUN, "init.pt"),
+        final=paths.run_file(RUN, "final.pt"),
+        cache=paths.dataset_cache("{dataset}"),
+    output:
+        init=paths.activations(RUN, "init"),
+        final=paths.activations(RUN, "final"),
+    params:
+        spec=activations_spec,
+    log:
+        paths.log("activations", RUN.id),
+    threads: resource("activations", "threads")
+    resources:
+        mem_mb=resource("activations", "mem_mb"),
+        runtime=resource("activations", "runtime"),
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "medtransfer activations --spec {params.spec:q} --threads {threads} > {log} 2>&1"
