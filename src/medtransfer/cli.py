@@ -78,8 +78,11 @@ def cmd_collect(args: argparse.Namespace) -> None:
 def cmd_figure(args: argparse.Namespace) -> None:
     from medtransfer.figures import FIGURES
 
-    function, _kind = FIGURES[args.name]
-    function(args.input, args.out)
+    function, kind = FIGURES[args.name]
+    if kind.startswith("similarity") and args.measure:
+        function(args.input, args.out, measure=args.measure)
+    else:
+        function(args.input, args.out)
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -116,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("name")
     sub.add_argument("--input", required=True)
     sub.add_argument("--out", required=True, help="the .pdf; the .png is written beside it")
+    sub.add_argument("--measure", default=None, help="similarity measure to draw (similarity figures)")
     sub = add("table", cmd_table, "summary table (mean ± sd over seeds) as CSV and Markdown", job=False)
     sub.add_argument("--input", required=True)
     sub.add_argument("--out-csv", required=True)

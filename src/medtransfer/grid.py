@@ -382,6 +382,10 @@ class Study:
             names += ["similarity_pairs_heatmap", "similarity_pairs_blocks"]
         return names
 
+    def figure_measure(self) -> str:
+        """The similarity measure the figures draw: the first configured one."""
+        return (self.analysis["measures"] or ["linear_cka"])[0]
+
     def figure_input(self, name: str) -> str:
         if name not in FIGURE_INPUTS:
             raise ConfigError(f"unknown figure {name!r}; figures: {', '.join(FIGURE_INPUTS)}")

@@ -10,8 +10,8 @@ rule similarity_init_final:
         paths.log("similarity_init_final", RUN.id),
     threads: resource("similarity", "threads")
     resources:
-        mem_mb=resource("similarity", "mem_mb"),
-        runtime=resource("similarity", "runtime"),
+        mem_mb=per_attempt("similarity", "mem_mb"),
+        runtime=per_attempt("similarity", "runtime"),
         gpu=0,
     conda:
         ENV
@@ -28,8 +28,8 @@ rule collect_metrics:
         paths.log("collect", "metrics"),
     threads: 1
     resources:
-        mem_mb=resource("collect", "mem_mb"),
-        runtime=resource("collect", "runtime"),
+        mem_mb=per_attempt("collect", "mem_mb"),
+        runtime=per_attempt("collect", "runtime"),
         gpu=0,
     conda:
         ENV
@@ -47,8 +47,8 @@ rule collect_history:
         paths.log("collect", "history"),
     threads: 1
     resources:
-        mem_mb=resource("collect", "mem_mb"),
-        runtime=resource("collect", "runtime"),
+        mem_mb=per_attempt("collect", "mem_mb"),
+        runtime=per_attempt("collect", "runtime"),
         gpu=0,
     conda:
         ENV
@@ -65,8 +65,8 @@ rule collect_similarity_init_final:
         paths.log("collect", "similarity_init_final"),
     threads: 1
     resources:
-        mem_mb=resource("collect", "mem_mb"),
-        runtime=resource("collect", "runtime"),
+        mem_mb=per_attempt("collect", "mem_mb"),
+        runtime=per_attempt("collect", "runtime"),
         gpu=0,
     conda:
         ENV

@@ -33,6 +33,16 @@ def resource(rule_name, key):
     return STUDY.resources_for(rule_name)[key]
 
 
+def per_attempt(rule_name, key):
+    """mem_mb / runtime that grow with each retry (a job killed for time or memory gets more)."""
+    base = STUDY.resources_for(rule_name)[key]
+
+    def scaled(wildcards, attempt):
+        return base * attempt
+
+    return scaled
+
+
 def run_of(wildcards):
     return Run(wildcards.dataset, wildcards.arch, wildcards.init, wildcards.fraction, wildcards.seed)
 

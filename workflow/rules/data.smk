@@ -7,8 +7,8 @@ rule preprocess:
         paths.log("preprocess", "{dataset}"),
     threads: resource("preprocess", "threads")
     resources:
-        mem_mb=resource("preprocess", "mem_mb"),
-        runtime=resource("preprocess", "runtime"),
+        mem_mb=per_attempt("preprocess", "mem_mb"),
+        runtime=per_attempt("preprocess", "runtime"),
         gpu=0,
     conda:
         ENV

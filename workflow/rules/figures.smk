@@ -15,17 +15,20 @@ rule figure:
     output:
         pdf=report(paths.figure("{figure}", "pdf"), caption="../report/{figure}.rst", category="Figures"),
         png=report(paths.figure("{figure}", "png"), caption="../report/{figure}.rst", category="Figures"),
+    params:
+        measure=STUDY.figure_measure(),
     log:
         paths.log("figure", "{figure}"),
     threads: 1
     resources:
-        mem_mb=resource("figure", "mem_mb"),
-        runtime=resource("figure", "runtime"),
+        mem_mb=per_attempt("figure", "mem_mb"),
+        runtime=per_attempt("figure", "runtime"),
         gpu=0,
     conda:
         ENV
     shell:
-        "medtransfer figure {wildcards.figure} --input {input} --out {output.pdf} > {log} 2>&1"
+        "medtransfer figure {wildcards.figure} --input {input} --out {output.pdf} "
+        "--measure {params.measure} > {log} 2>&1"
 
 
 rule summary_table:
@@ -38,8 +41,8 @@ rule summary_table:
         paths.log("table", "summary"),
     threads: 1
     resources:
-        mem_mb=resource("figure", "mem_mb"),
-        runtime=resource("figure", "runtime"),
+        mem_mb=per_attempt("figure", "mem_mb"),
+        runtime=per_attempt("figure", "runtime"),
         gpu=0,
     conda:
         ENV

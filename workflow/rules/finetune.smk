@@ -14,8 +14,8 @@ rule finetune:
         paths.log("finetune", RUN.id),
     threads: resource("finetune", "threads")
     resources:
-        mem_mb=resource("finetune", "mem_mb"),
-        runtime=resource("finetune", "runtime"),
+        mem_mb=per_attempt("finetune", "mem_mb"),
+        runtime=per_attempt("finetune", "runtime"),
         gpu=1,
     conda:
         ENV

@@ -10,8 +10,8 @@ rule pretrain:
         paths.log("pretrain", "{source}/{arch}"),
     threads: resource("pretrain", "threads")
     resources:
-        mem_mb=resource("pretrain", "mem_mb"),
-        runtime=resource("pretrain", "runtime"),
+        mem_mb=per_attempt("pretrain", "mem_mb"),
+        runtime=per_attempt("pretrain", "runtime"),
         gpu=1,
     conda:
         ENV

@@ -12,8 +12,8 @@ rule activations:
         paths.log("activations", RUN.id),
     threads: resource("activations", "threads")
     resources:
-        mem_mb=resource("activations", "mem_mb"),
-        runtime=resource("activations", "runtime"),
+        mem_mb=per_attempt("activations", "mem_mb"),
+        runtime=per_attempt("activations", "runtime"),
         gpu=1,
     conda:
         ENV

@@ -60,7 +60,8 @@ def block_activations(model: torch.nn.Module, loader, pool: int, device: torch.d
     """Forward the loader through ``model``; return {block name: float32 array [N, ...]}."""
     model.eval().to(device)
     named = models.blocks(model)
-    channels_last_tokens = models.block_layout(model) == "nhwc"
+    # timm's Swin blocks emit [N, H, W, C]; every other family is channels-first or tokens
+    channels_last_tokens = "swin" in type(model).__name__.lower()
     captured: dict[str, list[torch.Tensor]] = {name: [] for name, _ in named}
 
     def hook(name: str):
@@ -79,11 +80,10 @@ def block_activations(model: torch.nn.Module, loader, pool: int, device: torch.d
     return {name: torch.cat(chunks).numpy() for name, chunks in captured.items()}
 
 
-def load_state(path: str | Path, init_spec: dict | None = None) -> torch.nn.Module:
+def load_state(path: str | Path) -> torch.nn.Module:
     """Rebuild the model saved by fine-tuning (init.pt / final.pt) with its weights."""
     saved = torch.load(path, map_location="cpu", weights_only=False)
-    model = models.create(saved["arch"], saved["num_classes"], in_chans=3, **saved["arch_options"],
-                          **models.init_create_options(init_spec or saved.get("init") or {}))
+    model = models.create(saved["arch"], saved["num_classes"], in_chans=3, **saved["create_kwargs"])
     model.load_state_dict(saved["state_dict"])
     return model
 
@@ -91,7 +91,7 @@ def load_state(path: str | Path, init_spec: dict | None = None) -> torch.nn.Modu
 def extract(spec: dict, device: torch.device) -> None:
     """Write ``spec["out"][state]`` for the init and final states of one run."""
     training = spec["training"]
-    _, split_labels = data.read_labels(spec["cache"], spec["probe_split"])
+    split_labels = data.read_labels(spec["cache"], spec["probe_split"])
     indices = probe_indices(len(split_labels), spec["probe_size"], spec["probe_seed"])
     loader = data.make_loader(
         spec["cache"], spec["probe_split"], batch_size=training["eval_batch_size"], shuffle=False,
@@ -102,7 +102,7 @@ def extract(spec: dict, device: torch.device) -> None:
     )
     dtype = np.dtype(spec["dtype"])
     for state, out in spec["out"].items():
-        model = load_state(Path(spec["run_dir"]) / f"{state}.pt", spec["init"])
+        model = load_state(Path(spec["run_dir"]) / f"{state}.pt")
         acts = block_activations(model, loader, spec["pool"], device)
         with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as handle:
             handle.attrs["run"] = spec["run"]

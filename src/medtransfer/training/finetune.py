@@ -88,16 +88,19 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
 
     info = data.read_info(spec["cache"])
     init_spec = spec["init"]
-    model = models.create(spec["arch"], info.num_classes, in_chans=3, **spec["arch_options"],
-                          **models.init_create_options(init_spec))
+    # create_kwargs: a slim top (WT-RI with slim) changes the architecture itself
+    create_kwargs = {**spec["arch_options"],
+                     **init.create_kwargs(init_spec["name"], k=init_spec["k"], slim=init_spec.get("slim"))}
+    model = models.create(spec["arch"], info.num_classes, in_chans=3, **create_kwargs)
     source = models.load_source_state_dict(spec["source"]) if spec["source"] else None
     record = init.apply(model, init_spec["name"], source=source, k=init_spec["k"], seed=spec["seed"],
                         **({"slim": init_spec["slim"]} if init_spec.get("slim") else {}))
-    torch_save({"state_dict": model.state_dict(), "arch": spec["arch"], "num_classes": info.num_classes,
-                "arch_options": spec["arch_options"], "init": init_spec}, run_dir / "init.pt")
+    saved = {"arch": spec["arch"], "num_classes": info.num_classes, "create_kwargs": create_kwargs,
+             "init": init_spec}
+    torch_save({"state_dict": model.state_dict(), **saved}, run_dir / "init.pt")
     write_json(run_dir / "init.json", {"run": spec["run"], **record})
 
-    _, train_labels = data.read_labels(spec["cache"], "train")
+    train_labels = data.read_labels(spec["cache"], "train")
     train_indices = data.subset_indices(train_labels, spec["fraction"], spec["seed"])
     loaders = make_loaders(spec, torch_device, train_indices)
     precision = precision_for(torch_device, training)
@@ -111,9 +114,7 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
     with atomic_path(run_dir / "history.csv") as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
     write_predictions(run_dir / "predictions.h5", evaluations, info.task, info.class_names)
-    torch_save({"state_dict": result.best_state, "arch": spec["arch"], "num_classes": info.num_classes,
-                "arch_options": spec["arch_options"], "init": init_spec, "best_epoch": result.best_epoch},
-               run_dir / "final.pt")
+    torch_save({"state_dict": result.best_state, **saved, "best_epoch": result.best_epoch}, run_dir / "final.pt")
     metrics = {
         "run": spec["run"],
         "task": info.task,

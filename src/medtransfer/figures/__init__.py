@@ -1,0 +1,41 @@
+"""Figures and tables: the last stage, drawn from the tidy result CSVs only.
+
+Every figure function has the signature ``f(input_csv, out_pdf, **options) -> Path`` and writes
+``out_pdf`` and the PNG beside it (same stem), atomically. ``FIGURES`` maps each figure name
+(its file stem under ``results/figures/``) to that function and the kind of CSV it reads, so the
+workflow makes every figure a target of its own:
+
+    function, csv_kind = FIGURES["convergence"]
+    function("results/analysis/history.csv", "results/figures/convergence.pdf")
+
+CSV kinds: ``"metrics"`` (metrics.csv), ``"history"`` (history.csv), ``"similarity_init_final"``
+and ``"similarity_pairs"``. The summary table is :func:`medtransfer.figures.tables.summary_table`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from medtransfer.figures.convergence import plot_convergence, plot_epochs_to_95
+from medtransfer.figures.performance import plot_init_comparison, plot_metric_vs_k, plot_test_metric
+from medtransfer.figures.similarity import plot_init_final, plot_pair_diagonal, plot_pair_heatmaps
+
+
+class FigureSpec(NamedTuple):
+    """A figure's drawing function and the kind of CSV it reads."""
+
+    function: Callable
+    input: str
+
+
+FIGURES: dict[str, FigureSpec] = {
+    "test_auc": FigureSpec(plot_test_metric, "metrics"),
+    "metric_vs_k": FigureSpec(plot_metric_vs_k, "metrics"),
+    "init_comparison": FigureSpec(plot_init_comparison, "metrics"),
+    "convergence": FigureSpec(plot_convergence, "history"),
+    "epochs_to_95": FigureSpec(plot_epochs_to_95, "history"),
+    "similarity_init_final": FigureSpec(plot_init_final, "similarity_init_final"),
+    "similarity_pairs_heatmap": FigureSpec(plot_pair_heatmaps, "similarity_pairs"),
+    "similarity_pairs_blocks": FigureSpec(plot_pair_diagonal, "similarity_pairs"),
+}

@@ -1,0 +1,91 @@
+"""The summary table: mean and sd over seeds of every run metric, as CSV and GitHub Markdown."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from medtransfer.atomic import write_text
+from medtransfer.figures.io import RUN_COLUMNS, RUN_KEY, check_unique, read_results
+from medtransfer.figures.style import init_sort_key, metric_label
+
+GROUP = ("dataset", "arch", "init", "fraction")
+# Summarised when the column is there; test_kappa only when some run has a value (ordinal tasks).
+SUMMARY_METRICS = ("test_auc", "test_acc", "test_kappa", "val_auc", "train_seconds")
+_ALWAYS = ("test_auc", "test_acc", "val_auc", "train_seconds")
+
+
+def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
+    """One row per dataset × arch × init × fraction: ``init_name``, ``source``, ``k``,
+    ``n_seeds`` and ``<metric>_mean`` / ``<metric>_sd`` (sample sd, ddof=1; NaN for one seed).
+
+    Rows follow the order datasets and architectures first appear, inits in the canonical order
+    (RI … WT, k ascending) and fractions ascending.
+    """
+    metrics_present = [m for m in SUMMARY_METRICS if m in metrics.columns]
+    metrics_present = [m for m in metrics_present if m in _ALWAYS or metrics[m].notna().any()]
+    columns = list(GROUP[:3]) + ["init_name", "source", "k", "fraction", "n_seeds"]
+    columns += [f"{m}_{stat}" for m in metrics_present for stat in ("mean", "sd")]
+    if metrics.empty:
+        return pd.DataFrame(columns=columns)
+    groups = metrics.groupby(list(GROUP), sort=False, dropna=False)
+    table = groups[["init_name", "source", "k"]].first()
+    table["n_seeds"] = groups["seed"].nunique()
+    for metric in metrics_present:
+        table[f"{metric}_mean"] = groups[metric].mean()
+        table[f"{metric}_sd"] = groups[metric].std(ddof=1)
+    table = table.reset_index()
+    dataset_rank = {d: i for i, d in enumerate(pd.unique(metrics["dataset"]))}
+    arch_rank = {a: i for i, a in enumerate(pd.unique(metrics["arch"]))}
+    order = sorted(
+        table.index,
+        key=lambda i: (
+            dataset_rank[table.at[i, "dataset"]],
+            arch_rank[table.at[i, "arch"]],
+            init_sort_key(table.at[i, "init"]),
+            table.at[i, "fraction"],
+        ),
+    )
+    return table.loc[order, columns].reset_index(drop=True)
+
+
+def _mean_sd(mean: float, sd: float) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if sd is None or math.isnan(sd):
+        return f"{mean:.3f}"  # one seed: no spread to report (n seeds says so)
+    return f"{mean:.3f} ± {sd:.3f}"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """GitHub table of :func:`summarise`'s output with "mean ± sd" cells (3 decimals)."""
+    metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
+    header = ["dataset", "arch", "init", "fraction", "n seeds"] + [metric_label(m) for m in metrics]
+    lines = [
+        "Mean ± sd (sample sd, ddof=1) over seeds; a single value means one seed.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * 4 + ["---:"] * (1 + len(metrics))) + "|",
+    ]
+    for row in table.itertuples(index=False):
+        row = row._asdict()
+        cells = [str(row["dataset"]), str(row["arch"]), str(row["init"]), f"{row['fraction']:g}"]
+        cells.append(str(int(row["n_seeds"])))
+        cells += [_mean_sd(row[f"{m}_mean"], row[f"{m}_sd"]) for m in metrics]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    if table.empty:
+        lines.append("| " + " | ".join(["no data"] + [""] * (len(header) - 1)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(metrics_csv: str | Path, out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
+    """Summarise metrics.csv over seeds (see :func:`summarise`); write ``out_csv`` (full
+    precision) and ``out_md`` (a GitHub table), each atomically. Returns the table."""
+    metrics = read_results(metrics_csv, RUN_COLUMNS + ("test_auc", "test_acc", "val_auc", "train_seconds"))
+    check_unique(metrics, RUN_KEY, metrics_csv)
+    table = summarise(metrics)
+    write_text(out_csv, table.to_csv(index=False))
+    write_text(out_md, to_markdown(table))
+    return table
