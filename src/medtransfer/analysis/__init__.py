@@ -1,0 +1,1 @@
+"""Analysis stage: activations, representation similarity, weights, k-NN probes, FID, predictions."""

@@ -1,0 +1,36 @@
+"""Data stage: dataset sources -> HDF5 cache -> batch loaders.
+
+Public API::
+
+    FORMATS, RawDataset, read_dataset        # formats.py: the format registry and its contract
+    build_cache, read_info, read_split, CacheInfo, SCHEMA_VERSION   # cache.py
+    subset_indices                           # fractions.py
+    make_loader, BatchLoader                 # loader.py
+
+A new dataset format is one module with one ``@FORMATS.register("name")`` function, imported
+below so that it registers itself.
+"""
+
+from medtransfer.data.cache import SCHEMA_VERSION, CacheInfo, build_cache, read_info, read_labels, read_split
+from medtransfer.data.formats import FORMATS, TASKS, RawDataset, read_dataset
+from medtransfer.data.fractions import subset_indices
+from medtransfer.data.loader import BatchLoader, make_loader
+
+# built-in formats (each registers itself in FORMATS on import)
+from medtransfer.data import synthetic, medmnist, folders  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "FORMATS",
+    "TASKS",
+    "RawDataset",
+    "read_dataset",
+    "SCHEMA_VERSION",
+    "CacheInfo",
+    "build_cache",
+    "read_info",
+    "read_split",
+    "read_labels",
+    "subset_indices",
+    "BatchLoader",
+    "make_loader",
+]

@@ -1,0 +1,223 @@
+"""The HDF5 cache of a dataset, ``results/data/{dataset}.h5`` (DESIGN.md, "HDF5 cache").
+
+Layout (schema version :data:`SCHEMA_VERSION`):
+
+- groups ``train``, ``val``, ``test``, each with ``images`` uint8 [N, C, H, W] (H = W, chunked by
+  image) and ``labels`` (int64 [N], or float32 [N, K] with NaN = unknown for multilabel);
+- file attributes: ``name``, ``format``, ``task``, ``class_names`` (JSON list), ``source``,
+  ``source_checksum``, ``image_size`` (H), ``channels``, ``mean`` and ``std`` (float64 [C], per
+  channel over the train split, pixel values in [0, 1]; std is the population std),
+  ``schema_version``, ``attributes`` (JSON object: the format's provenance, e.g. split policy).
+
+:func:`build_cache` writes it (atomically: a killed job leaves no file that looks finished);
+:func:`read_info` and :func:`read_split` read it and fail with a DataError naming the file and
+the fix on a missing, truncated or foreign file or another schema version.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from medtransfer.atomic import atomic_path
+from medtransfer.data.formats import RESIZE_MODES, SPLITS, read_dataset
+from medtransfer.errors import ConfigError, DataError
+
+SCHEMA_VERSION = 1
+CHUNK_BYTES = 64 << 20  # images converted per step: bounds memory for any dataset size
+REQUIRED_ATTRS = ("name", "task", "class_names", "source", "source_checksum", "image_size", "channels",
+                  "mean", "std", "schema_version")
+
+
+# --- resizing --------------------------------------------------------------------------------------
+
+def interpolate(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Resize a float batch [B, C, H, W] to [B, C, size, size].
+
+    ``nearest`` is exact nearest neighbour ("nearest-exact": an integer upscale such as 28 -> 224
+    repeats every pixel 8 times, like ``np.repeat``); ``bilinear`` and ``bicubic`` antialias when
+    shrinking (as PIL does); ``area`` averages (adaptive average pooling).
+    """
+    if x.shape[-2:] == (size, size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=(size, size), mode="nearest-exact")
+    if mode in ("bilinear", "bicubic"):
+        return F.interpolate(x, size=(size, size), mode=mode, align_corners=False, antialias=True)
+    if mode == "area":
+        return F.interpolate(x, size=(size, size), mode="area")
+    raise ConfigError(f"resize mode {mode!r}; allowed: {', '.join(RESIZE_MODES)}")
+
+
+def resize_uint8(images: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """Resize uint8 [N, C, H, W] to uint8 [N, C, size, size] (rounded, clipped to 0..255)."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = interpolate(torch.from_numpy(np.ascontiguousarray(images)).float(), size, mode)
+    return out.round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+def build_cache(name: str, entry: Mapping[str, Any], out_path: str | Path) -> None:
+    """Read dataset ``name`` from its config ``entry`` and write its HDF5 cache to ``out_path``.
+
+    Images are resized to ``entry["size"]`` when given and different (mode ``entry["resize"]``,
+    default bilinear), converted in chunks of ~64 MB so the source never sits in memory whole.
+    """
+    raw = read_dataset(name, entry)
+    height, width = raw.image_size
+    size = int(entry["size"]) if entry.get("size") is not None else None
+    if size is None:
+        if height != width:
+            raise ConfigError(f"datasets.{name}: images are {height}x{width}; set 'size' to resize them to a square")
+        size = height
+    mode = entry.get("resize", "bilinear")
+    channels = raw.channels
+    step = max(1, CHUNK_BYTES // (4 * channels * max(height * width, size * size)))
+    pixel_sum = np.zeros(channels, np.int64)
+    square_sum = np.zeros(channels, np.int64)
+    with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
+        for split in SPLITS:
+            images, labels = raw.splits[split]
+            n = int(images.shape[0])
+            group = h5.create_group(split)
+            target = group.create_dataset("images", shape=(n, channels, size, size), dtype=np.uint8,
+                                          chunks=(1, channels, size, size) if n else None)
+            for start in tqdm(range(0, n, step), desc=f"{name} {split}", unit="chunk", leave=False):
+                block = resize_uint8(np.asarray(images[start:start + step]), size, mode)
+                target[start:start + len(block)] = block
+                if split == "train":
+                    wide = block.astype(np.int64)
+                    pixel_sum += wide.sum(axis=(0, 2, 3))
+                    square_sum += (wide * wide).sum(axis=(0, 2, 3))
+            group.create_dataset("labels", data=np.asarray(labels))
+        count = max(1, raw.splits["train"][0].shape[0] * size * size)
+        mean = pixel_sum / count
+        std = np.sqrt(np.maximum(square_sum / count - mean**2, 0.0))
+        h5.attrs.update({
+            "name": name,
+            "format": str(entry.get("format", "")),
+            "task": raw.task,
+            "class_names": json.dumps(list(raw.class_names)),
+            "source": raw.source,
+            "source_checksum": raw.checksum,
+            "image_size": size,
+            "channels": channels,
+            "mean": mean / 255.0,
+            "std": std / 255.0,
+            "schema_version": SCHEMA_VERSION,
+            "attributes": json.dumps(raw.attributes, default=str),
+        })
+    for images, _ in raw.splits.values():
+        close = getattr(images, "close", None)
+        if callable(close):
+            close()
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What a cache file says about its dataset (its attributes and split sizes)."""
+
+    path: str
+    name: str
+    task: str
+    class_names: list[str]
+    num_classes: int
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]  # per channel, [0, 1] units, train split
+    std: tuple[float, ...]
+    split_sizes: dict[str, int]
+    source: str
+    checksum: str
+    format: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)
+    label_shape: tuple[int, ...] = ()  # per example: () for class indices, (K,) for multilabel
+
+
+def _fix(path: Path) -> str:
+    return f"delete it and rerun the preprocess rule (snakemake {path})"
+
+
+@contextmanager
+def open_cache(path: str | Path) -> Iterator[h5py.File]:
+    """Open a cache for reading after checking it exists, is intact and has our schema version."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset cache {path} does not exist; run the preprocess rule (snakemake {path})")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"dataset cache {path} is truncated or not an HDF5 file ({err}); {_fix(path)}") from None
+    with h5:
+        version = h5.attrs.get("schema_version")
+        if version is None or int(version) != SCHEMA_VERSION:
+            raise DataError(f"dataset cache {path} has schema version {version}, this medtransfer reads version "
+                            f"{SCHEMA_VERSION}; {_fix(path)}")
+        missing = [a for a in REQUIRED_ATTRS if a not in h5.attrs] + [
+            f"{s}/{d}" for s in SPLITS for d in ("images", "labels") if f"{s}/{d}" not in h5]
+        if missing:
+            raise DataError(f"dataset cache {path} lacks {', '.join(missing)}; {_fix(path)}")
+        yield h5
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+
+
+def read_info(path: str | Path) -> CacheInfo:
+    """The attributes and split sizes of a cache file."""
+    with open_cache(path) as h5:
+        a = h5.attrs
+        class_names = json.loads(a["class_names"])
+        return CacheInfo(
+            path=str(path),
+            name=str(a["name"]),
+            task=str(a["task"]),
+            class_names=class_names,
+            num_classes=len(class_names),
+            image_size=int(a["image_size"]),
+            channels=int(a["channels"]),
+            mean=tuple(float(v) for v in np.atleast_1d(a["mean"])),
+            std=tuple(float(v) for v in np.atleast_1d(a["std"])),
+            split_sizes={s: int(h5[s]["images"].shape[0]) for s in SPLITS},
+            source=str(a["source"]),
+            checksum=str(a["source_checksum"]),
+            format=str(a.get("format", "")),
+            attributes=json.loads(a.get("attributes", "{}")),
+            label_shape=tuple(h5["train"]["labels"].shape[1:]),
+        )
+
+
+def read_split(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 [N, C, H, W] and labels (int64 [N] or float32 [N, K]) of one split, in memory."""
+    _check_split(split)
+    with open_cache(path) as h5:
+        try:
+            return h5[split]["images"][...], h5[split]["labels"][...]
+        except OSError as err:
+            raise DataError(f"dataset cache {path}: {split} cannot be read ({err}); {_fix(Path(path))}") from None
+
+
+def read_labels(path: str | Path, split: str) -> np.ndarray:
+    """Labels of one split only (e.g. for :func:`medtransfer.data.fractions.subset_indices`)."""
+    _check_split(split)
+    with open_cache(path) as h5:
+        try:
+            return h5[split]["labels"][...]
+        except OSError as err:
+            raise DataError(f"dataset cache {path}: {split} labels cannot be read ({err}); {_fix(Path(path))}") from None

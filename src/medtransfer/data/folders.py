@@ -1,0 +1,287 @@
+"""A user's own images: an image-folder tree (format ``imagefolder``) or a CSV label file (``csv``).
+
+``imagefolder``::
+
+    mine: {format: imagefolder, root: /data/mine, size: 64, channels: 1}
+
+``root`` holds either ``train/``, ``val/``, ``test/`` each with one folder per class, or one folder
+per class directly. Class names are the folder names, sorted (as torchvision's ``ImageFolder``),
+unless ``classes`` lists them. Splits the tree lacks are made from the train images, stratified by
+class and seeded: ``val_fraction`` (default 0.1), ``test_fraction`` (default 0.2), ``split_seed``
+(default 0); the cache records how (attribute ``split_policy``). ``task`` may override
+``binary``/``multiclass`` with ``ordinal``.
+
+``csv``::
+
+    mine: {format: csv, root: /data/mine, file: labels.csv, path_column: path, label_column: grade,
+           task: ordinal, size: 64}
+
+- ``path_column``: image paths, relative to ``root`` (or absolute).
+- ``label_column``: one label per row (int or str). Class index = position of the value in
+  ``classes`` (compared as strings) when given, else in the sorted unique values (numeric order when
+  all values are numbers). 2 classes -> ``binary``, more -> ``multiclass``; ``task`` may say
+  ``ordinal``.
+- or ``label_columns``: a list of 0/1 columns -> ``multilabel`` float32 [N, K]. Label policy:
+  1 -> 1.0 (positive), 0 -> 0.0 (negative), an empty cell or -1 -> NaN (unknown: masked in the
+  loss); any other value is an error.
+- ``split_column`` (optional): ``train``/``val``/``test`` per row (``valid``/``validation`` mean
+  ``val``); rows of other splits are an error. Without it, or for splits it lacks, seeded stratified
+  splits as for ``imagefolder``.
+
+Both: ``size`` (required; every image is resized to size x size with PIL, no cropping),
+``channels`` (1 = gray, 3 = RGB; default 3), ``resize`` (PIL filter: nearest, bilinear (default),
+area = box, bicubic), ``workers`` (threads decoding images; default all cores). 16-bit gray images
+are scaled to 8 bits (value / 257). A file that is missing or unreadable, a missing column or a
+label outside ``classes`` stops with a DataError naming the file (and the CSV row).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from medtransfer.data.formats import (
+    FORMATS,
+    SPLITS,
+    RawDataset,
+    complete_splits,
+    md5_file,
+    md5_of_listing,
+    require,
+    task_for,
+)
+from medtransfer.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "area": Image.Resampling.BOX,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
+# --- reading images --------------------------------------------------------------------------------
+
+def load_image(path: str | Path, size: int, channels: int, resize: str = "bilinear") -> np.ndarray:
+    """One image file -> uint8 [channels, size, size], resized with PIL (no crop)."""
+    with Image.open(path) as img:
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit gray (common for X-rays): scale to 8 bits instead of clipping at 255
+            data = np.asarray(img, dtype=np.float64) / 257.0
+            img = Image.fromarray(np.clip(np.rint(data), 0, 255).astype(np.uint8), mode="L")
+        img = img.convert("L" if channels == 1 else "RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), PIL_FILTERS[resize])
+        array = np.asarray(img, dtype=np.uint8)
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def load_images(paths: Sequence[str | Path], size: int, channels: int, resize: str, workers: int | None,
+                describe: Sequence[str] | None = None, desc: str = "images") -> np.ndarray:
+    """Decode and resize ``paths`` in parallel -> uint8 [N, channels, size, size].
+
+    Threads suffice: PIL releases the GIL while decoding and resizing. ``describe[i]`` names the
+    item in error messages (e.g. "labels.csv row 12"); by default the path itself.
+    """
+    out = np.empty((len(paths), channels, size, size), np.uint8)
+
+    def work(i: int) -> None:
+        try:
+            out[i] = load_image(paths[i], size, channels, resize)
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            what = f"{describe[i]}: image {paths[i]}" if describe is not None else f"image {paths[i]}"
+            raise DataError(f"{what} cannot be read ({err}); fix or remove it") from None
+
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        for i in tqdm(range(len(paths)), desc=desc, unit="img"):
+            work(i)
+        return out
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in tqdm(pool.map(work, range(len(paths)), chunksize=64), total=len(paths), desc=desc, unit="img"):
+            pass
+    return out
+
+
+def _common_keys(entry: dict[str, Any], name: str) -> tuple[int, int, str, int | None]:
+    size = int(require(entry, "size", name, "images are resized to size x size"))
+    channels = int(entry.get("channels", 3))
+    if channels not in (1, 3):
+        raise ConfigError(f"datasets.{name}.channels is {channels}; allowed: 1, 3")
+    resize = entry.get("resize", "bilinear")
+    if resize not in PIL_FILTERS:
+        raise ConfigError(f"datasets.{name}.resize is {resize!r}; allowed: {', '.join(PIL_FILTERS)}")
+    workers = entry.get("workers")
+    return size, channels, resize, int(workers) if workers else None
+
+
+def _split_keys(entry: dict[str, Any]) -> dict[str, Any]:
+    return {"val_fraction": float(entry.get("val_fraction", 0.1)),
+            "test_fraction": float(entry.get("test_fraction", 0.2)),
+            "seed": int(entry.get("split_seed", 0))}
+
+
+def _class_index(values: Sequence[Any], classes: Sequence[Any] | None) -> tuple[list[str], dict[str, int]]:
+    """Class names and a value -> index map (values compared as strings)."""
+    if classes is None:
+        unique = sorted({str(v) for v in values})
+        try:
+            unique = sorted(unique, key=float)  # numbers in numeric order: "10" after "9"
+        except ValueError:
+            pass
+        classes = unique
+    names = [str(c) for c in classes]
+    return names, {c: i for i, c in enumerate(names)}
+
+
+# --- imagefolder -----------------------------------------------------------------------------------
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+@FORMATS.register("imagefolder")
+def read_imagefolder(name: str, entry: dict[str, Any]) -> RawDataset:
+    """Read a tree of one folder per class, with or without train/val/test on top."""
+    root = Path(require(entry, "root", name, "the folder with one sub-folder per class"))
+    if not root.is_dir():
+        raise DataError(f"datasets.{name}.root: folder {root} does not exist")
+    size, channels, resize, workers = _common_keys(entry, name)
+    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    if split_dirs and "train" not in split_dirs:
+        raise DataError(f"{root} has {', '.join(split_dirs)}/ but no train/ folder")
+    tops = split_dirs or {"train": root}
+    found = sorted({d.name for top in tops.values() for d in top.iterdir() if d.is_dir()})
+    class_names, index = _class_index(found, entry.get("classes"))
+    listing: dict[str, tuple[list[Path], list[int]]] = {}
+    for split, top in tops.items():
+        paths, labels = [], []
+        for folder in sorted(d for d in top.iterdir() if d.is_dir()):
+            if folder.name not in index:
+                raise DataError(f"{folder}: class folder {folder.name!r} is not in datasets.{name}.classes "
+                                f"({', '.join(class_names)})")
+            files = _images_in(folder)
+            paths += files
+            labels += [index[folder.name]] * len(files)
+        if not paths:
+            raise DataError(f"{top}: no images ({', '.join(IMAGE_EXTENSIONS)}) in one folder per class")
+        listing[split] = (paths, labels)
+    all_files = [p for paths, _ in listing.values() for p in paths]
+    splits = {
+        split: (load_images(paths, size, channels, resize, workers, desc=f"{name} {split}"),
+                np.asarray(labels, np.int64))
+        for split, (paths, labels) in listing.items()
+    }
+    attributes: dict[str, Any] = {}
+    splits = complete_splits(splits, attributes=attributes, **_split_keys(entry))
+    return RawDataset(
+        splits=splits,
+        task=task_for(len(class_names), entry.get("task"), f"datasets.{name}"),
+        class_names=class_names,
+        source=str(root),
+        checksum=md5_of_listing(root, all_files),
+        attributes=attributes,
+    )
+
+
+# --- csv -------------------------------------------------------------------------------------------
+
+def _multilabel(table: Any, columns: list[str], csv_path: Path) -> np.ndarray:
+    import pandas as pd
+
+    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    raw = table[columns].to_numpy(dtype=object)
+    empty = table[columns].isna().to_numpy()
+    bad = (np.isnan(values) & ~empty) | ~(np.isnan(values) | np.isin(values, (0.0, 1.0, -1.0)))
+    if bad.any():
+        row, col = map(int, np.argwhere(bad)[0])
+        raise DataError(f"{csv_path} row {row + 2}: column {columns[col]!r} is {raw[row, col]!r}; "
+                        "multilabel columns take 1, 0, -1 or empty (-1 and empty mean unknown)")
+    values[values == -1.0] = np.nan
+    return values.astype(np.float32)
+
+
+@FORMATS.register("csv")
+def read_csv(name: str, entry: dict[str, Any]) -> RawDataset:
+    """Read images named in a CSV file with their labels (and optionally their split)."""
+    import pandas as pd
+
+    root = Path(require(entry, "root", name, "the folder of the CSV file and the images"))
+    csv_path = root / str(require(entry, "file", name, "the CSV file, relative to root"))
+    size, channels, resize, workers = _common_keys(entry, name)
+    path_column = str(require(entry, "path_column", name, "the column of image paths"))
+    if ("label_column" in entry) == ("label_columns" in entry):
+        raise ConfigError(f"datasets.{name}: give exactly one of 'label_column' (one label per row) "
+                          "or 'label_columns' (a list of 0/1 columns, multilabel)")
+    if not csv_path.is_file():
+        raise DataError(f"datasets.{name}.file: {csv_path} does not exist")
+    try:
+        table = pd.read_csv(csv_path, dtype={path_column: str}, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{csv_path}: not a readable CSV file ({err})") from None
+    multilabel = "label_columns" in entry
+    label_columns = list(entry["label_columns"]) if multilabel else [str(entry["label_column"])]
+    split_column = entry.get("split_column")
+    needed = [path_column, *label_columns, *([split_column] if split_column else [])]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise DataError(f"{csv_path}: column(s) {', '.join(map(repr, missing))} missing; "
+                        f"the file has {', '.join(map(repr, table.columns))}")
+    if table.empty:
+        raise DataError(f"{csv_path}: no rows")
+    rows = [f"{csv_path} row {i + 2}" for i in range(len(table))]  # row 1 is the header
+    for i, p in enumerate(table[path_column]):
+        if not isinstance(p, str) or not p.strip():
+            raise DataError(f"{rows[i]}: empty {path_column!r}")
+
+    if multilabel:
+        labels = _multilabel(table, label_columns, csv_path)
+        class_names, task = label_columns, "multilabel"
+        if entry.get("task") not in (None, "multilabel"):
+            raise ConfigError(f"datasets.{name}.task must be 'multilabel' with label_columns")
+    else:
+        column = table[label_columns[0]]
+        for i in np.flatnonzero(column.isna().to_numpy()):
+            raise DataError(f"{rows[i]}: empty {label_columns[0]!r} label")
+        values = [str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v) for v in column]
+        class_names, index = _class_index(values, entry.get("classes"))
+        for i, v in enumerate(values):
+            if v not in index:
+                raise DataError(f"{rows[i]}: label {v!r} is not one of the classes ({', '.join(class_names)}); "
+                                f"fix the row or datasets.{name}.classes")
+        labels = np.asarray([index[v] for v in values], np.int64)
+        task = task_for(len(class_names), entry.get("task"), f"datasets.{name}")
+
+    paths = [Path(p) if Path(p).is_absolute() else root / p for p in table[path_column]]
+    if split_column:
+        split_of = []
+        for i, v in enumerate(table[split_column]):
+            split = SPLIT_ALIASES.get(str(v).strip().lower())
+            if split is None:
+                raise DataError(f"{rows[i]}: {split_column!r} is {v!r}; allowed: train, val, test")
+            split_of.append(split)
+        split_of = np.asarray(split_of)
+    else:
+        split_of = np.full(len(paths), "train")
+    images = load_images(paths, size, channels, resize, workers, describe=rows, desc=name)
+    splits = {s: (images[split_of == s], labels[split_of == s]) for s in SPLITS if (split_of == s).any()}
+    # the checksum is the CSV's md5; the image files are fingerprinted by name and size beside it
+    attributes: dict[str, Any] = {"images_listing_md5": md5_of_listing(root, paths)}
+    splits = complete_splits(splits, attributes=attributes, **_split_keys(entry))
+    return RawDataset(
+        splits=splits,
+        task=task,
+        class_names=class_names,
+        source=str(csv_path),
+        checksum=md5_file(csv_path),
+        attributes=attributes,
+    )

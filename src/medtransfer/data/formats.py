@@ -1,0 +1,227 @@
+"""Dataset formats: how a config entry's source becomes a :class:`RawDataset`.
+
+A format is one function ``read(name, entry) -> RawDataset`` registered in :data:`FORMATS`
+with a decorator, in a module of its own that ``medtransfer/data/__init__.py`` imports::
+
+    @FORMATS.register("myformat")
+    def read(name: str, entry: dict) -> RawDataset: ...
+
+The config's allowed ``format:`` values are ``FORMATS.names()``. :func:`read_dataset` is the only
+way in: it dispatches on ``entry["format"]`` and checks what the format returned, so every format
+gets the same guarantees (all of train/val/test, uint8 [N, C, H, W] images, labels matching the task).
+
+Entry keys every format shares: ``format``, ``root`` (a folder; not needed for ``synthetic``),
+optional ``size`` (H = W of the cache) and ``resize`` (``nearest``, ``bilinear`` (default),
+``area``, ``bicubic``), used by :func:`medtransfer.data.cache.build_cache`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtransfer.errors import ConfigError, DataError
+from medtransfer.registry import Registry
+
+SPLITS = ("train", "val", "test")
+TASKS = ("binary", "multiclass", "ordinal", "multilabel")
+RESIZE_MODES = ("nearest", "bilinear", "area", "bicubic")
+
+FORMATS: Registry = Registry("dataset format")
+
+
+@dataclass
+class RawDataset:
+    """A dataset as a format reads it, before resizing and caching.
+
+    ``splits`` maps each of ``train``, ``val``, ``test`` to ``(images, labels)``:
+
+    - ``images``: uint8 [N, C, H, W], C = 1 (gray) or 3 (RGB). A numpy array, or any array-like
+      with ``shape``, ``dtype``, ``len()`` and ``images[i:j]`` returning a numpy array
+      (e.g. an ``h5py.Dataset`` or a lazy decoder): ``build_cache`` only reads it in slices,
+      so a large source never has to sit in memory whole.
+    - ``labels``: int64 [N] (binary, multiclass, ordinal: class index) or float32 [N, K]
+      (multilabel: 1 positive, 0 negative, NaN uncertain/unknown).
+
+    ``task`` is one of :data:`TASKS`; ``class_names`` has one name per class (per label for
+    multilabel); ``source`` is the file or folder it came from; ``checksum`` the md5 of the
+    source file, or a digest of the file list (folders) or of the generator parameters
+    (synthetic). ``attributes`` holds provenance the cache records as well, e.g. how a
+    missing validation split was made.
+    """
+
+    splits: dict[str, tuple[Any, np.ndarray]]
+    task: str
+    class_names: list[str]
+    source: str
+    checksum: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return int(self.splits["train"][0].shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        shape = self.splits["train"][0].shape
+        return int(shape[2]), int(shape[3])
+
+
+def read_dataset(name: str, entry: Mapping[str, Any]) -> RawDataset:
+    """Read the dataset ``name`` described by its config ``entry`` with its registered format."""
+    if "format" not in entry:
+        raise ConfigError(f"datasets.{name}: missing key 'format'; allowed: {', '.join(FORMATS.names())}")
+    try:
+        reader = FORMATS.get(entry["format"], key=f"datasets.{name}.format")
+    except KeyError as err:
+        raise ConfigError(str(err)) from None
+    resize = entry.get("resize", "bilinear")
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"datasets.{name}.resize is {resize!r}; allowed: {', '.join(RESIZE_MODES)}")
+    raw = reader(name, dict(entry))
+    check_raw(name, raw)
+    return raw
+
+
+def check_raw(name: str, raw: RawDataset) -> None:
+    """Raise ``DataError`` if a format broke the :class:`RawDataset` contract (a bug in the format)."""
+    where = f"dataset {name!r} ({raw.source})"
+    if raw.task not in TASKS:
+        raise DataError(f"{where}: task {raw.task!r} is not one of {', '.join(TASKS)}")
+    missing = [s for s in SPLITS if s not in raw.splits]
+    if missing:
+        raise DataError(f"{where}: split(s) {', '.join(missing)} missing")
+    shape = None
+    for split in SPLITS:
+        images, labels = raw.splits[split]
+        if images.dtype != np.uint8 or len(images.shape) != 4 or images.shape[1] not in (1, 3):
+            raise DataError(f"{where}: {split} images must be uint8 [N, 1|3, H, W], "
+                            f"got {images.dtype} {tuple(images.shape)}")
+        if shape is not None and tuple(images.shape[1:]) != shape:
+            raise DataError(f"{where}: {split} images are {tuple(images.shape[1:])}, train {shape}")
+        shape = tuple(images.shape[1:])
+        if len(labels) != images.shape[0]:
+            raise DataError(f"{where}: {split} has {images.shape[0]} images but {len(labels)} labels")
+        if raw.task == "multilabel":
+            if labels.dtype != np.float32 or labels.ndim != 2 or labels.shape[1] != len(raw.class_names):
+                raise DataError(f"{where}: multilabel {split} labels must be float32 [N, {len(raw.class_names)}]")
+        else:
+            if labels.dtype != np.int64 or labels.ndim != 1:
+                raise DataError(f"{where}: {split} labels must be int64 [N], got {labels.dtype} {labels.shape}")
+            if len(labels) and (labels.min() < 0 or labels.max() >= len(raw.class_names)):
+                raise DataError(f"{where}: {split} labels outside 0..{len(raw.class_names) - 1}")
+    if raw.task == "binary" and len(raw.class_names) != 2:
+        raise DataError(f"{where}: a binary task needs 2 class names, got {raw.class_names}")
+
+
+def md5_file(path: str | Path, block: int = 1 << 20) -> str:
+    """md5 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def md5_of_listing(root: str | Path, files: Iterable[str | Path]) -> str:
+    """Digest of a file list: each file's path relative to ``root`` and its size, sorted.
+
+    Cheap (no file is read), independent of where ``root`` lives, and changes when a file is
+    added, removed, renamed or resized. ``files`` are paths as opened (absolute or relative to
+    the working directory).
+    """
+    base = Path(root).resolve()
+    entries = sorted(
+        f"{Path(os.path.relpath(Path(f).resolve(), base)).as_posix()}\t{Path(f).stat().st_size}\n" for f in files
+    )
+    digest = hashlib.md5()
+    for line in entries:
+        digest.update(line.encode())
+    return digest.hexdigest()
+
+
+def stratify_key(labels: np.ndarray) -> np.ndarray:
+    """Group id per example for stratification: the class for single-label data; for multilabel
+    [N, K] the first positive label, or K for an example with no positive label."""
+    if labels.ndim == 1:
+        return labels.astype(np.int64)
+    positive = np.nan_to_num(labels, nan=0.0) > 0.5
+    return np.where(positive.any(axis=1), positive.argmax(axis=1), labels.shape[1]).astype(np.int64)
+
+
+def stratified_split(labels: np.ndarray, fractions: Mapping[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Split ``range(len(labels))`` into parts of the given fractions, stratified by class.
+
+    ``fractions`` maps part names to fractions of each class (e.g. ``{"val": 0.1}``); what is left
+    goes to ``"rest"``. Within each class a seeded permutation is cut in order, with
+    ``round(fraction * n_class)`` examples per part. Returns sorted int64 indices per part.
+    """
+    if sum(fractions.values()) >= 1.0 or any(f < 0 for f in fractions.values()):
+        raise ConfigError(f"split fractions {dict(fractions)} must be >= 0 and sum to less than 1")
+    groups = stratify_key(np.asarray(labels))
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in [*fractions, "rest"]}
+    for group in np.unique(groups):
+        members = rng.permutation(np.flatnonzero(groups == group))
+        start = 0
+        for part, fraction in fractions.items():
+            count = int(np.floor(fraction * len(members) + 0.5))
+            parts[part].append(members[start:start + count])
+            start += count
+        parts["rest"].append(members[start:])
+    return {k: np.sort(np.concatenate(v)).astype(np.int64) if v else np.zeros(0, np.int64)
+            for k, v in parts.items()}
+
+
+def complete_splits(
+    splits: dict[str, tuple[Any, np.ndarray]],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    attributes: dict[str, Any],
+) -> dict[str, tuple[Any, np.ndarray]]:
+    """Make missing ``val`` (and ``test``) splits out of ``train``, stratified and seeded.
+
+    Images must be numpy arrays here. What was done is written to ``attributes['split_policy']``
+    (the cache records it), e.g. ``"val: 10% of source train, stratified, split_seed 0"``.
+    """
+    if "train" not in splits:
+        raise DataError("the source has no train split")
+    missing = {s: f for s, f in (("val", val_fraction), ("test", test_fraction)) if s not in splits}
+    if not missing:
+        attributes.setdefault("split_policy", "source splits")
+        return splits
+    images, labels = splits["train"]
+    parts = stratified_split(labels, missing, seed)
+    out = dict(splits)
+    out["train"] = (images[parts["rest"]], labels[parts["rest"]])
+    for split in missing:
+        out[split] = (images[parts[split]], labels[parts[split]])
+    made = "; ".join(f"{s}: {f:g} of source train" for s, f in missing.items())
+    attributes["split_policy"] = f"{made}; stratified by class, split_seed {seed}"
+    return out
+
+
+def task_for(num_classes: int, override: str | None, where: str) -> str:
+    """'binary' for 2 classes, else 'multiclass', unless the config overrides it."""
+    if override is None:
+        return "binary" if num_classes == 2 else "multiclass"
+    if override not in ("binary", "multiclass", "ordinal"):
+        raise ConfigError(f"{where}.task is {override!r}; allowed for single-label data: binary, multiclass, ordinal")
+    if override == "binary" and num_classes != 2:
+        raise ConfigError(f"{where}.task is 'binary' but the data has {num_classes} classes")
+    return override
+
+
+def require(entry: Mapping[str, Any], key: str, name: str, hint: str = "") -> Any:
+    """``entry[key]`` or a ConfigError naming ``datasets.{name}.{key}``."""
+    if key not in entry or entry[key] is None:
+        raise ConfigError(f"datasets.{name}: missing key '{key}'" + (f" ({hint})" if hint else ""))
+    return entry[key]

@@ -1,0 +1,280 @@
+"""Batches from an HDF5 cache, normalised and augmented on the device in whole batches.
+
+A split (or the ``indices`` subset of it) that fits in ``max_memory_mb`` is read once into a
+uint8 tensor on the device; a batch is then one index-gather, one float conversion and a few
+element-wise ops, with no per-image Python. A larger split is streamed: a torch ``DataLoader``
+whose workers each open the HDF5 file themselves reads the uint8 rows of each batch, and the
+batch goes through the same device-side steps. Both paths yield identical batches.
+
+Per batch, in this order: uint8 -> float (0..255); augmentation (random crop with zero padding,
+then horizontal flip, both per image, drawn for the whole batch at once); resize to
+``image_size``; gray -> 3 channels (a broadcast, no copy); normalisation
+``(x / 255 - mean) / std``.
+
+Order and augmentation are pure functions of ``(seed, epoch)``: call ``set_epoch(epoch)`` before
+iterating (as with ``DistributedSampler``), and a resumed run sees exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medtransfer.data.cache import CacheInfo, interpolate, open_cache, read_info
+from medtransfer.errors import ConfigError, DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AUGMENT_KEYS = ("hflip", "crop_padding")
+_ORDER_STREAM, _AUGMENT_STREAM = 0, 1
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, epoch, stream); streams keep the shuffle order
+    independent of whether augmentation is on."""
+    state = np.random.SeedSequence([int(seed), int(epoch), stream]).generate_state(1, np.uint64)[0]
+    generator = torch.Generator()
+    generator.manual_seed(int(state) & ((1 << 63) - 1))
+    return generator
+
+
+def _normalisation(normalize: str | Mapping[str, Any], info: CacheInfo, channels: int) -> tuple[list, list]:
+    if normalize == "dataset":
+        mean, std = list(info.mean), list(info.std)
+    elif normalize == "imagenet":
+        if channels != 3:
+            raise ConfigError("normalize 'imagenet' needs channels=3 (ImageNet statistics are RGB)")
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    elif isinstance(normalize, Mapping) and "mean" in normalize and "std" in normalize:
+        mean = list(np.atleast_1d(np.asarray(normalize["mean"], np.float64)))
+        std = list(np.atleast_1d(np.asarray(normalize["std"], np.float64)))
+    else:
+        raise ConfigError(f"normalize is {normalize!r}; allowed: 'dataset', 'imagenet' or {{mean: .., std: ..}}")
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) not in (1, channels):
+            raise ConfigError(f"normalize {name} has {len(values)} values; give 1 or {channels} (channels)")
+    if min(std) <= 0:
+        raise ConfigError(f"normalize std must be > 0, got {std} (a constant dataset has std 0)")
+    return mean, std
+
+
+class _H5Batches(torch.utils.data.Dataset):
+    """Item i = uint8 rows of batch i, read from the HDF5 file (opened once per worker process)."""
+
+    def __init__(self, path: str, split: str, rows: list[np.ndarray]) -> None:
+        self.path, self.split, self.rows = path, split, rows
+        self._h5: h5py.File | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _images(self) -> h5py.Dataset:
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5 = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._h5[self.split]["images"]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        rows = self.rows[i]
+        images = self._images()
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        out = np.empty((len(rows), *images.shape[1:]), np.uint8)
+        # read runs of consecutive rows as one slice (all of a batch when not shuffled)
+        breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+        for run_positions in np.split(np.arange(len(rows)), breaks):
+            first, last = sorted_rows[run_positions[0]], sorted_rows[run_positions[-1]]
+            try:
+                out[order[run_positions]] = images[first:last + 1]
+            except OSError as err:
+                raise DataError(f"dataset cache {self.path}: {self.split} rows {first}-{last} cannot be read "
+                                f"({err}); delete it and rerun the preprocess rule") from None
+        return torch.from_numpy(out)
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+
+def _read_rows(path: str, split: str, rows: np.ndarray, block_bytes: int = 64 << 20) -> np.ndarray:
+    """uint8 images of ``rows`` (in that order), reading the file in contiguous blocks."""
+    with open_cache(path) as h5:
+        images = h5[split]["images"]
+        n = images.shape[0]
+        out = np.empty((len(rows), *images.shape[1:]), np.uint8)
+        if len(rows) == 0:
+            return out
+        step = max(1, block_bytes // max(1, int(np.prod(images.shape[1:]))))
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        try:
+            for start in range(0, n, step):
+                lo, hi = np.searchsorted(sorted_rows, [start, start + step])
+                if lo == hi:
+                    continue
+                block = images[start:min(n, start + step)]
+                out[order[lo:hi]] = block[sorted_rows[lo:hi] - start]
+        except OSError as err:
+            raise DataError(f"dataset cache {path}: {split} cannot be read ({err}); delete it and rerun the "
+                            "preprocess rule") from None
+    return out
+
+
+class BatchLoader:
+    """Iterable of ``(x, y)`` batches of one split; see :func:`make_loader`.
+
+    ``x``: float32 [B, channels, H, W] on the device, normalised. ``y``: int64 [B] or float32
+    [B, K] (multilabel, NaN = unknown) on the device.
+    """
+
+    def __init__(self, cache_path: str | Path, split: str, *, batch_size: int, shuffle: bool, seed: int = 0,
+                 indices: np.ndarray | None = None, device: str | torch.device = "cpu", channels: int = 3,
+                 normalize: str | Mapping[str, Any] = "dataset", image_size: int | None = None,
+                 resize_mode: str = "nearest", augment: Mapping[str, Any] | None = None, drop_last: bool = False,
+                 max_memory_mb: int = 2048, num_workers: int = 2) -> None:
+        self.path = str(cache_path)
+        self.info = read_info(cache_path)
+        if split not in self.info.split_sizes:
+            raise ValueError(f"split must be one of {list(self.info.split_sizes)}, not {split!r}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.split, self.batch_size, self.shuffle, self.seed = split, int(batch_size), bool(shuffle), int(seed)
+        self.drop_last, self.num_workers = bool(drop_last), int(num_workers)
+        self.device = torch.device(device)
+        self.task, self.num_classes = self.info.task, self.info.num_classes
+        size = self.info.split_sizes[split]
+        if indices is None:
+            self.indices = np.arange(size, dtype=np.int64)
+        else:
+            self.indices = np.asarray(indices, dtype=np.int64)
+            if self.indices.ndim != 1 or len(np.unique(self.indices)) != len(self.indices) or (
+                    len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= size)):
+                raise ValueError(f"indices must be unique row numbers of the {split} split (0..{size - 1})")
+        self.num_examples = len(self.indices)
+
+        if channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {channels}")
+        if channels == 1 and self.info.channels == 3:
+            raise ConfigError(f"channels=1 but {self.path} holds RGB images; use channels=3 "
+                              "(converting colour to gray is not done at load time)")
+        self.channels = channels
+        self.image_size = int(image_size) if image_size else self.info.image_size
+        self.resize_mode = resize_mode
+        self.augment = dict(augment or {})
+        unknown = set(self.augment) - set(AUGMENT_KEYS)
+        if unknown:
+            raise ConfigError(f"augment keys {sorted(unknown)} unknown; allowed: {', '.join(AUGMENT_KEYS)}")
+        self.crop_padding = int(self.augment.get("crop_padding", 0) or 0)
+        self.hflip = bool(self.augment.get("hflip", False))
+        mean, std = _normalisation(normalize, self.info, channels)
+        # x / 255 then (x - mean) / std  ==  x * scale + shift
+        std_t = torch.tensor(std, dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
+        self._shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1).to(self.device)
+
+        with open_cache(self.path) as h5:
+            labels = h5[split]["labels"][...]
+        self._labels = torch.from_numpy(labels[self.indices]).to(self.device)
+        image_bytes = self.num_examples * self.info.channels * self.info.image_size ** 2
+        self.in_memory = image_bytes <= int(max_memory_mb) * (1 << 20)
+        self._images: torch.Tensor | None = None
+        if self.in_memory:
+            self._images = torch.from_numpy(_read_rows(self.path, split, self.indices)).to(self.device)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_examples // self.batch_size
+        return math.ceil(self.num_examples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration produces."""
+        self.epoch = int(epoch)
+
+    def order(self) -> torch.Tensor:
+        """Positions (into ``indices``) in this epoch's order, int64 [num_examples] on the CPU."""
+        if self.shuffle:
+            return torch.randperm(self.num_examples, generator=epoch_generator(self.seed, self.epoch, _ORDER_STREAM))
+        return torch.arange(self.num_examples)
+
+    def _batches(self) -> list[torch.Tensor]:
+        return list(self.order().split(self.batch_size))[:len(self)]
+
+    def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b, _, h, w = x.shape
+        if self.crop_padding > 0:
+            p = self.crop_padding
+            offsets = torch.randint(0, 2 * p + 1, (b, 2), generator=generator).to(x.device)
+            padded = F.pad(x, (p, p, p, p))
+            rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # [B, H]
+            cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # [B, W]
+            batch = torch.arange(b, device=x.device)[:, None, None]
+            # advanced indices around a slice put their dims first: [B, H, W, C]
+            x = padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        if self.hflip:
+            flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x
+
+    def transform(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 [B, C, H, W] on the device -> the normalised float32 batch the model sees."""
+        x = images.float()
+        if generator is not None and (self.crop_padding > 0 or self.hflip):
+            x = self._augment(x, generator)
+        x = interpolate(x, self.image_size, self.resize_mode)
+        if x.shape[1] != self.channels:
+            x = x.expand(-1, self.channels, -1, -1)
+        return (x * self._scale + self._shift).contiguous()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self._batches()
+        generator = epoch_generator(self.seed, self.epoch, _AUGMENT_STREAM)
+        if self._images is not None:
+            for positions in batches:
+                positions = positions.to(self.device)
+                yield self.transform(self._images[positions], generator), self._labels[positions]
+            return
+        dataset = _H5Batches(self.path, self.split, [self.indices[p.numpy()] for p in batches])
+        loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                                             pin_memory=self.device.type == "cuda")
+        try:
+            for positions, images in zip(batches, loader):
+                positions = positions.to(self.device)
+                images = images.to(self.device, non_blocking=True)
+                yield self.transform(images, generator), self._labels[positions]
+        finally:
+            dataset.close()
+
+
+def make_loader(cache_path: str | Path, split: str, *, batch_size: int, shuffle: bool, seed: int = 0,
+                indices: np.ndarray | None = None, device: str | torch.device = "cpu", channels: int = 3,
+                normalize: str | Mapping[str, Any] = "dataset", image_size: int | None = None,
+                resize_mode: str = "nearest", augment: Mapping[str, Any] | None = None, drop_last: bool = False,
+                max_memory_mb: int = 2048, num_workers: int = 2) -> BatchLoader:
+    """A :class:`BatchLoader` over ``split`` of the cache at ``cache_path``.
+
+    - ``indices``: rows of the split to use (e.g. :func:`~medtransfer.data.fractions.subset_indices`);
+      without shuffling, batches follow their order.
+    - ``channels``: 3 repeats a gray image into 3 channels per batch; 1 with RGB data is an error.
+    - ``normalize``: ``"dataset"`` (the cache's train mean/std), ``"imagenet"``, or
+      ``{"mean": m, "std": s}`` with one value or one per channel (MedMNIST: 0.5 / 0.5).
+    - ``image_size``: resize batches on the device (e.g. 28 -> 224 with ``resize_mode="nearest"``).
+    - ``augment``: ``{"hflip": bool, "crop_padding": int}`` (pixels of the cached image), drawn
+      per image from a generator seeded by (seed, epoch).
+    - ``max_memory_mb``: the largest selection loaded whole onto the device; larger ones stream
+      with ``num_workers`` processes.
+    """
+    return BatchLoader(cache_path, split, batch_size=batch_size, shuffle=shuffle, seed=seed, indices=indices,
+                       device=device, channels=channels, normalize=normalize, image_size=image_size,
+                       resize_mode=resize_mode, augment=augment, drop_last=drop_last,
+                       max_memory_mb=max_memory_mb, num_workers=num_workers)

@@ -1,0 +1,314 @@
+"""Embedded synthetic datasets (format ``synthetic``): a natural-like source and medical-like targets.
+
+These images are **synthetic**: drawn by this module's own code from a seed, so the demo and the
+tests run anywhere without downloads. They are no substitute for real data; they exist so that
+transfer has something to transfer: the source and the targets are built from the same primitives
+(soft-edged blobs and discs, rings, curved ridges, oriented stripes, smooth intensity fields,
+Gaussian and speckle noise), so low-level filters learnt on the source are useful on the targets.
+
+Config entry: ``{format: synthetic, task: <task>, n_train, n_val, n_test, size: 32, seed: 0}``.
+
+Tasks
+- ``natural_shapes`` (RGB, 12 classes, ``multiclass``): one object per image, of class disc,
+  square, triangle, ring, cross, star, striped patch, checkerboard patch, concentric-ring patch,
+  dotted patch, elongated blob or arc, at a random position, scale, rotation and colour, on a
+  background made of a two-colour linear gradient plus low-frequency colour waves. Half the images
+  also hold a smaller distractor object of a random class; Gaussian pixel noise on top. Object
+  colours are drawn independently of the background, so some objects are faint.
+- ``lesion_presence`` (grayscale, ``binary``: 0 = no lesion, 1 = lesion): an "anatomy-like"
+  background -- a soft-edged elliptical organ brighter than its surroundings, smooth low-frequency
+  intensity variation, 2-3 thin curved vessel-like ridges, multiplicative speckle and additive
+  Gaussian noise. A positive image holds one small, low-contrast, round lesion (a soft disc,
+  radius ~1.5-3 px at 32 px, brighter or darker than the tissue) inside the organ; both classes
+  hold a small elongated "pseudo-lesion" (vessel cross-section) half of the time, so a detector of
+  any local blob is not enough.
+- ``lesion_grade`` (grayscale, ``ordinal``, grades 0-4): the same backgrounds with as many
+  lesions as the grade (0 to 4), lesions growing slightly larger and more contrasted with grade.
+
+Every split is generated from its own seed sequence (``seed``, task, split, chunk of 256 images),
+so ``n_train`` does not change the val/test images, and a larger ``n_train`` extends a smaller one.
+Classes are balanced within every chunk. Generation is vectorised numpy (tens of thousands of
+32 px images per second on one core).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from medtransfer.data.formats import FORMATS, SPLITS, RawDataset
+from medtransfer.errors import ConfigError
+
+GENERATOR_VERSION = 1  # bump when the images change, so the checksum and the cache change
+CHUNK = 256
+
+SHAPE_CLASSES = [
+    "disc", "square", "triangle", "ring", "cross", "star",
+    "stripes", "checkerboard", "concentric", "dots", "blob", "arc",
+]
+GRADES = 5
+
+
+# --- primitives shared by all tasks -------------------------------------------------------------
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates in [-1, 1], each [1, H, W] (x to the right, y down)."""
+    u = ((np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0)
+    return u[None, None, :], u[None, :, None]
+
+
+def _col(values: np.ndarray) -> np.ndarray:
+    """Per-image parameters [n] -> [n, 1, 1] to broadcast over the pixel grid."""
+    return values.astype(np.float32)[:, None, None]
+
+
+def _local(x: np.ndarray, y: np.ndarray, cx: np.ndarray, cy: np.ndarray,
+           angle: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates in each object's frame (centre cx, cy; rotated by angle), [n, H, W]."""
+    dx, dy = x - _col(cx), y - _col(cy)
+    c, s = _col(np.cos(angle)), _col(np.sin(angle))
+    return c * dx + s * dy, -s * dx + c * dy
+
+
+def _soft(signed_distance: np.ndarray, size: int) -> np.ndarray:
+    """Anti-aliased inside mask from a signed distance (negative inside), edge ~1 pixel wide."""
+    return np.clip(0.5 - signed_distance * (size / 2.0), 0.0, 1.0)
+
+
+def _smooth_waves(rng: np.random.Generator, n: int, x: np.ndarray, y: np.ndarray, waves: int,
+                  max_freq: float) -> np.ndarray:
+    """Sum of ``waves`` random low-frequency plane waves, [n, H, W], roughly in [-1, 1]."""
+    field = np.zeros((n, y.shape[1], x.shape[2]), np.float32)
+    for _ in range(waves):
+        theta = rng.uniform(0, np.pi, n)
+        freq = rng.uniform(0.5, max_freq, n)
+        phase = rng.uniform(0, 2 * np.pi, n)
+        field += np.cos(_col(freq * np.pi) * (_col(np.cos(theta)) * x + _col(np.sin(theta)) * y) + _col(phase))
+    return field / np.sqrt(waves)
+
+
+def _box_blur(a: np.ndarray) -> np.ndarray:
+    """3x3 box blur over the last two axes (edges wrap; used on noise only)."""
+    a = (a + np.roll(a, 1, -1) + np.roll(a, -1, -1)) / 3.0
+    return (a + np.roll(a, 1, -2) + np.roll(a, -1, -2)) / 3.0
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+
+
+# --- natural_shapes -------------------------------------------------------------------------------
+
+def _shape_mask(kind: int, u: np.ndarray, v: np.ndarray, r: np.ndarray, period: np.ndarray,
+                size: int) -> np.ndarray:
+    """Coverage in [0, 1] of shape ``kind`` in its local frame (u, v), radius r, texture period."""
+    rho = np.sqrt(u * u + v * v)
+    patch = _soft(rho - r, size)  # texture classes fill a disc of radius r
+    two_pi_f = 2 * np.pi / period
+    name = SHAPE_CLASSES[kind]
+    if name == "disc":
+        return _soft(rho - r, size)
+    if name == "square":
+        return _soft(np.maximum(np.abs(u), np.abs(v)) - 0.8 * r, size)
+    if name == "triangle":
+        d = np.full_like(u, -np.inf)
+        for a in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3):
+            d = np.maximum(d, np.cos(a) * u + np.sin(a) * v)
+        return _soft(d - 0.5 * r, size)
+    if name == "ring":
+        return _soft(np.abs(rho - 0.75 * r) - 0.18 * r, size)
+    if name == "cross":
+        arm = 0.25 * r
+        d = np.minimum(np.maximum(np.abs(u) - arm, np.abs(v) - r), np.maximum(np.abs(v) - arm, np.abs(u) - r))
+        return _soft(d, size)
+    if name == "star":
+        return _soft(rho - r * (0.65 + 0.35 * np.cos(5 * np.arctan2(v, u))), size)
+    if name == "stripes":
+        return patch * np.clip(0.5 + 2.0 * np.sin(two_pi_f * u), 0, 1)
+    if name == "checkerboard":
+        return patch * np.clip(0.5 + 2.0 * np.sin(two_pi_f * u) * np.sin(two_pi_f * v), 0, 1)
+    if name == "concentric":
+        return patch * np.clip(0.5 + 2.0 * np.sin(two_pi_f * rho), 0, 1)
+    if name == "dots":
+        return patch * np.clip(2.0 * (np.cos(two_pi_f * u) * np.cos(two_pi_f * v) - 0.4), 0, 1)
+    if name == "blob":
+        return np.exp(-0.5 * ((u / (0.8 * r)) ** 2 + (v / (0.35 * r)) ** 2))
+    if name == "arc":
+        curve = v - 1.2 * (u * u) / r + 0.4 * r
+        return _soft(np.maximum(np.abs(curve) - 0.12 * r, np.abs(u) - r), size)
+    raise AssertionError(name)
+
+
+def _natural_shapes(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarray:
+    n = len(labels)
+    x, y = _grid(size)
+    # background: two-colour gradient in a random direction plus low-frequency colour waves
+    c1, c2 = rng.uniform(0, 1, (n, 3)), rng.uniform(0, 1, (n, 3))
+    theta = rng.uniform(0, 2 * np.pi, n)
+    t = 0.5 + 0.5 * (_col(np.cos(theta)) * x + _col(np.sin(theta)) * y)  # [n, H, W]
+    images = c1[:, :, None, None] * (1 - t[:, None]) + c2[:, :, None, None] * t[:, None]
+    waves = _smooth_waves(rng, n, x, y, waves=3, max_freq=3.0)
+    images += 0.12 * waves[:, None] * rng.uniform(-1, 1, (n, 3))[:, :, None, None]
+    # a distractor (half the images) under the labelled object
+    distractor = rng.integers(0, len(SHAPE_CLASSES), n)
+    has_distractor = rng.random(n) < 0.5
+    for kinds, scale, keep in ((distractor, (0.15, 0.25), has_distractor), (labels, (0.22, 0.6), None)):
+        cx, cy = rng.uniform(-0.45, 0.45, (2, n))
+        angle = rng.uniform(0, 2 * np.pi, n)
+        r = rng.uniform(*scale, n)
+        period = rng.uniform(4.5, 7.0, n) * 2.0 / size  # 4.5-7 px at any size
+        colour = rng.uniform(0, 1, (n, 3)).astype(np.float32)
+        opacity = rng.uniform(0.3, 1.0, n).astype(np.float32)  # some objects faint, as lesions are
+        for kind in range(len(SHAPE_CLASSES)):
+            idx = np.flatnonzero((kinds == kind) & (keep if keep is not None else True))
+            if len(idx) == 0:
+                continue
+            u, v = _local(x, y, cx[idx], cy[idx], angle[idx])
+            mask = _shape_mask(kind, u, v, _col(r[idx]), _col(period[idx]), size)[:, None]
+            mask *= opacity[idx, None, None, None]
+            images[idx] = images[idx] * (1 - mask) + colour[idx, :, None, None] * mask
+    noise = rng.uniform(0.02, 0.1, n).astype(np.float32)[:, None, None, None]
+    images += noise * rng.normal(0, 1, images.shape).astype(np.float32)
+    return _to_uint8(images)
+
+
+# --- lesion_presence / lesion_grade ----------------------------------------------------------------
+
+def _anatomy(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """Anatomy-like gray backgrounds [n, H, W] in ~[0, 1] and the organ ellipse (cx, cy, a, b, angle)."""
+    x, y = _grid(size)
+    cx, cy = rng.uniform(-0.2, 0.2, (2, n))
+    a, b = rng.uniform(0.55, 0.85, n), rng.uniform(0.4, 0.7, n)
+    angle = rng.uniform(0, np.pi, n)
+    u, v = _local(x, y, cx, cy, angle)
+    organ_distance = np.sqrt((u / _col(a)) ** 2 + (v / _col(b)) ** 2) - 1.0
+    organ = np.clip(0.5 - organ_distance * 4.0, 0, 1)  # soft boundary, ~1/8 of the radius wide
+    inside, outside = rng.uniform(0.45, 0.65, n), rng.uniform(0.15, 0.3, n)
+    images = _col(outside) + _col(inside - outside) * organ
+    images += 0.06 * _smooth_waves(rng, n, x, y, waves=3, max_freq=2.5)
+    # vessel-like ridges: thin sinusoidal curves in a random frame, brighter or darker than tissue
+    for _ in range(3):
+        present = rng.random(n) < 0.8
+        uu, vv = _local(x, y, rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n), rng.uniform(0, np.pi, n))
+        curve = vv - _col(rng.uniform(0.05, 0.3, n)) * np.sin(_col(rng.uniform(1.5, 4.0, n)) * uu
+                                                             + _col(rng.uniform(0, 2 * np.pi, n)))
+        width = _col(rng.uniform(0.8, 1.4, n) * 2.0 / size)
+        contrast = _col(rng.choice([-1.0, 1.0], n) * rng.uniform(0.06, 0.14, n) * present)
+        images += contrast * np.exp(-((curve / width) ** 2))
+    # speckle (multiplicative, spatially correlated) and additive Gaussian noise
+    speckle = _box_blur(rng.normal(0, 1, images.shape).astype(np.float32)) * 3.0  # unit variance again
+    images *= 1.0 + _col(rng.uniform(0.06, 0.12, n)) * speckle
+    images += _col(rng.uniform(0.02, 0.05, n)) * rng.normal(0, 1, images.shape).astype(np.float32)
+    return images, (cx, cy, a, b, angle)
+
+
+def _inside_organ(rng: np.random.Generator, organ: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Random points well inside each organ ellipse (within 70 % of its radii)."""
+    cx, cy, a, b, angle = organ
+    n = len(cx)
+    radius = 0.7 * np.sqrt(rng.random(n))
+    phi = rng.uniform(0, 2 * np.pi, n)
+    pu, pv = radius * a * np.cos(phi), radius * b * np.sin(phi)
+    return cx + np.cos(angle) * pu - np.sin(angle) * pv, cy + np.sin(angle) * pu + np.cos(angle) * pv
+
+
+def _add_blobs(rng: np.random.Generator, images: np.ndarray, organ: tuple[np.ndarray, ...], mask: np.ndarray,
+               radius_px: tuple[float, float], contrast: tuple[float, float], elongation: tuple[float, float],
+               size: int) -> None:
+    """Add one soft blob to the images where ``mask``: radius in pixels, |contrast| in intensity units."""
+    x, y = _grid(size)
+    n = images.shape[0]
+    cx, cy = _inside_organ(rng, organ)
+    r = rng.uniform(*radius_px, n) * 2.0 / size
+    ratio = rng.uniform(*elongation, n)
+    c = rng.choice([-1.0, 1.0], n) * rng.uniform(*contrast, n) * mask
+    u, v = _local(x, y, cx, cy, rng.uniform(0, np.pi, n))
+    d = np.sqrt((u * _col(1 / np.sqrt(ratio))) ** 2 + (v * _col(np.sqrt(ratio))) ** 2) - _col(r)
+    images += _col(c) * np.clip(0.5 - d * (size / 3.0), 0, 1)  # soft edge ~1.5 px
+
+
+def _lesions(rng: np.random.Generator, counts: np.ndarray, size: int, contrast: tuple[float, float],
+             growth: float) -> np.ndarray:
+    """Gray images [n, 1, H, W] with ``counts[i]`` lesions in image i, of |contrast| in the given range
+    (intensity units), radius and contrast scaled by ``1 + growth * count``."""
+    n = len(counts)
+    images, organ = _anatomy(rng, n, size)
+    _add_blobs(rng, images, organ, rng.random(n) < 0.5, (1.0, 1.6), (0.05, 0.12), (3.0, 4.5), size)
+    for k in range(int(counts.max(initial=0))):
+        grow = 1.0 + growth * counts
+        _add_blobs(rng, images, organ, counts > k, (2.0 * grow, 3.5 * grow), (contrast[0] * grow, contrast[1] * grow),
+                   (1.0, 1.3), size)
+    return _to_uint8(images[:, None])
+
+
+def _lesion_presence(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarray:
+    return _lesions(rng, labels, size, contrast=(0.14, 0.28), growth=0.0)
+
+
+def _lesion_grade(rng: np.random.Generator, labels: np.ndarray, size: int) -> np.ndarray:
+    return _lesions(rng, labels, size, contrast=(0.12, 0.25), growth=0.08)
+
+
+# --- the format ------------------------------------------------------------------------------------
+
+TASKS: dict[str, tuple[Callable[[np.random.Generator, np.ndarray, int], np.ndarray], str, list[str]]] = {
+    "natural_shapes": (_natural_shapes, "multiclass", SHAPE_CLASSES),
+    "lesion_presence": (_lesion_presence, "binary", ["no lesion", "lesion"]),
+    "lesion_grade": (_lesion_grade, "ordinal", [f"grade {g}" for g in range(GRADES)]),
+}
+
+
+def generate(task: str, n: int, size: int = 32, seed: int = 0, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images uint8 [n, C, size, size] and int64 labels [n] of a synthetic ``task``.
+
+    Deterministic in (task, n, size, seed, split); the first m images do not depend on n >= m.
+    """
+    draw, _, classes = TASKS[task]
+    images, labels = [], []
+    task_id, split_id = list(TASKS).index(task), SPLITS.index(split)
+    for chunk, start in enumerate(range(0, n, CHUNK)):
+        rng = np.random.default_rng([seed, task_id, split_id, chunk])
+        m = min(CHUNK, n - start)
+        # always draw a whole chunk, so the images do not depend on where n cuts it
+        chunk_labels = rng.permutation(np.arange(CHUNK) % len(classes)).astype(np.int64)
+        images.append(draw(rng, chunk_labels, size)[:m])
+        labels.append(chunk_labels[:m])
+    if not images:
+        channels = 3 if task == "natural_shapes" else 1
+        return np.zeros((0, channels, size, size), np.uint8), np.zeros(0, np.int64)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+@FORMATS.register("synthetic")
+def read(name: str, entry: dict[str, Any]) -> RawDataset:
+    """Generate the synthetic dataset of a config entry (see the module docstring)."""
+    task = entry.get("task")
+    if task not in TASKS:
+        raise ConfigError(f"datasets.{name}.task is {task!r}; allowed for format synthetic: {', '.join(TASKS)}")
+    size, seed = int(entry.get("size", 32)), int(entry.get("seed", 0))
+    if size < 8:
+        raise ConfigError(f"datasets.{name}.size is {size}; synthetic images need size >= 8")
+    counts = {}
+    for split in SPLITS:
+        key = f"n_{split}"
+        if key not in entry:
+            raise ConfigError(f"datasets.{name}: missing key '{key}' (number of {split} images)")
+        counts[split] = int(entry[key])
+        if counts[split] < 1:
+            raise ConfigError(f"datasets.{name}.{key} must be >= 1, got {counts[split]}")
+    params = {"task": task, "size": size, "seed": seed, **{f"n_{s}": counts[s] for s in SPLITS},
+              "generator_version": GENERATOR_VERSION}
+    _, kind, classes = TASKS[task]
+    splits = {split: generate(task, counts[split], size, seed, split) for split in SPLITS}
+    return RawDataset(
+        splits=splits,
+        task=kind,
+        class_names=list(classes),
+        source=f"synthetic:{task}",
+        checksum=hashlib.md5(json.dumps(params, sort_keys=True).encode()).hexdigest(),
+        attributes={"synthetic": params},
+    )
