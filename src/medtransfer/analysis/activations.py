@@ -60,8 +60,7 @@ def block_activations(model: torch.nn.Module, loader, pool: int, device: torch.d
     """Forward the loader through ``model``; return {block name: float32 array [N, ...]}."""
     model.eval().to(device)
     named = models.blocks(model)
-    # timm's Swin blocks emit [N, H, W, C]; every other family is channels-first or tokens
-    channels_last_tokens = "swin" in type(model).__name__.lower()
+    channels_last_tokens = models.block_layout(model) == "nhwc"  # timm's Swin blocks
     captured: dict[str, list[torch.Tensor]] = {name: [] for name, _ in named}
 
     def hook(name: str):
