@@ -35,10 +35,11 @@ def tiny_config() -> dict:
         "sources": {"natural": {"pretrain": {"dataset": "shapes"}}},
         "architectures": {"cbr_tiny": {"width": 0.125}},
         "study": {"targets": ["lesions"], "architectures": ["cbr_tiny"], "inits": ["RI", {"WT": "natural"}],
-                  "fractions": [0.5, 1.0], "seeds": [0]},
+                  "fractions": [1.0], "seeds": [0, 1]},
         "train": {"epochs": 2, "batch_size": 32, "num_workers": 0},
         "pretrain": {"epochs": 1},
-        "analysis": {"probe_size": 64, "pool": 2, "measures": ["linear_cka"]},
+        "analysis": {"probe_size": 64, "pool": 2, "measures": ["linear_cka"],
+                     "pairs": [{"a": "WT_natural", "b": "RI"}]},
         "resources": {name: {"threads": 1, "mem_mb": 1000, "runtime": 5}
                       for name in ("preprocess", "pretrain", "finetune", "activations", "similarity")},
     }

@@ -66,6 +66,16 @@ def cmd_similarity(args: argparse.Namespace) -> None:
         frame.to_csv(tmp, index=False)
 
 
+def cmd_similarity_pairs(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.pairs import similarity_pairs
+    from medtransfer.atomic import atomic_path
+
+    spec = _spec(args.spec)
+    frame = similarity_pairs(spec)
+    with atomic_path(spec["out"]) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
 def cmd_collect(args: argparse.Namespace) -> None:
     from medtransfer.analysis.collect import COLLECTORS
     from medtransfer.atomic import atomic_path
@@ -111,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("finetune", cmd_finetune, "initialise and fine-tune one run of the study grid")
     add("activations", cmd_activations, "activations of every canonical block, init and final states")
     add("similarity", cmd_similarity, "similarity(init, final) per block for one run")
+    add("similarity-pairs", cmd_similarity_pairs, "block × block similarity between runs, with the seed noise floor")
     sub = add("collect", cmd_collect, "gather per-run results into one tidy CSV", job=False)
     sub.add_argument("kind", choices=["metrics", "history", "similarity"])
     sub.add_argument("--out", required=True)

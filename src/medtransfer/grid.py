@@ -364,6 +364,33 @@ class Study:
             "out": paths.run_analysis("similarity_init_final", run),
         }
 
+    def pair_groups(self) -> list[tuple[str, str, str]]:
+        """(dataset, arch, fraction) groups that have block × block comparisons to make."""
+        return sorted(self.run_groups()) if self.analysis["pairs"] else []
+
+    def pairs_spec(self, dataset: str, arch: str, fraction: str) -> dict:
+        """The comparisons of one group: every configured pair at every seed, and the noise floor
+        of each init in a pair (consecutive seeds of the same init; needs two seeds or more)."""
+        def activations_of(init: str, seed: int, state: str) -> str:
+            return paths.activations(Run(dataset, arch, init, fraction, seed), state)
+
+        comparisons, floors = [], set()
+        for pair in self.analysis["pairs"]:
+            state = pair.get("state", "final")
+            name = f"{pair['a']} vs {pair['b']}"
+            for seed in self.seeds:
+                comparisons.append({"pair": name, "kind": "pair", "init_a": pair["a"], "seed_a": seed,
+                                    "a": activations_of(pair["a"], seed, state), "init_b": pair["b"],
+                                    "seed_b": seed, "b": activations_of(pair["b"], seed, state)})
+            floors |= {(pair["a"], state), (pair["b"], state)}
+        for init, state in sorted(floors):
+            for seed_a, seed_b in zip(self.seeds, self.seeds[1:]):
+                comparisons.append({"pair": f"{init} vs {init}", "kind": "noise_floor", "init_a": init,
+                                    "seed_a": seed_a, "a": activations_of(init, seed_a, state), "init_b": init,
+                                    "seed_b": seed_b, "b": activations_of(init, seed_b, state)})
+        return {"dataset": dataset, "arch": arch, "fraction": float(fraction), "measures": self.analysis["measures"],
+                "comparisons": comparisons, "out": paths.group_analysis("similarity_pairs", dataset, arch, fraction)}
+
     def run_columns(self, run: Run) -> dict:
         """The columns that identify a run in every tidy CSV."""
         return run_columns(self.run_spec(run))

@@ -87,6 +87,11 @@ def run_analysis(kind: str, run: Run, root: str = RESULTS) -> str:
     return f"{root}/analysis/{kind}/{run.id}.csv"
 
 
+def group_analysis(kind: str, dataset: str, arch: str, fraction: float | str, root: str = RESULTS) -> str:
+    """The part of ``analysis_table(kind)`` of one (dataset, arch, fraction) group."""
+    return f"{root}/analysis/{kind}/groups/{dataset}/{arch}/f{format_fraction(fraction)}.csv"
+
+
 def table(name: str, ext: str = "csv", root: str = RESULTS) -> str:
     return f"{root}/tables/{name}.{ext}"
 

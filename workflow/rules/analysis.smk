@@ -72,3 +72,41 @@ rule collect_similarity_init_final:
         ENV
     shell:
         "medtransfer collect similarity --out {output} {input} > {log} 2>&1"
+
+
+rule similarity_pairs:
+    input:
+        pairs_inputs,
+    output:
+        paths.group_analysis("similarity_pairs", "{dataset}", "{arch}", "{fraction}"),
+    params:
+        spec=pairs_spec,
+    log:
+        paths.log("similarity_pairs", "{dataset}/{arch}/f{fraction}"),
+    threads: resource("similarity", "threads")
+    resources:
+        mem_mb=per_attempt("similarity", "mem_mb"),
+        runtime=per_attempt("similarity", "runtime"),
+        gpu=0,
+    conda:
+        ENV
+    shell:
+        "medtransfer similarity-pairs --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+
+
+rule collect_similarity_pairs:
+    input:
+        pairs_outputs(),
+    output:
+        paths.analysis_table("similarity_pairs"),
+    log:
+        paths.log("collect", "similarity_pairs"),
+    threads: 1
+    resources:
+        mem_mb=per_attempt("collect", "mem_mb"),
+        runtime=per_attempt("collect", "runtime"),
+        gpu=0,
+    conda:
+        ENV
+    shell:
+        "medtransfer collect similarity --out {output} {input} > {log} 2>&1"

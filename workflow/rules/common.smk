@@ -74,6 +74,10 @@ def similarity_spec(wildcards):
     return as_json(STUDY.similarity_spec(run_of(wildcards)))
 
 
+def pairs_spec(wildcards):
+    return as_json(STUDY.pairs_spec(wildcards.dataset, wildcards.arch, wildcards.fraction))
+
+
 # ---- inputs -----------------------------------------------------------------------------
 
 
@@ -97,6 +101,15 @@ def run_outputs(name):
 
 def similarity_outputs(wildcards=None):
     return [paths.run_analysis("similarity_init_final", run) for run in STUDY.runs]
+
+
+def pairs_inputs(wildcards):
+    spec = STUDY.pairs_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
+    return sorted({c[side] for c in spec["comparisons"] for side in ("a", "b")})
+
+
+def pairs_outputs():
+    return [paths.group_analysis("similarity_pairs", *group) for group in STUDY.pair_groups()]
 
 
 def figure_input(wildcards):

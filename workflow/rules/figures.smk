@@ -7,6 +7,7 @@ localrules:
     collect_metrics,
     collect_history,
     collect_similarity_init_final,
+    collect_similarity_pairs,
 
 
 rule figure:

@@ -17,7 +17,7 @@ from medtransfer.data.fractions import subset_indices
 from medtransfer.data.loader import BatchLoader, make_loader
 
 # built-in formats (each registers itself in FORMATS on import)
-from medtransfer.data import synthetic, medmnist, folders  # noqa: E402,F401  isort: skip
+from medtransfer.data import synthetic, medmnist, folders, arrays  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "FORMATS",

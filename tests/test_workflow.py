@@ -1,0 +1,121 @@
+"""The workflow as users run it: lint, format, dry-run plans, and a whole tiny study end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO, tiny_config
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts per rule from a dry run's summary table ('rule  count' lines)."""
+    counts, in_table = {}, False
+    for line in result.stdout.splitlines():
+        parts = line.split()
+        if parts[:2] == ["job", "count"]:
+            in_table = True
+            continue
+        if in_table and len(parts) == 2 and parts[1].isdigit():
+            if parts[0] == "total":
+                break
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_lint_is_clean():
+    result = subprocess.run([*SNAKEMAKE, "--lint", "-s", "Snakefile"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Congratulations" in result.stdout + result.stderr or "Lints for" not in result.stdout
+
+
+def test_snakefmt_check():
+    snakefmt = shutil.which("snakefmt") or str(Path(sys.executable).with_name("snakefmt"))
+    result = subprocess.run([snakefmt, "--check", "Snakefile", "workflow"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dry_run_plans_the_whole_grid(tmp_path):
+    config = tiny_config()
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "1")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    runs = 1 * 1 * 2 * 1 * 2  # targets × architectures × inits × fractions × seeds
+    assert jobs["finetune"] == runs and jobs["activations"] == runs and jobs["similarity_init_final"] == runs
+    assert jobs["preprocess"] == 2 and jobs["pretrain"] == 1
+    assert jobs["similarity_pairs"] == 1  # one (dataset, arch, fraction) group
+
+
+def test_a_bad_config_stops_before_any_job_naming_the_key(tmp_path):
+    config = tiny_config()
+    config["study"]["architectures"] = "cbr_tiny"  # not a list
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "1")
+    assert result.returncode != 0
+    assert "study" in result.stderr and "architectures" in result.stderr
+    config = tiny_config()
+    config["study"]["inits"] = [{"WT": "imagenet"}]
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "1")
+    assert result.returncode != 0 and "not under `sources:`" in result.stderr
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end_then_one_figure_without_retraining(tmp_path):
+    write_config(tmp_path, tiny_config())
+    result = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = tmp_path / "results"
+    for name in ("test_auc", "convergence", "similarity_init_final", "similarity_pairs_heatmap",
+                 "similarity_pairs_blocks"):
+        assert (results / "figures" / f"{name}.pdf").stat().st_size > 0
+        assert (results / "figures" / f"{name}.png").stat().st_size > 0
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    assert len(summary) == 2  # inits × fractions, over 2 seeds
+    pairs = pd.read_csv(results / "analysis" / "similarity_pairs.csv")
+    assert set(pairs["kind"]) == {"pair", "noise_floor"}
+    n_blocks = pairs["block_a_index"].max() + 1
+    # 2 seeds of the pair + one noise-floor comparison per init, each a full block × block matrix
+    assert len(pairs) == (2 + 2) * n_blocks**2
+    metrics = pd.read_csv(results / "analysis" / "metrics.csv")
+    assert metrics["test_auc"].between(0, 1).all()
+    run_dir = results / "runs" / "lesions" / "cbr_tiny" / "WT_natural" / "f1" / "s0"
+    record = json.loads((run_dir / "init.json").read_text())
+    assert any(block["origin"] == "source" for block in record["blocks"])
+    provenance = json.loads((run_dir / "metrics.json").read_text())["provenance"]
+    assert {"config_hash", "git_commit", "packages", "host", "device", "wall_seconds"} <= set(provenance)
+    cka = pd.read_csv(results / "analysis" / "similarity_init_final.csv")
+    assert cka["value"].between(-1e-6, 1 + 1e-6).all()
+
+    # Regenerate one figure: Snakemake's own plan must contain no training or extraction job.
+    (results / "figures" / "test_auc.pdf").unlink()
+    plan = snakemake(tmp_path, "-n", "--cores", "1", "results/figures/test_auc.pdf")
+    assert plan.returncode == 0, plan.stderr
+    assert planned_jobs(plan) == {"figure": 1}
+    assert snakemake(tmp_path, "--cores", "1", "results/figures/test_auc.pdf").returncode == 0
+    assert (results / "figures" / "test_auc.pdf").exists()
+    # Nothing left to do: a second full run plans no job at all.
+    again = snakemake(tmp_path, "-n", "--cores", "1")
+    assert "Nothing to be done" in again.stdout + again.stderr
