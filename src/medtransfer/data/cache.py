@@ -220,4 +220,5 @@ def read_labels(path: str | Path, split: str) -> np.ndarray:
         try:
             return h5[split]["labels"][...]
         except OSError as err:
-            raise DataError(f"dataset cache {path}: {split} labels cannot be read ({err}); {_fix(Path(path))}") from None
+            raise DataError(f"dataset cache {path}: {split} labels cannot be read ({err}); "
+                            f"{_fix(Path(path))}") from None

@@ -248,7 +248,7 @@ class BatchLoader:
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
                                              pin_memory=self.device.type == "cuda")
         try:
-            for positions, images in zip(batches, loader):
+            for positions, images in zip(batches, loader, strict=True):
                 positions = positions.to(self.device)
                 images = images.to(self.device, non_blocking=True)
                 yield self.transform(images, generator), self._labels[positions]

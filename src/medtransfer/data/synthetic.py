@@ -11,15 +11,17 @@ Config entry: ``{format: synthetic, task: <task>, n_train, n_val, n_test, size: 
 Tasks
 - ``natural_shapes`` (RGB, 12 classes, ``multiclass``): one object per image, of class disc,
   square, triangle, ring, cross, star, striped patch, checkerboard patch, concentric-ring patch,
-  dotted patch, elongated blob or arc, at a random position, scale, rotation and colour, on a
-  background made of a two-colour linear gradient plus low-frequency colour waves. Half the images
-  also hold a smaller distractor object of a random class; Gaussian pixel noise on top. Object
-  colours are drawn independently of the background, so some objects are faint.
+  dotted patch, elongated blob or arc, at a random position, rotation and colour, with a
+  log-uniform radius from ~3 px (near lesion size, at 32 px) to ~10 px and an opacity of 0.5-1 (some
+  objects are faint), on a background made of a two-colour linear gradient plus low-frequency
+  colour waves, with Gaussian pixel noise of random strength on top. Small faint objects are
+  hard to tell apart, which keeps the task from being trivial and makes the source teach
+  detectors of small low-contrast blobs, rings and edges in noise -- what the targets need.
 - ``lesion_presence`` (grayscale, ``binary``: 0 = no lesion, 1 = lesion): an "anatomy-like"
   background -- a soft-edged elliptical organ brighter than its surroundings, smooth low-frequency
   intensity variation, 2-3 thin curved vessel-like ridges, multiplicative speckle and additive
   Gaussian noise. A positive image holds one small, low-contrast, round lesion (a soft disc,
-  radius ~1.5-3 px at 32 px, brighter or darker than the tissue) inside the organ; both classes
+  radius ~2-3.5 px at 32 px, brighter or darker than the tissue) inside the organ; both classes
   hold a small elongated "pseudo-lesion" (vessel cross-section) half of the time, so a detector of
   any local blob is not enough.
 - ``lesion_grade`` (grayscale, ``ordinal``, grades 0-4): the same backgrounds with as many
@@ -27,8 +29,18 @@ Tasks
 
 Every split is generated from its own seed sequence (``seed``, task, split, chunk of 256 images),
 so ``n_train`` does not change the val/test images, and a larger ``n_train`` extends a smaller one.
-Classes are balanced within every chunk. Generation is vectorised numpy (tens of thousands of
-32 px images per second on one core).
+Classes are balanced within every chunk. Generation is vectorised numpy (2,000 32 px images in
+about half a second on one core).
+
+Measured (a small CNN: 3 blocks of two 3x3 conv + BatchNorm + ReLU and a max-pool, 16-32-64
+channels, global average pool, linear head; Adam 1e-3, batch 64, 10 epochs from random init, one
+CPU thread; n_train 2000, size 32, 1000 test images; AUC: binary = positive-class score, else mean
+one-vs-rest), test AUC over the last epochs: natural_shapes 0.77-0.79 (accuracy ~0.25, 12
+classes; 0.95 with 10,000 images and 6 epochs), lesion_presence 0.83-0.84, lesion_grade 0.82-0.83
+(quadratic kappa ~0.78). Transfer check (the same CNN pretrained 6 epochs on 10,000
+natural_shapes images, gray targets repeated to 3 channels, new head, all layers fine-tuned 10
+epochs, n_train 500, seeds 0 and 1): lesion_presence 0.738 / 0.737 from random init vs
+0.805 / 0.774 from the source weights; lesion_grade 0.786 / 0.711 vs 0.794 / 0.772.
 """
 
 from __future__ import annotations
@@ -43,7 +55,7 @@ import numpy as np
 from medtransfer.data.formats import FORMATS, SPLITS, RawDataset
 from medtransfer.errors import ConfigError
 
-GENERATOR_VERSION = 1  # bump when the images change, so the checksum and the cache change
+GENERATOR_VERSION = 2  # bump when the images change, so the checksum and the cache change
 CHUNK = 256
 
 SHAPE_CLASSES = [
@@ -153,25 +165,22 @@ def _natural_shapes(rng: np.random.Generator, labels: np.ndarray, size: int) -> 
     images = c1[:, :, None, None] * (1 - t[:, None]) + c2[:, :, None, None] * t[:, None]
     waves = _smooth_waves(rng, n, x, y, waves=3, max_freq=3.0)
     images += 0.12 * waves[:, None] * rng.uniform(-1, 1, (n, 3))[:, :, None, None]
-    # a distractor (half the images) under the labelled object
-    distractor = rng.integers(0, len(SHAPE_CLASSES), n)
-    has_distractor = rng.random(n) < 0.5
-    for kinds, scale, keep in ((distractor, (0.15, 0.25), has_distractor), (labels, (0.22, 0.6), None)):
-        cx, cy = rng.uniform(-0.45, 0.45, (2, n))
-        angle = rng.uniform(0, 2 * np.pi, n)
-        r = rng.uniform(*scale, n)
-        period = rng.uniform(4.5, 7.0, n) * 2.0 / size  # 4.5-7 px at any size
-        colour = rng.uniform(0, 1, (n, 3)).astype(np.float32)
-        opacity = rng.uniform(0.3, 1.0, n).astype(np.float32)  # some objects faint, as lesions are
-        for kind in range(len(SHAPE_CLASSES)):
-            idx = np.flatnonzero((kinds == kind) & (keep if keep is not None else True))
-            if len(idx) == 0:
-                continue
-            u, v = _local(x, y, cx[idx], cy[idx], angle[idx])
-            mask = _shape_mask(kind, u, v, _col(r[idx]), _col(period[idx]), size)[:, None]
-            mask *= opacity[idx, None, None, None]
-            images[idx] = images[idx] * (1 - mask) + colour[idx, :, None, None] * mask
-    noise = rng.uniform(0.02, 0.1, n).astype(np.float32)[:, None, None, None]
+    # one object per image; its scale spans tiny (~2 px radius at 32 px, lesion-sized) to large
+    cx, cy = rng.uniform(-0.45, 0.45, (2, n))
+    angle = rng.uniform(0, 2 * np.pi, n)
+    r = np.exp(rng.uniform(np.log(0.2), np.log(0.6), n))
+    period = rng.uniform(4.5, 7.0, n) * 2.0 / size  # 4.5-7 px at any size
+    colour = rng.uniform(0, 1, (n, 3)).astype(np.float32)
+    opacity = rng.uniform(0.5, 1.0, n).astype(np.float32)  # some objects faint, as lesions are
+    for kind in range(len(SHAPE_CLASSES)):
+        idx = np.flatnonzero(labels == kind)
+        if len(idx) == 0:
+            continue
+        u, v = _local(x, y, cx[idx], cy[idx], angle[idx])
+        mask = _shape_mask(kind, u, v, _col(r[idx]), _col(period[idx]), size)[:, None]
+        mask *= opacity[idx, None, None, None]
+        images[idx] = images[idx] * (1 - mask) + colour[idx, :, None, None] * mask
+    noise = rng.uniform(0.02, 0.08, n).astype(np.float32)[:, None, None, None]
     images += noise * rng.normal(0, 1, images.shape).astype(np.float32)
     return _to_uint8(images)
 
