@@ -91,3 +91,20 @@ def test_init_labels_are_path_safe_and_unique():
     specs = expand_init({"WT-RI": "natural", "k": [1, 2], "slim": 0.5}, 0)
     assert [s.label for s in specs] == ["WT-RI_natural_k1_slim0.5", "WT-RI_natural_k2_slim0.5"]
     assert all("/" not in s.label for s in specs)
+
+
+def test_per_arch_sources_and_init_architectures():
+    config = tiny_config()
+    config["study"]["architectures"] = ["cbr_tiny", "resnet18"]
+    config["sources"] = {"imagenet": {"timm": True, "per_arch": {"cbr_tiny": {"pretrain": {"dataset": "shapes"}}}}}
+    config["study"]["inits"] = ["RI", {"WT": "imagenet"}, {"WT-RI": "imagenet", "k": 1, "slim": 0.5,
+                                                           "architectures": ["cbr_tiny"]}]
+    config["analysis"]["pairs"] = []
+    validate_config(config, SCHEMA)
+    study = Study(config)
+    assert study.pretrain_jobs() == [("imagenet", "cbr_tiny")]
+    assert study.source_spec("imagenet", "resnet18") == {"kind": "timm", "arch": "resnet18", "tag": None}
+    assert study.source_spec("imagenet", "cbr_tiny")["kind"] == "pretrain"
+    slim_runs = [r for r in study.runs if r.init.startswith("WT-RI")]
+    assert {r.arch for r in slim_runs} == {"cbr_tiny"}
+    assert len(study.runs) == (2 * 2 + 1) * 2  # ((RI, WT) × 2 archs + slim × 1 arch) × 2 seeds

@@ -74,12 +74,13 @@ def test_a_bad_config_stops_before_any_job_naming_the_key(tmp_path):
     write_config(tmp_path, config)
     result = snakemake(tmp_path, "-n", "--cores", "1")
     assert result.returncode != 0
-    assert "study" in result.stderr and "architectures" in result.stderr
+    output = result.stdout + result.stderr
+    assert "study" in output and "architectures" in output
     config = tiny_config()
     config["study"]["inits"] = [{"WT": "imagenet"}]
     write_config(tmp_path, config)
     result = snakemake(tmp_path, "-n", "--cores", "1")
-    assert result.returncode != 0 and "not under `sources:`" in result.stderr
+    assert result.returncode != 0 and "not under `sources:`" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
@@ -119,3 +120,29 @@ def test_tiny_study_end_to_end_then_one_figure_without_retraining(tmp_path):
     # Nothing left to do: a second full run plans no job at all.
     again = snakemake(tmp_path, "-n", "--cores", "1")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def _grid_size(config: dict) -> int:
+    from medtransfer.grid import Study
+
+    return len(Study(config).runs)
+
+
+@pytest.mark.parametrize("study", ["transfusion", "feature_reuse", "cifar_to_medmnist", "medmnist"])
+def test_published_study_dry_runs_with_the_grid_job_count(study, tmp_path):
+    path = REPO / "workflow" / "studies" / f"{study}.yaml"
+    config = yaml.safe_load(path.read_text())
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "8", "--resources", "gpu=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    study_cfg = config["study"]
+    # independent count: per init entry, its k values × the architectures it applies to
+    cells = sum((len(e["k"]) if isinstance(e, dict) and isinstance(e.get("k"), list) else 1)
+                * len(e.get("architectures", study_cfg["architectures"]) if isinstance(e, dict)
+                      else study_cfg["architectures"])
+                for e in study_cfg["inits"])
+    runs = len(study_cfg["targets"]) * cells * len(study_cfg["fractions"]) * len(study_cfg["seeds"])
+    assert runs == _grid_size(config)
+    assert jobs["finetune"] == runs and jobs["activations"] == runs
+    assert jobs["preprocess"] == len(config["datasets"])

@@ -23,10 +23,11 @@ def _spec(text: str) -> dict:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> None:
-    from medtransfer.data import build_cache
+    from medtransfer.data import build_cache_resumable
 
     spec = _spec(args.spec)
-    build_cache(spec["name"], spec["entry"], spec["out"])
+    # resumable: a killed conversion of a large source continues from its last chunk
+    build_cache_resumable(spec["name"], spec["entry"], spec["out"], progress=not args.no_progress)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:

@@ -33,6 +33,7 @@ from medtransfer.paths import Run
 INITS_WITH_SOURCE = ("WT", "ST", "WT-ST", "WT-RI")
 INITS_WITHOUT_SOURCE = ("RI", "Gabor")
 INITS_WITH_K = ("WT-ST", "WT-RI")
+INIT_OPTIONS = ("k", "slim", "architectures")
 
 DEFAULT_TRAINING: dict[str, Any] = {
     "epochs": 10,
@@ -138,6 +139,7 @@ class InitSpec:
     source: str | None = None
     k: int | None = None
     slim: float | None = None
+    architectures: tuple[str, ...] | None = None  # None: every architecture of the study
 
     @property
     def label(self) -> str:
@@ -164,8 +166,8 @@ def expand_init(entry: str | dict, index: int) -> list[InitSpec]:
         if entry not in INITS_WITHOUT_SOURCE:
             raise ConfigError(f"config key {key}: unknown init {entry!r}; allowed: {allowed}")
         return [InitSpec(entry)]
-    options = {k: v for k, v in entry.items() if k in ("k", "slim")}
-    names = [k for k in entry if k not in ("k", "slim")]
+    options = {k: v for k, v in entry.items() if k in INIT_OPTIONS}
+    names = [k for k in entry if k not in INIT_OPTIONS]
     if len(names) != 1:
         raise ConfigError(f"config key {key}: name exactly one init (allowed: {allowed}), got {names}")
     name = names[0]
@@ -183,7 +185,8 @@ def expand_init(entry: str | dict, index: int) -> list[InitSpec]:
     if slim is not None and name != "WT-RI":
         raise ConfigError(f"config key {key}.slim: only WT-RI takes a slim top")
     ks = ks if isinstance(ks, list) else [ks]
-    return [InitSpec(name, source, k, slim) for k in ks]
+    archs = tuple(options["architectures"]) if options.get("architectures") else None
+    return [InitSpec(name, source, k, slim, archs) for k in ks]
 
 
 RUN_COLUMNS = ("dataset", "arch", "init", "init_name", "source", "k", "fraction", "seed")
@@ -228,6 +231,10 @@ class Study:
         for name, source in self.sources.items():
             if "pretrain" in source:
                 self._check_dataset(source["pretrain"]["dataset"], f"sources.{name}.pretrain.dataset")
+            for arch, override in (source.get("per_arch") or {}).items():
+                if "pretrain" in override:
+                    self._check_dataset(override["pretrain"]["dataset"],
+                                        f"sources.{name}.per_arch.{arch}.pretrain.dataset")
         self.inits = [spec for i, entry in enumerate(study["inits"]) for spec in expand_init(entry, i)]
         for i, spec in enumerate(self.inits):
             if spec.source is not None and spec.source not in self.sources:
@@ -242,11 +249,17 @@ class Study:
         self.architectures: list[str] = list(study["architectures"])
         self.fractions = [paths.format_fraction(f) for f in study["fractions"]]
         self.seeds: list[int] = list(study["seeds"])
+        for spec in self.inits:
+            for arch in spec.architectures or ():
+                if arch not in self.architectures:
+                    raise ConfigError(f"config key study.inits: init {spec.label} names architecture {arch!r}, "
+                                      f"which is not in study.architectures")
         self.runs = [
             Run(dataset, arch, spec.label, fraction, seed)
             for dataset, arch, spec, fraction, seed in product(
                 study["targets"], self.architectures, self.inits, self.fractions, self.seeds
             )
+            if spec.architectures is None or arch in spec.architectures
         ]
         self._init_by_label = {spec.label: spec for spec in self.inits}
         for i, pair in enumerate(self.analysis["pairs"]):
@@ -272,19 +285,27 @@ class Study:
         except KeyError:
             raise ConfigError(f"init label {label!r} is not in the study") from None
 
+    def source_entry(self, source: str, arch: str) -> dict:
+        """The entry of ``source`` for ``arch``: its ``per_arch`` override if any (e.g. timm
+        ImageNet weights for ResNet-50 but our own ImageNet pretraining for the CBR family,
+        which has no published weights), else the source's own entry."""
+        entry = self.sources[source]
+        override = (entry.get("per_arch") or {}).get(arch)
+        return override if override is not None else {k: v for k, v in entry.items() if k != "per_arch"}
+
     def pretrain_jobs(self) -> list[tuple[str, str]]:
         """(source, arch) pairs that the workflow must pretrain itself."""
         needed = {spec.source for spec in self.inits if spec.source}
         return [
             (source, arch)
             for source in sorted(needed)
-            if "pretrain" in self.sources[source]
             for arch in self.architectures
+            if "pretrain" in self.source_entry(source, arch)
         ]
 
     def datasets_needed(self) -> list[str]:
         names = {run.dataset for run in self.runs}
-        names |= {self.sources[s]["pretrain"]["dataset"] for s, _ in self.pretrain_jobs()}
+        names |= {self.source_entry(s, a)["pretrain"]["dataset"] for s, a in self.pretrain_jobs()}
         return sorted(names)
 
     def run_groups(self) -> dict[tuple[str, str, str], list[Run]]:
@@ -301,7 +322,7 @@ class Study:
 
     def source_spec(self, source: str, arch: str) -> dict:
         """Where the weights of ``source`` for ``arch`` come from (medtransfer.models.weights)."""
-        entry = self.sources[source]
+        entry = self.source_entry(source, arch)
         if "pretrain" in entry:
             return {"kind": "pretrain", "path": paths.pretrain_model(source, arch)}
         if "file" in entry:
@@ -310,7 +331,7 @@ class Study:
         return {"kind": "timm", "arch": arch, "tag": None if tag is True else tag}
 
     def pretrain_spec(self, source: str, arch: str) -> dict:
-        entry = self.sources[source]["pretrain"]
+        entry = self.source_entry(source, arch)["pretrain"]
         return {
             "source": source,
             "arch": arch,

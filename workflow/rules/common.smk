@@ -82,8 +82,7 @@ def pairs_spec(wildcards):
 
 
 def pretrain_inputs(wildcards):
-    dataset = STUDY.sources[wildcards.source]["pretrain"]["dataset"]
-    return paths.dataset_cache(dataset)
+    return STUDY.pretrain_spec(wildcards.source, wildcards.arch)["cache"]
 
 
 def finetune_inputs(wildcards):

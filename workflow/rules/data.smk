@@ -13,4 +13,4 @@ rule preprocess:
     conda:
         ENV
     shell:
-        "medtransfer preprocess --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer preprocess --spec {params.spec:q} --threads {threads} --no-progress > {log} 2>&1"

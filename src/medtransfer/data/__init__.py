@@ -15,9 +15,11 @@ from medtransfer.data.cache import SCHEMA_VERSION, CacheInfo, build_cache, read_
 from medtransfer.data.formats import FORMATS, TASKS, RawDataset, read_dataset
 from medtransfer.data.fractions import subset_indices
 from medtransfer.data.loader import BatchLoader, make_loader
+from medtransfer.data.streaming import DecodedImages, build_cache_resumable, write_cache
 
 # built-in formats (each registers itself in FORMATS on import)
 from medtransfer.data import synthetic, medmnist, folders, arrays  # noqa: E402,F401  isort: skip
+from medtransfer.data import chexpert, aptos, isic, pcam, cbis_ddsm  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "FORMATS",
@@ -33,4 +35,7 @@ __all__ = [
     "subset_indices",
     "BatchLoader",
     "make_loader",
+    "DecodedImages",
+    "write_cache",
+    "build_cache_resumable",
 ]

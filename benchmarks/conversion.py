@@ -1,0 +1,115 @@
+"""Conversion throughput: image files (PNG, JPEG) -> HDF5 cache at 224 px.
+
+Both paths convert the same files, in the same run, to uint8 [N, C, 224, 224] in an HDF5 file
+chunked by image:
+
+- PIL loop: one process, one image at a time: ``Image.open`` -> ``convert`` -> ``resize`` (bilinear)
+  -> ``numpy`` -> write the row into HDF5. What a conversion script without parallelism does.
+- medtransfer: :class:`medtransfer.data.streaming.DecodedImages` (``--workers`` decoding threads)
+  written by :func:`medtransfer.data.streaming.write_cache` (chunks of ~64 MB, the next chunk
+  decoded while the current one is written, resumable, train mean/std accumulated), with the
+  given worker count and with 1 worker.
+
+The inputs are made here: ``--n`` smooth random images of ``--source-size`` px (a low-frequency
+field plus noise, so that they compress like photographs, not like flat colour), saved as JPEG
+(quality 90) and PNG. The two outputs are checked to be pixel-identical. The machine's load
+average is printed before and after, and each row's CPU seconds and cores kept busy (CPU / wall):
+on a shared CPU the speed-up is bounded by the cores the other jobs leave free.
+Run from the repository root:
+
+    python benchmarks/conversion.py --n 200 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+
+from medtransfer.data.formats import RawDataset
+from medtransfer.data.streaming import DecodedImages, available_cores, write_cache
+
+
+def make_images(folder: Path, n: int, size: int, fmt: str, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        coarse = rng.random((size // 32, size // 32, 3)) * 255
+        field = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC))
+        pixels = np.clip(field + rng.normal(0, 8, field.shape), 0, 255).astype(np.uint8)
+        path = folder / f"img{i:05d}.{'jpg' if fmt == 'jpeg' else 'png'}"
+        Image.fromarray(pixels).save(path, **({"quality": 90} if fmt == "jpeg" else {}))
+        paths.append(path)
+    return paths
+
+
+def pil_loop(paths: list[Path], out: Path, size: int, channels: int) -> None:
+    with h5py.File(out, "w") as h5:
+        target = h5.create_dataset("images", (len(paths), channels, size, size), np.uint8,
+                                   chunks=(1, channels, size, size))
+        for i, path in enumerate(paths):
+            with Image.open(path) as img:
+                img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
+                array = np.asarray(img)
+            target[i] = array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def ours(paths: list[Path], out: Path, size: int, channels: int, workers: int) -> None:
+    empty = DecodedImages([], size, channels)
+    images = DecodedImages(paths, size, channels, "bilinear", workers=workers)
+    raw = RawDataset({"train": (images, np.zeros(len(paths), np.int64)), "val": (empty, np.zeros(0, np.int64)),
+                      "test": (empty, np.zeros(0, np.int64))}, "binary", ["a", "b"], "benchmark", "-")
+    write_cache("benchmark", {"size": size}, raw, out, resume=False, progress=False)
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads)."""
+    start, cpu = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200, help="images per format")
+    parser.add_argument("--source-size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--formats", nargs="+", default=["jpeg", "png"], choices=("jpeg", "png"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores ({available_cores()} usable), "
+          f"python {platform.python_version()}, load average before {os.getloadavg()[0]:.2f}")
+    print(f"# {args.n} images per format, {args.source_size} px -> {args.size} px, {args.channels} channel(s)")
+    print("| format | converter | workers | s | images / s | vs PIL loop | CPU s | cores busy |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for fmt in args.formats:
+            folder = tmp / fmt
+            folder.mkdir()
+            paths = make_images(folder, args.n, args.source_size, fmt)
+            base, base_cpu = timed(pil_loop, paths, tmp / f"{fmt}_pil.h5", args.size, args.channels)
+            rows = [("PIL loop", 1, base, base_cpu)]
+            for workers in sorted({1, args.workers}):
+                seconds, cpu = timed(ours, paths, tmp / f"{fmt}_ours{workers}.h5", args.size, args.channels, workers)
+                rows.append(("medtransfer write_cache", workers, seconds, cpu))
+                with h5py.File(tmp / f"{fmt}_pil.h5", "r") as a, h5py.File(tmp / f"{fmt}_ours{workers}.h5") as b:
+                    assert np.array_equal(a["images"][...], b["train/images"][...]), "outputs differ"
+            for name, workers, seconds, cpu in rows:
+                print(f"| {fmt} | {name} | {workers} | {seconds:.2f} | {args.n / seconds:,.0f} | {base / seconds:.2f}x "
+                      f"| {cpu:.2f} | {cpu / seconds:.2f} |")
+    print(f"# load average after {os.getloadavg()[0]:.2f}; outputs pixel-identical")
+
+
+if __name__ == "__main__":
+    main()

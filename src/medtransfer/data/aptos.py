@@ -1,0 +1,70 @@
+"""APTOS 2019 Blindness Detection (format ``aptos2019``): fundus photographs, DR grade 0-4.
+
+Download the Kaggle competition data (``kaggle competitions download -c aptos2019-blindness-detection``)
+and unpack it; ``root`` is the folder holding ``train.csv`` (columns ``id_code``, ``diagnosis``) and
+``train_images/{id_code}.png``::
+
+    aptos:
+      format: aptos2019
+      root: /data/aptos2019-blindness-detection
+      size: 224
+      val_fraction: 0.1      # defaults 0.1 and 0.2, of train.csv's images
+      test_fraction: 0.2
+      split_seed: 0
+
+``test.csv`` has no labels (Kaggle kept them), so val and test are made from ``train.csv``,
+stratified by grade and seeded; APTOS has no patient ids, so each image is its own group (the
+cache records this). Task ``ordinal`` (5 grades), metric ``kappa`` (quadratic-weighted Cohen's
+kappa, the competition's and Matsoukas et al.'s metric). ``images`` names the image folder when
+it is not ``train_images``; ``channels`` (default 3), ``resize``, ``workers`` as for ``csv``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtransfer.data.folders import _common_keys, _split_keys
+from medtransfer.data.formats import FORMATS, RawDataset, md5_file, require
+from medtransfer.data.splits import split_source_train
+from medtransfer.data.streaming import DecodedImages
+from medtransfer.data.tables import listing_checksum, read_table, row_names
+from medtransfer.errors import DataError
+
+GRADES = ("0 no DR", "1 mild", "2 moderate", "3 severe", "4 proliferative DR")
+DOWNLOAD = "https://www.kaggle.com/competitions/aptos2019-blindness-detection/data"
+METRIC = "kappa"
+
+
+@FORMATS.register("aptos2019")
+def read(name: str, entry: dict[str, Any]) -> RawDataset:
+    """Read APTOS 2019's train.csv and train_images/ (images decoded lazily)."""
+    root = Path(require(entry, "root", name, "the unpacked aptos2019-blindness-detection folder"))
+    size, channels, resize, workers = _common_keys(entry, name)
+    csv_path = root / "train.csv"
+    table = read_table(csv_path, ["id_code", "diagnosis"], hint=f"download APTOS 2019 from {DOWNLOAD}")
+    rows = row_names(csv_path, len(table))
+    labels = np.empty(len(table), np.int64)
+    for i, value in enumerate(table["diagnosis"]):
+        try:
+            grade = float(value)
+        except (TypeError, ValueError):
+            grade = np.nan
+        if not grade.is_integer() or not 0 <= grade < len(GRADES):
+            raise DataError(f"{rows[i]}: 'diagnosis' is {value!r}; APTOS grades are 0, 1, 2, 3, 4")
+        labels[i] = int(grade)
+    for i, code in enumerate(table["id_code"]):
+        if not isinstance(code, str) or not code.strip():
+            raise DataError(f"{rows[i]}: empty 'id_code'")
+    folder = root / str(entry.get("images", "train_images"))
+    paths = [folder / f"{code.strip()}.png" for code in table["id_code"]]
+    listing = listing_checksum(root, paths, rows)
+    images = DecodedImages(paths, size, channels, resize, workers=workers, describe=rows)
+    splits, attributes = split_source_train(images, labels, None, source="train.csv", grouping="image",
+                                            **_split_keys(entry))
+    attributes.update({"metric": METRIC, "images_listing_md5": listing,
+                       "note": "APTOS 2019 has no patient ids: images are split independently"})
+    return RawDataset(splits=splits, task="ordinal", class_names=list(GRADES), source=str(csv_path),
+                      checksum=md5_file(csv_path), attributes=attributes)

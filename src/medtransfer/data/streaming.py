@@ -1,0 +1,307 @@
+"""Large sources: images decoded on demand, and a cache writer that can be resumed.
+
+Two pieces, both for datasets too large to hold in memory (CheXpert's 224k radiographs, PCam's
+327k patches):
+
+- :class:`DecodedImages` is the lazy "array-like" that :class:`~medtransfer.data.formats.RawDataset`
+  allows as a split's images: ``images[i:j]`` decodes and resizes files i..j-1 in parallel threads
+  (PIL and pydicom release the GIL while decoding and resizing) and returns uint8 [j-i, C, S, S].
+- :func:`write_cache` writes the same file as :func:`medtransfer.data.cache.build_cache`, chunk by
+  chunk, reading the next chunk while the current one is written, with one progress bar in images.
+  It works in ``.{name}.partial`` beside the output and records after every chunk how far it got
+  (plus the running pixel sums for the train mean/std), so a killed job continues where it stopped
+  when run again with the same source and config. Only when every split is written is the file
+  renamed to its final name; a partial file never looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from medtransfer.data.cache import CHUNK_BYTES, SCHEMA_VERSION, resize_uint8
+from medtransfer.data.folders import load_image
+from medtransfer.data.formats import SPLITS, RawDataset, read_dataset
+from medtransfer.errors import ConfigError, DataError
+
+log = logging.getLogger("medtransfer")
+
+Decoder = Callable[[Path, int, int, str], np.ndarray]
+"""``decode(path, size, channels, resize) -> uint8 [channels, size, size]``; raises OSError or
+ValueError for an unreadable file (as :func:`medtransfer.data.folders.load_image`)."""
+
+# entry keys that change how fast a cache is written, not what it holds: a resume ignores them
+SPEED_KEYS = ("workers",)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (a SLURM or taskset allocation, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+class DecodedImages:
+    """Image files as a uint8 [N, C, size, size] array-like, decoded when sliced.
+
+    Args:
+        paths: one file per image.
+        size, channels, resize: output size (square, no crop), 1 or 3 channels, PIL filter name.
+        workers: decoding threads (default: the cores this process may use).
+        describe: ``describe[i]`` names image i in error messages (e.g. ``"train.csv row 12"``).
+        decode: the decoder (default :func:`medtransfer.data.folders.load_image`: PNG, JPEG, ...).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], size: int, channels: int, resize: str = "bilinear", *,
+                 workers: int | None = None, describe: Sequence[str] | None = None,
+                 decode: Decoder | None = None) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.size, self.channels, self.resize = int(size), int(channels), resize
+        self.describe = list(describe) if describe is not None else None
+        if self.describe is not None and len(self.describe) != len(self.paths):
+            raise ValueError("describe needs one entry per path")
+        self.decode = decode or load_image
+        self.workers = int(workers) if workers else available_cores()
+        self.shape = (len(self.paths), self.channels, self.size, self.size)
+        self.dtype = np.dtype(np.uint8)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> DecodedImages:
+        """The images at ``indices``, still lazy."""
+        indices = np.asarray(indices, np.int64)
+        return DecodedImages([self.paths[i] for i in indices], self.size, self.channels, self.resize,
+                             workers=self.workers, decode=self.decode,
+                             describe=None if self.describe is None else [self.describe[i] for i in indices])
+
+    def _rows(self, index: Any) -> Sequence[int]:
+        if isinstance(index, slice):
+            return range(*index.indices(len(self)))
+        rows = np.asarray(index)
+        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+            raise TypeError("DecodedImages takes a slice or a 1-d array of indices")
+        return [int(i) for i in rows]
+
+    def _load(self, i: int) -> np.ndarray:
+        try:
+            return self.decode(self.paths[i], self.size, self.channels, self.resize)
+        except (OSError, ValueError, DataError) as err:
+            what = f"{self.describe[i]}: image {self.paths[i]}" if self.describe else f"image {self.paths[i]}"
+            raise DataError(f"{what} cannot be read ({err}); fix or remove it") from None
+
+    def __getitem__(self, index: slice | Sequence[int] | np.ndarray) -> np.ndarray:
+        rows = self._rows(index)
+        out = np.empty((len(rows), *self.shape[1:]), np.uint8)
+
+        def work(k: int) -> None:
+            out[k] = self._load(rows[k])
+
+        if self.workers == 1 or len(rows) < 2:
+            for k in range(len(rows)):
+                work(k)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+            for _ in self._pool.map(work, range(len(rows))):  # re-raises the first error
+                pass
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __getstate__(self) -> dict:  # a thread pool does not pickle; a copy makes its own
+        return {**self.__dict__, "_pool": None}
+
+
+# --- the resumable writer --------------------------------------------------------------------------
+
+def partial_path(out_path: str | Path) -> Path:
+    """Where :func:`write_cache` works before the rename: ``.{name}.partial`` beside the output."""
+    out_path = Path(out_path)
+    return out_path.parent / f".{out_path.name}.partial"
+
+
+def _cache_size(name: str, entry: Mapping[str, Any], raw: RawDataset) -> int:
+    height, width = raw.image_size
+    if entry.get("size") is not None:
+        return int(entry["size"])
+    if height != width:
+        raise ConfigError(f"datasets.{name}: images are {height}x{width}; set 'size' to resize them to a square")
+    return height
+
+
+def fingerprint(name: str, entry: Mapping[str, Any], raw: RawDataset, size: int, mode: str) -> str:
+    """md5 of everything that decides the cache's content; a partial file is resumed only when equal."""
+    labels = {}
+    for split in SPLITS:
+        images, split_labels = raw.splits[split]
+        array = np.ascontiguousarray(split_labels)
+        labels[split] = [int(images.shape[0]), str(array.dtype), list(array.shape),
+                         hashlib.md5(array.tobytes()).hexdigest()]
+    content = {
+        "schema_version": SCHEMA_VERSION, "name": name, "size": size, "resize": mode,
+        "entry": {k: v for k, v in entry.items() if k not in SPEED_KEYS},
+        "task": raw.task, "class_names": list(raw.class_names), "source": raw.source,
+        "checksum": raw.checksum, "channels": raw.channels, "labels": labels,
+        "attributes": raw.attributes,
+    }
+    return hashlib.md5(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _open(partial: Path, stamp: str, resume: bool) -> tuple[h5py.File, bool]:
+    """(file, fresh): the partial file to continue, or a new one."""
+    if partial.exists():
+        if resume:
+            try:
+                h5 = h5py.File(partial, "r+")
+            except OSError as err:  # killed while HDF5 metadata was being written
+                log.warning("cannot resume %s (%s); starting over", partial, err)
+            else:
+                if h5.attrs.get("resume_fingerprint") == stamp:
+                    return h5, False
+                h5.close()
+                log.info("%s was written for another source or config; starting over", partial)
+        partial.unlink()
+    return h5py.File(partial, "w"), True
+
+
+def _create(h5: h5py.File, raw: RawDataset, size: int, stamp: str) -> None:
+    channels = raw.channels
+    for split in SPLITS:
+        images, labels = raw.splits[split]
+        n = int(images.shape[0])
+        group = h5.create_group(split)
+        group.create_dataset("images", shape=(n, channels, size, size), dtype=np.uint8,
+                             chunks=(1, channels, size, size) if n else None)
+        group.create_dataset("labels", data=np.asarray(labels))
+        group.attrs["rows_written"] = 0
+    h5["train"].attrs["pixel_sum"] = np.zeros(channels, np.int64)
+    h5["train"].attrs["square_sum"] = np.zeros(channels, np.int64)
+    h5.attrs["resume_fingerprint"] = stamp  # last: a file without it is never resumed
+    h5.flush()
+
+
+def write_cache(name: str, entry: Mapping[str, Any], raw: RawDataset, out_path: str | Path, *,
+                resume: bool = True, progress: bool = True, chunk_images: int | None = None) -> None:
+    """Write ``raw`` to the HDF5 cache ``out_path`` (the schema of :mod:`medtransfer.data.cache`).
+
+    Images are read ``chunk_images`` at a time (default: ~64 MB of float pixels, as ``build_cache``),
+    resized to ``entry["size"]`` (mode ``entry["resize"]``) unless already that size, and written;
+    the next chunk is read (decoded, for :class:`DecodedImages`) while the current one is written.
+    With ``resume`` a partial file left by an interrupted run with the same source, labels and
+    config (:func:`fingerprint`) is continued; otherwise it is discarded.
+    """
+    out_path = Path(out_path)
+    size = _cache_size(name, entry, raw)
+    mode = entry.get("resize", "bilinear")
+    channels = raw.channels
+    height, width = raw.image_size
+    step = chunk_images or max(1, CHUNK_BYTES // (4 * channels * max(height * width, size * size)))
+    partial = partial_path(out_path)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    stamp = fingerprint(name, entry, raw, size, mode)
+    h5, fresh = _open(partial, stamp, resume)
+    try:
+        if fresh:
+            _create(h5, raw, size, stamp)
+        done = sum(int(h5[s].attrs["rows_written"]) for s in SPLITS)
+        total = sum(int(raw.splits[s][0].shape[0]) for s in SPLITS)
+        if done:
+            log.info("%s: resuming %s at %d of %d images", name, partial, done, total)
+        with tqdm(total=total, initial=done, unit="img", desc=name, disable=not progress) as bar, \
+                ThreadPoolExecutor(1, thread_name_prefix="prefetch") as reader:
+            for split in SPLITS:
+                _write_split(h5[split], raw.splits[split][0], split == "train", step, size, mode, reader, bar)
+        train = h5["train"]
+        count = max(1, int(train["images"].shape[0]) * size * size)
+        mean = train.attrs["pixel_sum"] / count
+        std = np.sqrt(np.maximum(train.attrs["square_sum"] / count - mean**2, 0.0))
+        for split in SPLITS:
+            del h5[split].attrs["rows_written"]
+        del train.attrs["pixel_sum"], train.attrs["square_sum"], h5.attrs["resume_fingerprint"]
+        h5.attrs.update({
+            "name": name,
+            "format": str(entry.get("format", "")),
+            "task": raw.task,
+            "class_names": json.dumps(list(raw.class_names)),
+            "source": raw.source,
+            "source_checksum": raw.checksum,
+            "image_size": size,
+            "channels": channels,
+            "mean": mean / 255.0,
+            "std": std / 255.0,
+            "schema_version": SCHEMA_VERSION,
+            "attributes": json.dumps(raw.attributes, default=str),
+        })
+    finally:
+        h5.close()
+        for images, _ in raw.splits.values():
+            close = getattr(images, "close", None)
+            if callable(close):
+                close()
+    os.replace(partial, out_path)
+
+
+def _write_split(group: h5py.Group, images: Any, is_train: bool, step: int, size: int, mode: str,
+                 reader: ThreadPoolExecutor, bar: tqdm) -> None:
+    target = group["images"]
+    n = int(target.shape[0])
+    starts = list(range(int(group.attrs["rows_written"]), n, step))
+    pending = reader.submit(_read, images, starts[0], min(starts[0] + step, n)) if starts else None
+    for k, start in enumerate(starts):
+        stop = min(start + step, n)
+        block = pending.result()
+        if k + 1 < len(starts):
+            pending = reader.submit(_read, images, starts[k + 1], min(starts[k + 1] + step, n))
+        block = resize_uint8(block, size, mode)
+        if block.shape != (stop - start, *target.shape[1:]):
+            raise DataError(f"images {start}..{stop - 1} of {group.name} came as {block.shape}, "
+                            f"expected {(stop - start, *target.shape[1:])}")
+        target[start:stop] = block
+        if is_train:
+            pixel_sum, square_sum = channel_sums(block)
+            group.attrs["pixel_sum"] = group.attrs["pixel_sum"] + pixel_sum
+            group.attrs["square_sum"] = group.attrs["square_sum"] + square_sum
+        group.attrs["rows_written"] = stop  # after the pixels: a resume never skips unwritten rows
+        group.file.flush()
+        bar.update(stop - start)
+
+
+_LEVELS = np.arange(256, dtype=np.int64)
+
+
+def channel_sums(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-channel sums of pixel values and of their squares (int64 [C] each) of uint8
+    [N, C, H, W], from a 256-bin histogram per channel (several times faster than widening the
+    block to int64)."""
+    hist = np.stack([np.bincount(block[:, c].ravel(), minlength=256) for c in range(block.shape[1])])
+    return hist @ _LEVELS, hist @ (_LEVELS * _LEVELS)
+
+
+def _read(images: Any, start: int, stop: int) -> np.ndarray:
+    return np.asarray(images[start:stop])
+
+
+def build_cache_resumable(name: str, entry: Mapping[str, Any], out_path: str | Path, *,
+                          resume: bool = True, progress: bool = True) -> None:
+    """:func:`medtransfer.data.cache.build_cache`, written by :func:`write_cache` (resumable)."""
+    write_cache(name, entry, read_dataset(name, entry), out_path, resume=resume, progress=progress)
