@@ -4,17 +4,17 @@ rule similarity_init_final:
         final=paths.activations(RUN, "final"),
     output:
         paths.run_analysis("similarity_init_final", RUN),
-    params:
-        spec=similarity_spec,
     log:
         paths.log("similarity_init_final", RUN.id),
+    conda:
+        ENV
     threads: resource("similarity", "threads")
     resources:
         mem_mb=per_attempt("similarity", "mem_mb"),
         runtime=per_attempt("similarity", "runtime"),
         gpu=0,
-    conda:
-        ENV
+    params:
+        spec=similarity_spec,
     shell:
         "medtransfer similarity --spec {params.spec:q} --threads {threads} > {log} 2>&1"
 
@@ -26,13 +26,13 @@ rule collect_metrics:
         paths.analysis_table("metrics"),
     log:
         paths.log("collect", "metrics"),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=per_attempt("collect", "mem_mb"),
         runtime=per_attempt("collect", "runtime"),
         gpu=0,
-    conda:
-        ENV
     shell:
         "medtransfer collect metrics --out {output} {input.metrics} > {log} 2>&1"
 
@@ -45,13 +45,13 @@ rule collect_history:
         paths.analysis_table("history"),
     log:
         paths.log("collect", "history"),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=per_attempt("collect", "mem_mb"),
         runtime=per_attempt("collect", "runtime"),
         gpu=0,
-    conda:
-        ENV
     shell:
         "medtransfer collect history --out {output} {input.metrics} > {log} 2>&1"
 
@@ -63,13 +63,13 @@ rule collect_similarity_init_final:
         paths.analysis_table("similarity_init_final"),
     log:
         paths.log("collect", "similarity_init_final"),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=per_attempt("collect", "mem_mb"),
         runtime=per_attempt("collect", "runtime"),
         gpu=0,
-    conda:
-        ENV
     shell:
         "medtransfer collect similarity --out {output} {input} > {log} 2>&1"
 
@@ -79,17 +79,17 @@ rule similarity_pairs:
         pairs_inputs,
     output:
         paths.group_analysis("similarity_pairs", "{dataset}", "{arch}", "{fraction}"),
-    params:
-        spec=pairs_spec,
     log:
         paths.log("similarity_pairs", "{dataset}/{arch}/f{fraction}"),
+    conda:
+        ENV
     threads: resource("similarity", "threads")
     resources:
         mem_mb=per_attempt("similarity", "mem_mb"),
         runtime=per_attempt("similarity", "runtime"),
         gpu=0,
-    conda:
-        ENV
+    params:
+        spec=pairs_spec,
     shell:
         "medtransfer similarity-pairs --spec {params.spec:q} --threads {threads} > {log} 2>&1"
 
@@ -101,12 +101,12 @@ rule collect_similarity_pairs:
         paths.analysis_table("similarity_pairs"),
     log:
         paths.log("collect", "similarity_pairs"),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=per_attempt("collect", "mem_mb"),
         runtime=per_attempt("collect", "runtime"),
         gpu=0,
-    conda:
-        ENV
     shell:
         "medtransfer collect similarity --out {output} {input} > {log} 2>&1"

@@ -44,7 +44,13 @@ def per_attempt(rule_name, key):
 
 
 def run_of(wildcards):
-    return Run(wildcards.dataset, wildcards.arch, wildcards.init, wildcards.fraction, wildcards.seed)
+    return Run(
+        wildcards.dataset,
+        wildcards.arch,
+        wildcards.init,
+        wildcards.fraction,
+        wildcards.seed,
+    )
 
 
 def as_json(spec):
@@ -75,7 +81,9 @@ def similarity_spec(wildcards):
 
 
 def pairs_spec(wildcards):
-    return as_json(STUDY.pairs_spec(wildcards.dataset, wildcards.arch, wildcards.fraction))
+    return as_json(
+        STUDY.pairs_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
+    )
 
 
 # ---- inputs -----------------------------------------------------------------------------
@@ -108,7 +116,10 @@ def pairs_inputs(wildcards):
 
 
 def pairs_outputs():
-    return [paths.group_analysis("similarity_pairs", *group) for group in STUDY.pair_groups()]
+    return [
+        paths.group_analysis("similarity_pairs", *group)
+        for group in STUDY.pair_groups()
+    ]
 
 
 def figure_input(wildcards):
@@ -117,5 +128,9 @@ def figure_input(wildcards):
 
 def final_targets():
     targets = [paths.table("summary", "csv"), paths.table("summary", "md")]
-    targets += [paths.figure(name, ext) for name in STUDY.figure_names() for ext in ("pdf", "png")]
+    targets += [
+        paths.figure(name, ext)
+        for name in STUDY.figure_names()
+        for ext in ("pdf", "png")
+    ]
     return targets

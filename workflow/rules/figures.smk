@@ -14,19 +14,27 @@ rule figure:
     input:
         figure_input,
     output:
-        pdf=report(paths.figure("{figure}", "pdf"), caption="../report/{figure}.rst", category="Figures"),
-        png=report(paths.figure("{figure}", "png"), caption="../report/{figure}.rst", category="Figures"),
-    params:
-        measure=STUDY.figure_measure(),
+        pdf=report(
+            paths.figure("{figure}", "pdf"),
+            caption="../report/{figure}.rst",
+            category="Figures",
+        ),
+        png=report(
+            paths.figure("{figure}", "png"),
+            caption="../report/{figure}.rst",
+            category="Figures",
+        ),
     log:
         paths.log("figure", "{figure}"),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=per_attempt("figure", "mem_mb"),
         runtime=per_attempt("figure", "runtime"),
         gpu=0,
-    conda:
-        ENV
+    params:
+        measure=STUDY.figure_measure(),
     shell:
         "medtransfer figure {wildcards.figure} --input {input} --out {output.pdf} "
         "--measure {params.measure} > {log} 2>&1"
@@ -36,16 +44,20 @@ rule summary_table:
     input:
         paths.analysis_table("metrics"),
     output:
-        csv=report(paths.table("summary", "csv"), caption="../report/summary.rst", category="Tables"),
+        csv=report(
+            paths.table("summary", "csv"),
+            caption="../report/summary.rst",
+            category="Tables",
+        ),
         md=paths.table("summary", "md"),
     log:
         paths.log("table", "summary"),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=per_attempt("figure", "mem_mb"),
         runtime=per_attempt("figure", "runtime"),
         gpu=0,
-    conda:
-        ENV
     shell:
         "medtransfer table --input {input} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"

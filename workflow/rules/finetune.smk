@@ -8,16 +8,16 @@ rule finetune:
         history=paths.run_file(RUN, "history.csv"),
         predictions=paths.run_file(RUN, "predictions.h5"),
         metrics=paths.run_file(RUN, "metrics.json"),
-    params:
-        spec=finetune_spec,
     log:
         paths.log("finetune", RUN.id),
+    conda:
+        ENV
     threads: resource("finetune", "threads")
     resources:
         mem_mb=per_attempt("finetune", "mem_mb"),
         runtime=per_attempt("finetune", "runtime"),
         gpu=1,
-    conda:
-        ENV
+    params:
+        spec=finetune_spec,
     shell:
         "medtransfer finetune --spec {params.spec:q} --threads {threads} --no-progress > {log} 2>&1"

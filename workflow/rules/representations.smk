@@ -6,16 +6,16 @@ rule activations:
     output:
         init=paths.activations(RUN, "init"),
         final=paths.activations(RUN, "final"),
-    params:
-        spec=activations_spec,
     log:
         paths.log("activations", RUN.id),
+    conda:
+        ENV
     threads: resource("activations", "threads")
     resources:
         mem_mb=per_attempt("activations", "mem_mb"),
         runtime=per_attempt("activations", "runtime"),
         gpu=1,
-    conda:
-        ENV
+    params:
+        spec=activations_spec,
     shell:
         "medtransfer activations --spec {params.spec:q} --threads {threads} > {log} 2>&1"
