@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tests use tiny tensors: one thread avoids oversubscription stalls on a busy 2-core machine
+# (tiny ops with 2 threads were measured ~50x slower under load). Workflow subprocesses set
+# their own thread count from the rule's `threads`.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

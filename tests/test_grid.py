@@ -54,6 +54,7 @@ def test_training_defaults_are_merged_not_replaced():
         (lambda c: c["study"].update(inits=[{"WT": "natural", "k": 2}]), "only WT-ST, WT-RI take k"),
         (lambda c: c["sources"]["natural"]["pretrain"].update(dataset="imagenet"), "sources.natural.pretrain.dataset"),
         (lambda c: c.update(analysis={"pairs": [{"a": "RI", "b": "ST_natural"}]}), "analysis.pairs[0].b"),
+        (lambda c: c.update(analysis={"measures": ["cka"]}), "analysis.measures[0]: unknown measure 'cka'"),
     ],
 )
 def test_config_errors_name_the_key(mutate, message):
@@ -79,6 +80,13 @@ def test_init_names_match_the_registry():
     from medtransfer.init import INITS
 
     assert set(INITS.names()) == set(INITS_WITH_SOURCE + INITS_WITHOUT_SOURCE)
+
+
+def test_measure_names_match_the_registry():
+    from medtransfer.analysis.similarity import MEASURES
+    from medtransfer.grid import MEASURE_NAMES
+
+    assert set(MEASURES.names()) == set(MEASURE_NAMES)
 
 
 def test_figure_inputs_match_the_figure_registry():

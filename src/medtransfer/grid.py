@@ -34,6 +34,8 @@ INITS_WITH_SOURCE = ("WT", "ST", "WT-ST", "WT-RI")
 INITS_WITHOUT_SOURCE = ("RI", "Gabor")
 INITS_WITH_K = ("WT-ST", "WT-RI")
 INIT_OPTIONS = ("k", "slim", "architectures")
+# Names of medtransfer.analysis.similarity.MEASURES (which imports torch); kept equal by a test.
+MEASURE_NAMES = ("linear_cka", "linear_cka_debiased", "rbf_cka", "cca_mean", "svcca", "pwcca")
 
 DEFAULT_TRAINING: dict[str, Any] = {
     "epochs": 10,
@@ -262,6 +264,10 @@ class Study:
             if spec.architectures is None or arch in spec.architectures
         ]
         self._init_by_label = {spec.label: spec for spec in self.inits}
+        for i, measure in enumerate(self.analysis["measures"]):
+            if measure not in MEASURE_NAMES:
+                raise ConfigError(f"config key analysis.measures[{i}]: unknown measure {measure!r}; "
+                                  f"allowed: {', '.join(MEASURE_NAMES)}")
         for i, pair in enumerate(self.analysis["pairs"]):
             for side in ("a", "b"):
                 if pair[side] not in self._init_by_label:

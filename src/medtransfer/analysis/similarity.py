@@ -13,9 +13,10 @@ Conventions
 Numerics
     * Everything is computed in float64 on the device the tensors are on (numpy inputs on the
       CPU), whatever the input dtype; a numpy input paired with a tensor goes to its device.
-    * Linear CKA uses feature-space products (d x d) or example Gram matrices (n x n) per term,
-      whichever is smaller, and computes the symmetric ones block-wise (half the work, bounded
-      memory): no n x n matrix exists unless n < d.
+    * Linear CKA uses feature-space products (d x d) when n >= d for either side, else each
+      side's example Gram (n x n, built one side at a time from float64 column chunks); the
+      symmetric products are computed block-wise (half the work): no n x n matrix exists unless
+      n < d for both sides.
     * The CCA family never forms or inverts a covariance. It streams the centred activations
       through a Householder QR, ``[X Y] = Q R``, in row chunks; all angles between the two column
       spaces are then read off the small ``R`` (QR / SVD only). Columns are normalised to unit
@@ -58,6 +59,7 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 F64 = torch.float64
 EPS64 = float(torch.finfo(F64).eps)
 GRAM_BLOCK = 256  # rows/columns per block of a symmetric Gram product
+SYMMETRIC_PANEL = 128  # rows per panel of a full symmetric Gram (fastest measured on this CPU)
 QR_CHUNK_ROWS = 4096  # least rows per chunk of the streaming QR (more when the matrix is wide)
 INFLATION_WARNING_LEVEL = 0.5  # warn when independent data would reach this top correlation
 DEGENERATE_HSIC = 1e-10  # HSIC(x, x) below this fraction of its terms' size counts as zero
@@ -122,10 +124,15 @@ def _unit_roundoff(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) / 2 if dtype.is_floating_point else 0.0
 
 
-def _centred_features(t: torch.Tensor, name: str) -> torch.Tensor:
-    """(n, d) float64 copy of ``t`` with each example flattened and each column centred."""
+def _centred_features(t: torch.Tensor, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, d) float64 copy of ``t`` with each example flattened and each column centred.
+
+    ``out``: a float64 buffer of that shape to reuse (a fresh one costs page faults per call).
+    """
     flat = t.reshape(t.shape[0], -1)
-    x = flat.to(F64, copy=True).contiguous()
+    if out is None or out.shape != flat.shape or out.device != flat.device:
+        out = torch.empty(flat.shape, dtype=F64, device=flat.device)
+    x = out.copy_(flat)  # one contiguous copy
     mean = x.mean(0)
     if not bool(torch.isfinite(mean).all()):
         raise SimilarityInputError(f"{name} contains NaN or infinite values")
@@ -134,6 +141,19 @@ def _centred_features(t: torch.Tensor, name: str) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------
 # linear CKA: Frobenius products of centred Gram matrices, in the cheaper space per term
+
+
+def _symmetric_gram(x: torch.Tensor) -> torch.Tensor:
+    """x x^T (n, n) from row panels of its upper triangle, mirrored: half the flops of one matmul."""
+    n = x.shape[0]
+    step = min(SYMMETRIC_PANEL, max(32, -(-n // 4)))
+    gram = x.new_empty((n, n))
+    for i0 in range(0, n, step):
+        i1 = min(n, i0 + step)
+        panel = x[i0:i1] @ x[i0:].T
+        gram[i0:i1, i0:] = panel
+        gram[i1:, i0:i1] = panel[:, i1 - i0:].T
+    return gram
 
 
 def _gram_sq_norm(a: torch.Tensor) -> torch.Tensor:
@@ -158,27 +178,21 @@ def _cross_sq_norm(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return total
 
 
-def _gram_products_by_examples(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """<Kx, Ky>, ||Kx||^2, ||Ky||^2 with K = x x^T, from upper row blocks of the n x n Grams."""
-    n = x.shape[0]
-    s_xy, s_xx, s_yy = x.new_zeros(()), x.new_zeros(()), x.new_zeros(())
-    for i0 in range(0, n, GRAM_BLOCK):
-        kx = x[i0:i0 + GRAM_BLOCK] @ x[i0:].T
-        ky = y[i0:i0 + GRAM_BLOCK] @ y[i0:].T
-        w = min(GRAM_BLOCK, n - i0)
-        for part, weight in ((slice(0, w), 1.0), (slice(w, None), 2.0)):
-            a, b = kx[:, part], ky[:, part]
-            s_xy += weight * (a * b).sum()
-            s_xx += weight * a.square().sum()
-            s_yy += weight * b.square().sum()
-    return s_xy, s_xx, s_yy
-
-
-def _gram_products(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """<Kx, Ky>, ||Kx||^2, ||Ky||^2 for centred x (n, dx), y (n, dy), without an n x n matrix if n > d."""
-    if x.shape[0] < min(x.shape[1], y.shape[1]):
-        return _gram_products_by_examples(x, y)
-    return _cross_sq_norm(x, y), _gram_sq_norm(x), _gram_sq_norm(y)
+def _centred_gram(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Gram matrix (n, n) of the centred, per-example-flattened ``t``, from float64 column chunks
+    (centring is per column), so the float64 copy of ``t`` never exists whole."""
+    flat = t.reshape(t.shape[0], -1)
+    n, d = flat.shape
+    step = max(GRAM_BLOCK, (1 << 22) // max(1, n))
+    gram = None
+    for c0 in range(0, d, step):
+        chunk = flat[:, c0:c0 + step].to(F64, copy=True)
+        mean = chunk.mean(0)
+        if not bool(torch.isfinite(mean).all()):
+            raise SimilarityInputError(f"{name} contains NaN or infinite values")
+        part = _symmetric_gram(chunk.sub_(mean))
+        gram = part if gram is None else gram.add_(part)
+    return gram
 
 
 def _unbiased_hsic_terms(s: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
@@ -220,19 +234,27 @@ def linear_cka(x: ArrayLike, y: ArrayLike, debiased: bool = False) -> float:
     if n < (4 if debiased else 2):
         raise SimilarityInputError(f"{'debiased ' if debiased else ''}linear CKA needs at least "
                                    f"{4 if debiased else 2} examples, got {n}")
-    xc, yc = _centred_features(tx, "x"), _centred_features(ty, "y")
-    # CKA is scale-invariant; unit Frobenius norm keeps the fourth powers below far from overflow.
-    for name, c in (("x", xc), ("y", yc)):
-        norm = torch.linalg.vector_norm(c)
-        if not bool(norm > 0):
+    if n < min(tx[0].numel(), ty[0].numel()):
+        # Fewer examples than features: the (n, n) Gram of each side, built one side at a time.
+        grams = [_centred_gram(tx, "x"), _centred_gram(ty, "y")]
+        row_sq = [g.diagonal().clone() for g in grams]
+        flats = [g.reshape(-1) for g in grams]
+        s_xy, s_xx, s_yy = torch.dot(*flats), torch.dot(flats[0], flats[0]), torch.dot(flats[1], flats[1])
+    else:
+        # No n x n matrix: Frobenius norms of the (d, d) products (symmetric ones block-wise).
+        xc, yc = _centred_features(tx, "x"), _centred_features(ty, "y")
+        s_xy, s_xx, s_yy = _cross_sq_norm(xc, yc), _gram_sq_norm(xc), _gram_sq_norm(yc)
+        row_sq = [torch.linalg.vector_norm(c, dim=1).square() for c in (xc, yc)]
+    # CKA is scale-invariant: divide by the squared Frobenius norms so the fourth powers stay O(1).
+    totals = torch.stack([row_sq[0].sum(), row_sq[1].sum()]).tolist()
+    for name, total in zip("xy", totals):
+        if not total > 0:
             raise UndefinedSimilarityError(f"linear CKA is undefined: {name} is constant across examples")
-        c.div_(norm)
-    s_xy, s_xx, s_yy = _gram_products(xc, yc)
+    s_xy, s_xx, s_yy = s_xy / (totals[0] * totals[1]), s_xx / totals[0] ** 2, s_yy / totals[1] ** 2
+    kx, ky = row_sq[0] / totals[0], row_sq[1] / totals[1]
     if not debiased:
         values = torch.stack([s_xy, s_xx, s_yy]).tolist()
         return _cka_ratio(values[0], values[1], values[2], values[1], values[2], "linear CKA")
-    kx = torch.linalg.vector_norm(xc, dim=1).square()
-    ky = torch.linalg.vector_norm(yc, dim=1).square()
     h_xy, _ = _unbiased_hsic_terms(s_xy, kx, ky, n)
     h_xx, scale_xx = _unbiased_hsic_terms(s_xx, kx, kx, n)
     h_yy, scale_yy = _unbiased_hsic_terms(s_yy, ky, ky, n)
@@ -284,7 +306,7 @@ def _median_of_distances(d2: torch.Tensor) -> torch.Tensor:
 def _centred_rbf_gram(xc: torch.Tensor, sigma_frac: float, name: str) -> torch.Tensor:
     """H K H for K_ij = exp(-|x_i - x_j|^2 / (2 sigma^2)), sigma = sigma_frac * sqrt(median |x_i - x_j|^2)."""
     sq_norms = torch.linalg.vector_norm(xc, dim=1).square()
-    d2 = xc @ xc.T
+    d2 = _symmetric_gram(xc)
     d2.mul_(-2).add_(sq_norms[:, None]).add_(sq_norms[None, :]).clamp_(min=0).fill_diagonal_(0)
     median = float(_median_of_distances(d2))
     if not median > 0:
@@ -323,15 +345,15 @@ def rbf_cka(x: ArrayLike, y: ArrayLike, sigma_frac: float = 0.8) -> float:
 class _BatchLayer:
     """One layer's activations on one minibatch, centred, with what the unbiased HSIC needs."""
 
-    def __init__(self, t: torch.Tensor, name: str) -> None:
-        self.x = _centred_features(t, name)
+    def __init__(self, t: torch.Tensor, name: str, buffer: torch.Tensor | None = None) -> None:
+        self.x = _centred_features(t, name, out=buffer)
         self.n = self.x.shape[0]
         self.row_sq = torch.linalg.vector_norm(self.x, dim=1).square()
         self._gram: torch.Tensor | None = None
 
     def gram(self) -> torch.Tensor:
         if self._gram is None:
-            self._gram = self.x @ self.x.T
+            self._gram = _symmetric_gram(self.x)
         return self._gram
 
     def unbiased_hsic(self, other: _BatchLayer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,7 +361,10 @@ class _BatchLayer:
         (Gram form only when the batch is smaller than both feature counts)."""
         n = self.n
         if self is other:  # the Gram is shared with the cross terms whenever they use it
-            s = self.gram().square().sum() if n < self.x.shape[1] else _gram_sq_norm(self.x)
+            if n < self.x.shape[1]:
+                s = torch.dot(self.gram().reshape(-1), self.gram().reshape(-1))
+            else:
+                s = _gram_sq_norm(self.x)
         elif n < min(self.x.shape[1], other.x.shape[1]):
             s = torch.dot(self.gram().reshape(-1), other.gram().reshape(-1))
         else:
@@ -389,6 +414,7 @@ class MinibatchCKA:
         self._xy: dict[tuple, torch.Tensor] = {}
         self._xx: dict = {}
         self._yy: dict = {}
+        self._buffers: dict = {}  # float64 copies of the last batch, reused by the next one
         self.batches = 0
 
     def update(self, x_batch, y_batch) -> None:
@@ -418,7 +444,12 @@ class MinibatchCKA:
                 t = t.to(device)
             if t.ndim < 2 or t.shape[0] != n:
                 raise SimilarityInputError(f"{name}[{key!r}] has shape {tuple(t.shape)}; expected ({n}, ...)")
-            return _BatchLayer(t, f"{name}[{key!r}]")
+            buffer = self._buffers.pop((name, key), None)
+            if buffer is not None and buffer.shape != (n, t[0].numel()):
+                buffer = None  # a different batch size: free it before a new one is allocated
+            made = _BatchLayer(t, f"{name}[{key!r}]", buffer)
+            self._buffers[(name, key)] = made.x
+            return made
 
         x_layers = {k: layer("x_batch", k, xs[k]) for k in self._xx}
         y_layers = {k: layer("y_batch", k, ys[k]) for k in self._yy}

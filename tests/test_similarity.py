@@ -1,0 +1,460 @@
+"""Similarity measures against textbook implementations and the properties they must have.
+
+Every property is written once and run over every measure it holds for (repsim style). The
+references below are the plain formulas in float64 numpy: explicit n x n centring matrices for
+CKA, SVD bases for the CCA family -- a different route from the library's (feature-space
+products, streamed QR).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+from medtransfer.analysis import similarity as sim
+from medtransfer.errors import MedtransferError
+
+# ------------------------------------------------------------------------------------------ references
+
+
+def _flat(a):
+    return np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+
+
+def _rows(a):
+    """CCA convention: conv (n, C, H, W) -> (n*H*W, C)."""
+    a = np.asarray(a, dtype=np.float64)
+    return a.transpose(0, 2, 3, 1).reshape(-1, a.shape[1]) if a.ndim == 4 else a
+
+
+def ref_hsic(k, l, unbiased):
+    n = len(k)
+    if not unbiased:
+        h = np.eye(n) - np.ones((n, n)) / n
+        return np.trace(k @ h @ l @ h) / (n - 1) ** 2
+    k, l = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
+    one = np.ones(n)
+    return (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * (one @ k @ l @ one)) / (n * (n - 3))
+
+
+def ref_cka_from_kernels(k, l, unbiased=False):
+    return ref_hsic(k, l, unbiased) / math.sqrt(ref_hsic(k, k, unbiased) * ref_hsic(l, l, unbiased))
+
+
+def ref_linear_cka(x, y, debiased=False):
+    x, y = _flat(x), _flat(y)
+    return ref_cka_from_kernels(x @ x.T, y @ y.T, debiased)
+
+
+def ref_rbf_kernel(x, sigma_frac):
+    d2 = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    return np.exp(-d2 / (2 * sigma_frac**2 * np.median(d2)))
+
+
+def ref_rbf_cka(x, y, sigma_frac=0.8):
+    return ref_cka_from_kernels(ref_rbf_kernel(_flat(x), sigma_frac), ref_rbf_kernel(_flat(y), sigma_frac))
+
+
+def ref_minibatch_cka(x, y, batch_size):
+    x, y = _flat(x), _flat(y)
+    sums = np.zeros(3)
+    for i in range(0, len(x), batch_size):
+        kx, ky = x[i:i + batch_size] @ x[i:i + batch_size].T, y[i:i + batch_size] @ y[i:i + batch_size].T
+        sums += [ref_hsic(kx, ky, True), ref_hsic(kx, kx, True), ref_hsic(ky, ky, True)]
+    return sums[0] / math.sqrt(sums[1] * sums[2])
+
+
+def ref_basis(a, rtol=1e-10, keep_variance=None):
+    """Orthonormal basis of the centred, non-constant columns (unit-normalised unless keep_variance)."""
+    a = a[:, a.max(0) > a.min(0)]
+    a = a - a.mean(0)
+    if keep_variance is None:
+        a = a / np.linalg.norm(a, axis=0)
+    u, s, _ = np.linalg.svd(a, full_matrices=False)
+    k = int((s > rtol * s[0]).sum())
+    if keep_variance is not None:
+        energy = np.cumsum(s**2) / np.sum(s**2)
+        k = min(k, int(np.searchsorted(energy, keep_variance - 1e-12)) + 1)
+    return u[:, :k], a
+
+
+def ref_cca(x, y):
+    (ux, _), (uy, _) = ref_basis(_rows(x)), ref_basis(_rows(y))
+    return np.linalg.svd(ux.T @ uy, compute_uv=False)
+
+
+def ref_svcca(x, y, keep_variance=0.99):
+    ux, _ = ref_basis(_rows(x), keep_variance=keep_variance)
+    uy, _ = ref_basis(_rows(y), keep_variance=keep_variance)
+    return np.linalg.svd(ux.T @ uy, compute_uv=False).mean()
+
+
+def ref_pwcca(x, y):
+    x, y = _rows(x), _rows(y)
+    ux, _ = ref_basis(x)
+    uy, _ = ref_basis(y)
+    p, rho, qh = np.linalg.svd(ux.T @ uy, full_matrices=False)
+    kx, ky = int((x.max(0) > x.min(0)).sum()), int((y.max(0) > y.min(0)).sum())
+    side, variates = (x, ux @ p) if kx <= ky else (y, uy @ qh.T)
+    weights = np.abs(variates.T @ (side - side.mean(0))).sum(1)
+    return float((weights * rho).sum() / weights.sum())
+
+
+# ------------------------------------------------------------------------------------------ the measures
+
+CKA = {"linear_cka", "linear_cka_debiased", "rbf_cka", "minibatch_cka"}
+MEASURES = {
+    "linear_cka": (sim.linear_cka, ref_linear_cka),
+    "linear_cka_debiased": (sim.linear_cka_debiased, lambda x, y: ref_linear_cka(x, y, True)),
+    "rbf_cka": (sim.rbf_cka, ref_rbf_cka),
+    "minibatch_cka": (lambda x, y: sim.minibatch_cka(x, y, 25), lambda x, y: ref_minibatch_cka(x, y, 25)),
+    "cca_mean": (sim.cca_mean, lambda x, y: ref_cca(x, y).mean()),
+    "svcca": (sim.svcca, ref_svcca),
+    "pwcca": (sim.pwcca, ref_pwcca),
+}
+
+
+def data(seed=0, n=100, dx=8, dy=12, conv=False):
+    """y shares a few directions with x plus noise; conv maps are (n, C, 3, 3)."""
+    rng = np.random.default_rng(seed)
+    shape = (n, dx, 3, 3) if conv else (n, dx)
+    x = rng.normal(size=shape)
+    mix = rng.normal(size=(dx, dy))
+    y = (np.einsum("nchw,cd->ndhw", x, mix) if conv else x @ mix) + 2 * rng.normal(size=(n, dy) + shape[2:])
+    return x, y
+
+
+def orthogonal(d, seed):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
+    return q
+
+
+def along_features(a, m):
+    """Apply a (d, d) map to the feature axis: columns of 2-D data, channels of conv maps."""
+    return np.einsum("nchw,cd->ndhw", a, m) if a.ndim == 4 else a @ m
+
+
+def transform(kind, a, seed=3):
+    d = a.shape[1]
+    rng = np.random.default_rng(seed)
+    if kind == "orthogonal":
+        # CKA flattens conv maps per example: rotate that whole space; the CCA family: channels.
+        return along_features(a, orthogonal(d, seed))
+    if kind == "flat_orthogonal":
+        flat = _flat(a)
+        return (flat @ orthogonal(flat.shape[1], seed)).reshape(a.shape)
+    if kind == "isotropic_scale":
+        return 7.5 * a
+    if kind == "translation":
+        # the same offset at every position: a translation in both conventions
+        return a + rng.normal(size=(1, a.shape[1]) + (1,) * (a.ndim - 2)) * 100
+    if kind == "invertible":
+        m = rng.normal(size=(d, d)) + 3 * np.eye(d)
+        return along_features(a, m)
+    if kind == "permute_and_flip":
+        return along_features(a, np.eye(d)[rng.permutation(d)] * rng.choice([-1.0, 1.0], size=d))
+    raise ValueError(kind)
+
+
+# Which transforms each measure is invariant to, on both sides unless noted. CKA: orthogonal maps,
+# isotropic scaling, translation. CCA: any invertible linear map. SVCCA: the SVD step makes it
+# orthogonal-only. PWCCA: weights are L1 sums over the weighting side's neurons, so that side only
+# keeps permutations, sign flips, scaling and translation; the other side keeps invertible maps.
+INVARIANCES = {
+    "linear_cka": ["flat_orthogonal", "isotropic_scale", "translation"],
+    "linear_cka_debiased": ["flat_orthogonal", "isotropic_scale", "translation"],
+    "rbf_cka": ["flat_orthogonal", "isotropic_scale", "translation"],
+    "minibatch_cka": ["flat_orthogonal", "isotropic_scale", "translation"],
+    "cca_mean": ["orthogonal", "isotropic_scale", "translation", "invertible"],
+    "svcca": ["orthogonal", "isotropic_scale", "translation"],
+    "pwcca": ["permute_and_flip", "isotropic_scale", "translation"],
+}
+CASES = [(m, t) for m, kinds in INVARIANCES.items() for t in kinds]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny inputs gain nothing from threads, and spinning threads stall on a busy shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_inflation_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sim.InflatedCorrelationWarning)
+        yield
+
+
+# ------------------------------------------------------------------------------------------ properties of all measures
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["2d", "conv"])
+@pytest.mark.parametrize("name", MEASURES)
+def test_agrees_with_textbook(name, conv):
+    fn, ref = MEASURES[name]
+    for seed in range(3):
+        x, y = data(seed, conv=conv)
+        assert fn(x, y) == pytest.approx(ref(x, y), abs=1e-10)
+
+
+@pytest.mark.parametrize("name", MEASURES)
+def test_identity_is_one(name):
+    x, _ = data(1)
+    assert MEASURES[name][0](x, x) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", MEASURES)
+def test_symmetric_and_bounded(name):
+    x, y = data(2)
+    fn = MEASURES[name][0]
+    value = fn(x, y)
+    assert isinstance(value, float) and -1 <= value <= 1
+    assert fn(y, x) == pytest.approx(value, abs=1e-12)
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["2d", "conv"])
+@pytest.mark.parametrize("name,kind", CASES)
+def test_invariance(name, kind, conv):
+    if conv and kind == "flat_orthogonal":
+        pytest.skip("covered by 2-D data (same flattened maths)")
+    fn = MEASURES[name][0]
+    x, y = data(4, conv=conv)
+    value = fn(x, y)
+    assert fn(x, transform(kind, x)) == pytest.approx(1.0, abs=1e-9)  # d(x, T x) = 1
+    assert fn(transform(kind, x), y) == pytest.approx(value, abs=1e-9)  # d(T x, y) = d(x, y)
+    assert fn(x, transform(kind, y, seed=5)) == pytest.approx(value, abs=1e-9)
+
+
+def test_pwcca_invariant_to_invertible_maps_of_the_unweighted_side():
+    x, y = data(5, dx=6, dy=10)  # x has fewer neurons, so x gives the weights
+    m = np.random.default_rng(0).normal(size=(10, 10)) + 3 * np.eye(10)
+    assert sim.pwcca(x, y @ m) == pytest.approx(sim.pwcca(x, y), abs=1e-10)
+
+
+@pytest.mark.parametrize("name", ["svcca", "pwcca"])
+def test_not_invariant_to_general_invertible_maps(name):
+    """Documents why they are absent from the invertible-map invariance above."""
+    x, y = data(6, dx=10, dy=12)
+    m = np.diag(np.logspace(-2, 2, 10)) @ orthogonal(10, 1)
+    assert abs(MEASURES[name][0](x @ m, y) - MEASURES[name][0](x, y)) > 1e-3
+
+
+@pytest.mark.parametrize("name", MEASURES)
+def test_dtypes_accumulate_in_float64(name):
+    """float32/float16 inputs give the float64 answer for the values they hold, and close to the original."""
+    fn = MEASURES[name][0]
+    x, y = data(7)
+    for dtype, tol in ((np.float32, 1e-5), (np.float16, 2e-2)):
+        xq, yq = x.astype(dtype), y.astype(dtype)
+        assert fn(xq, yq) == pytest.approx(fn(xq.astype(np.float64), yq.astype(np.float64)), abs=1e-11)
+        assert fn(xq, yq) == pytest.approx(fn(x, y), abs=tol)
+
+
+@pytest.mark.parametrize("name", MEASURES)
+def test_torch_and_numpy_agree(name):
+    fn = MEASURES[name][0]
+    x, y = data(8)
+    value = fn(x, y)
+    assert fn(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(value, abs=1e-12)
+    assert fn(torch.from_numpy(x).float(), y.astype(np.float32)) == pytest.approx(value, abs=1e-5)
+    assert fn(torch.from_numpy(x).half(), torch.from_numpy(y).half()) == pytest.approx(value, abs=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+@pytest.mark.parametrize("name", MEASURES)
+def test_cuda_matches_cpu(name):
+    fn = MEASURES[name][0]
+    x, y = data(9)
+    assert fn(torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()) == pytest.approx(fn(x, y), abs=1e-10)
+
+
+def test_registry_names():
+    assert sim.MEASURES.names() == sorted(
+        ["linear_cka", "linear_cka_debiased", "rbf_cka", "cca_mean", "svcca", "pwcca"])
+    x, y = data(10)
+    for name in sim.MEASURES:
+        assert sim.MEASURES.get(name)(x, y) == pytest.approx(MEASURES[name][0](x, y), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------ CKA
+
+
+def test_debiased_cka_is_near_zero_for_independent_data_while_biased_is_not():
+    rng = np.random.default_rng(11)
+    biased, debiased = [], []
+    for _ in range(20):
+        x, y = rng.normal(size=(40, 100)), rng.normal(size=(40, 100))
+        biased.append(sim.linear_cka(x, y))
+        debiased.append(sim.linear_cka(x, y, debiased=True))
+    assert min(biased) > 0.5
+    assert abs(np.mean(debiased)) < 0.03
+    assert min(debiased) < 0 and all(np.isfinite(debiased))  # negative HSIC: a number, never NaN
+
+
+def test_minibatch_with_one_batch_equals_debiased():
+    x, y = data(12, n=60, dx=30, dy=80)
+    expected = sim.linear_cka(x, y, debiased=True)
+    assert sim.minibatch_cka(x, y, batch_size=60) == pytest.approx(expected, abs=1e-12)
+    assert sim.minibatch_cka(x, y, batch_size=1000) == pytest.approx(expected, abs=1e-12)
+
+
+def test_streaming_class_tracks_many_layer_pairs():
+    rng = np.random.default_rng(13)
+    a = {"conv": rng.normal(size=(90, 3, 4, 4)), "fc": rng.normal(size=(90, 5))}
+    b = [a["fc"] @ rng.normal(size=(5, 7)) + rng.normal(size=(90, 7)), rng.normal(size=(90, 60))]
+    matrix, pairs = sim.MinibatchCKA(), sim.MinibatchCKA(pairs=[("fc", 0)])
+    for i in range(0, 90, 30):
+        batch_a = {k: torch.from_numpy(v[i:i + 30]) for k, v in a.items()}
+        matrix.update(batch_a, [v[i:i + 30] for v in b])
+        pairs.update(batch_a, [v[i:i + 30] for v in b])
+    out = matrix.compute()
+    assert out.shape == (2, 2)
+    for i, key in enumerate(a):
+        for j in range(2):
+            assert out[i, j] == pytest.approx(ref_minibatch_cka(a[key], b[j], 30), abs=1e-10)
+    assert pairs.compute() == {("fc", 0): pytest.approx(out[1, 0], abs=1e-12)}
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_linear_cka_with_fewer_examples_than_features(debiased):
+    """The example-Gram (n x n) form, for n < d; the textbook tests above use n > d."""
+    for seed in range(3):
+        x, y = data(seed, n=30, dx=50, dy=70)
+        assert sim.linear_cka(x, y, debiased) == pytest.approx(ref_linear_cka(x, y, debiased), abs=1e-10)
+        x, y = data(seed, n=30, dx=5, dy=4, conv=True)  # conv maps flatten to 45 and 36 features
+        assert sim.linear_cka(x, y, debiased) == pytest.approx(ref_linear_cka(x, y, debiased), abs=1e-10)
+
+
+def test_linear_cka_never_builds_an_n_by_n_gram_when_n_exceeds_d(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("n x n Gram built although n > d")
+
+    monkeypatch.setattr(sim, "_centred_gram", refuse)
+    x, y = data(15, n=400, dx=20, dy=40)
+    assert sim.linear_cka(x, y) == pytest.approx(ref_linear_cka(x, y), abs=1e-10)
+    assert sim.linear_cka(x, y, debiased=True) == pytest.approx(ref_linear_cka(x, y, True), abs=1e-10)
+    x, y = data(15, n=400, dx=20, dy=800)  # n > d on one side only: still the (d, d) products
+    assert sim.linear_cka(x, y) == pytest.approx(ref_linear_cka(x, y), abs=1e-10)
+
+
+def test_cka_of_degenerate_inputs_raises_instead_of_nan():
+    x, _ = data(16, n=30)
+    with pytest.raises(sim.UndefinedSimilarityError, match="constant"):
+        sim.linear_cka(np.ones((30, 5)), x)
+    # Equidistant examples: the unbiased HSIC of x with itself is exactly 0.
+    with pytest.raises(sim.UndefinedSimilarityError, match="itself is zero"):
+        sim.linear_cka(np.eye(30), x, debiased=True)
+    with pytest.raises(sim.UndefinedSimilarityError):
+        sim.rbf_cka(np.repeat(x[:1], 30, axis=0), x)
+
+
+def test_cka_is_accurate_for_badly_scaled_and_translated_columns():
+    x, y = data(17, n=80, dx=10, dy=10)
+    scales = np.logspace(-3, 3, 10)
+    xs, ys = x * scales + 1e4, y * scales[::-1]
+    for fn, ref in (MEASURES["linear_cka"], MEASURES["linear_cka_debiased"], MEASURES["rbf_cka"]):
+        assert fn(xs, ys) == pytest.approx(ref(x * scales, y * scales[::-1]), abs=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ CCA family
+
+
+@pytest.mark.parametrize("name", ["cca_mean", "pwcca", "svcca"])
+def test_rank_deficient_columns_give_the_answer_over_the_defined_directions(name):
+    fn = MEASURES[name][0]
+    x, y = data(18, n=120, dx=6, dy=9)
+    rng = np.random.default_rng(0)
+    messy = np.concatenate([x, x[:, :2] * 3.0, np.full((120, 2), 4.2), x[:, 3:4] * 1e-3], axis=1)
+    if name == "pwcca":  # weights see raw neuron sizes: duplicates count twice, constants zero
+        assert fn(messy, y) == pytest.approx(ref_pwcca(messy, y), abs=1e-10)
+    elif name == "cca_mean":
+        assert np.allclose(sim.cca(messy, y), ref_cca(x, y), atol=1e-10)
+        assert len(sim.cca(messy, y)) == 6
+    else:
+        assert fn(messy, y, keep_variance=1.0) == pytest.approx(ref_svcca(x, y, keep_variance=1.0), abs=1e-10)
+    low_rank = rng.normal(size=(120, 3)) @ rng.normal(size=(3, 10))  # exact rank 3
+    if name == "cca_mean":
+        assert np.allclose(sim.cca(low_rank, y), ref_cca(low_rank, y), atol=1e-9)
+        assert len(sim.cca(low_rank, y)) == 3
+
+
+def test_cca_is_invariant_to_column_scales_from_1e_minus_3_to_1e3():
+    x, y = data(19, n=200, dx=10, dy=10)
+    scales = np.logspace(-3, 3, 10)
+    assert np.allclose(sim.cca(x * scales, y * scales[::-1]), ref_cca(x, y), atol=1e-10)
+
+
+def test_ill_conditioned_but_full_rank_columns():
+    rng = np.random.default_rng(20)
+    base = rng.normal(size=(400, 1))
+    x = base + 1e-6 * rng.normal(size=(400, 5))  # nearly collinear, condition number ~1e6
+    y = x[:, :3] @ rng.normal(size=(3, 4)) + rng.normal(size=(400, 4))
+    assert np.allclose(sim.cca(x, y), ref_cca(x, y), atol=1e-7)
+
+
+def test_streamed_qr_in_many_chunks(monkeypatch):
+    monkeypatch.setattr(sim, "QR_CHUNK_ROWS", 16)
+    for conv in (False, True):
+        x, y = data(21, n=150, dx=5, dy=7, conv=conv)
+        assert np.allclose(sim.cca(x, y), ref_cca(x, y), atol=1e-10)
+        assert sim.pwcca(x, y) == pytest.approx(ref_pwcca(x, y), abs=1e-10)
+        assert sim.svcca(x, y) == pytest.approx(ref_svcca(x, y), abs=1e-10)
+
+
+def test_cca_returns_sorted_correlations():
+    x, y = data(22)
+    rho = sim.cca(x, y)
+    assert isinstance(rho, np.ndarray) and rho.dtype == np.float64 and rho.shape == (8,)
+    assert np.all(np.diff(rho) <= 0) and rho[0] <= 1 and rho[-1] >= 0
+
+
+@pytest.mark.parametrize("name", ["cca_mean", "pwcca"])
+def test_plain_cca_with_too_many_features_raises_and_svcca_still_works(name):
+    x, y = data(23, n=40, dx=50, dy=10)
+    with pytest.raises(sim.UndefinedSimilarityError, match="svcca") as caught:
+        MEASURES[name][0](x, y)
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, MedtransferError)
+    assert "50 non-constant neurons" in str(caught.value)
+    assert sim.svcca(x, y) == pytest.approx(ref_svcca(x, y), abs=1e-10)
+
+
+def test_warns_when_dimensions_approach_the_number_of_data_points():
+    x, y = data(24, n=100, dx=30, dy=30)
+    with pytest.warns(sim.InflatedCorrelationWarning, match="inflated"):
+        sim.cca_mean(x, y)
+    x, y = data(24, n=1000, dx=5, dy=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sim.InflatedCorrelationWarning)
+        sim.cca_mean(x, y)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+@pytest.mark.parametrize("name", MEASURES)
+def test_bad_inputs_raise_clear_errors(name):
+    fn = MEASURES[name][0]
+    x, y = data(25)
+    with pytest.raises(sim.SimilarityInputError, match="same examples"):
+        fn(x, y[:-1])
+    bad = x.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(sim.SimilarityInputError, match="NaN"):
+        fn(bad, y)
+
+
+def test_cca_family_needs_matching_positions():
+    x, _ = data(26, n=20, conv=True)
+    with pytest.raises(sim.SimilarityInputError, match="pool"):
+        sim.cca_mean(x, x[:, :, :2, :2])
+    assert sim.linear_cka(x, x[:, :, :2, :2]) > 0  # CKA flattens each example: any shapes pair
