@@ -27,10 +27,8 @@ import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from medtransfer.atomic import atomic_path
-from medtransfer.data.formats import RESIZE_MODES, SPLITS, read_dataset
+from medtransfer.data.formats import RESIZE_MODES, SPLITS
 from medtransfer.errors import ConfigError, DataError
 
 SCHEMA_VERSION = 1
@@ -69,60 +67,18 @@ def resize_uint8(images: np.ndarray, size: int, mode: str) -> np.ndarray:
 
 # --- writing ---------------------------------------------------------------------------------------
 
-def build_cache(name: str, entry: Mapping[str, Any], out_path: str | Path) -> None:
+def build_cache(name: str, entry: Mapping[str, Any], out_path: str | Path, *, progress: bool = False) -> None:
     """Read dataset ``name`` from its config ``entry`` and write its HDF5 cache to ``out_path``.
 
     Images are resized to ``entry["size"]`` when given and different (mode ``entry["resize"]``,
     default bilinear), converted in chunks of ~64 MB so the source never sits in memory whole.
+    The writer is :func:`medtransfer.data.streaming.write_cache`: one implementation of the
+    schema, which also resumes a conversion that was killed.
     """
-    raw = read_dataset(name, entry)
-    height, width = raw.image_size
-    size = int(entry["size"]) if entry.get("size") is not None else None
-    if size is None:
-        if height != width:
-            raise ConfigError(f"datasets.{name}: images are {height}x{width}; set 'size' to resize them to a square")
-        size = height
-    mode = entry.get("resize", "bilinear")
-    channels = raw.channels
-    step = max(1, CHUNK_BYTES // (4 * channels * max(height * width, size * size)))
-    pixel_sum = np.zeros(channels, np.int64)
-    square_sum = np.zeros(channels, np.int64)
-    with atomic_path(out_path, suffix=".h5") as tmp, h5py.File(tmp, "w") as h5:
-        for split in SPLITS:
-            images, labels = raw.splits[split]
-            n = int(images.shape[0])
-            group = h5.create_group(split)
-            target = group.create_dataset("images", shape=(n, channels, size, size), dtype=np.uint8,
-                                          chunks=(1, channels, size, size) if n else None)
-            for start in tqdm(range(0, n, step), desc=f"{name} {split}", unit="chunk", leave=False):
-                block = resize_uint8(np.asarray(images[start:start + step]), size, mode)
-                target[start:start + len(block)] = block
-                if split == "train":
-                    wide = block.astype(np.int64)
-                    pixel_sum += wide.sum(axis=(0, 2, 3))
-                    square_sum += (wide * wide).sum(axis=(0, 2, 3))
-            group.create_dataset("labels", data=np.asarray(labels))
-        count = max(1, raw.splits["train"][0].shape[0] * size * size)
-        mean = pixel_sum / count
-        std = np.sqrt(np.maximum(square_sum / count - mean**2, 0.0))
-        h5.attrs.update({
-            "name": name,
-            "format": str(entry.get("format", "")),
-            "task": raw.task,
-            "class_names": json.dumps(list(raw.class_names)),
-            "source": raw.source,
-            "source_checksum": raw.checksum,
-            "image_size": size,
-            "channels": channels,
-            "mean": mean / 255.0,
-            "std": std / 255.0,
-            "schema_version": SCHEMA_VERSION,
-            "attributes": json.dumps(raw.attributes, default=str),
-        })
-    for images, _ in raw.splits.values():
-        close = getattr(images, "close", None)
-        if callable(close):
-            close()
+    # imported here: streaming builds on this module's schema helpers
+    from medtransfer.data.streaming import build_cache_resumable
+
+    build_cache_resumable(name, entry, out_path, progress=progress)
 
 
 # --- reading ---------------------------------------------------------------------------------------

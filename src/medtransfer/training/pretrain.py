@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 
 from medtransfer import data, init, models
 from medtransfer.atomic import torch_save, write_json
