@@ -66,7 +66,8 @@ def test_dry_run_plans_the_whole_grid(tmp_path):
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     runs = 1 * 1 * 2 * 1 * 2  # targets × architectures × inits × fractions × seeds
-    assert jobs["finetune"] == runs and jobs["activations"] == runs and jobs["similarity_init_final"] == runs
+    assert jobs["finetune"] == runs and jobs["activations"] == runs
+    assert jobs["similarity_init_final"] == 1  # one job per (dataset, arch, fraction) group
     assert jobs["preprocess"] == 2 and jobs["pretrain"] == 1
     assert jobs["similarity_pairs"] == 1  # one (dataset, arch, fraction) group
 

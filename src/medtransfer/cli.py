@@ -60,9 +60,12 @@ def cmd_similarity(args: argparse.Namespace) -> None:
     from medtransfer.analysis.init_final import similarity_init_final
     from medtransfer.atomic import atomic_path
 
+    import pandas as pd
+
     spec = _spec(args.spec)
-    frame = similarity_init_final(spec["activations"]["init"], spec["activations"]["final"],
-                                  spec["measures"], spec["columns"])
+    frame = pd.concat([similarity_init_final(run["activations"]["init"], run["activations"]["final"],
+                                             spec["measures"], run["columns"]) for run in spec["runs"]],
+                      ignore_index=True)
     with atomic_path(spec["out"]) as tmp:
         frame.to_csv(tmp, index=False)
 
@@ -121,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("pretrain", cmd_pretrain, "pretrain a source model on a source dataset")
     add("finetune", cmd_finetune, "initialise and fine-tune one run of the study grid")
     add("activations", cmd_activations, "activations of every canonical block, init and final states")
-    add("similarity", cmd_similarity, "similarity(init, final) per block for one run")
+    add("similarity", cmd_similarity, "similarity(init, final) per block for the runs of one group")
     add("similarity-pairs", cmd_similarity_pairs, "block × block similarity between runs, with the seed noise floor")
     sub = add("collect", cmd_collect, "gather per-run results into one tidy CSV", job=False)
     sub.add_argument("kind", choices=["metrics", "history", "similarity"])

@@ -383,13 +383,21 @@ class Study:
             **{k: self.analysis[k] for k in keys},
         }
 
-    def similarity_spec(self, run: Run) -> dict:
+    def similarity_spec(self, dataset: str, arch: str, fraction: str) -> dict:
+        """similarity(init, final) per block for every run of one (dataset, arch, fraction) group:
+        one job per group rather than per run, because the measure is cheap and a job is not."""
+        runs = self.run_groups()[(dataset, arch, paths.format_fraction(fraction))]
         return {
-            "columns": self.run_columns(run),
-            "activations": {state: paths.activations(run, state) for state in paths.STATES},
+            "runs": [{"columns": self.run_columns(run),
+                      "activations": {state: paths.activations(run, state) for state in paths.STATES}}
+                     for run in runs],
             "measures": self.analysis["measures"],
-            "out": paths.run_analysis("similarity_init_final", run),
+            "out": paths.group_analysis("similarity_init_final", dataset, arch, fraction),
         }
+
+    def groups(self) -> list[tuple[str, str, str]]:
+        """Every (dataset, arch, fraction) group of runs."""
+        return sorted(self.run_groups())
 
     def pair_groups(self) -> list[tuple[str, str, str]]:
         """(dataset, arch, fraction) groups that have block × block comparisons to make."""

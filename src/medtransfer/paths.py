@@ -82,11 +82,6 @@ def analysis_table(kind: str, root: str = RESULTS) -> str:
     return f"{root}/analysis/{kind}.csv"
 
 
-def run_analysis(kind: str, run: Run, root: str = RESULTS) -> str:
-    """The per-run part of ``analysis_table(kind)``, gathered by the collect rule."""
-    return f"{root}/analysis/{kind}/{run.id}.csv"
-
-
 def group_analysis(kind: str, dataset: str, arch: str, fraction: float | str, root: str = RESULTS) -> str:
     """The part of ``analysis_table(kind)`` of one (dataset, arch, fraction) group."""
     return f"{root}/analysis/{kind}/groups/{dataset}/{arch}/f{format_fraction(fraction)}.csv"

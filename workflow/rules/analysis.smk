@@ -1,11 +1,12 @@
 rule similarity_init_final:
     input:
-        init=paths.activations(RUN, "init"),
-        final=paths.activations(RUN, "final"),
+        similarity_inputs,
     output:
-        paths.run_analysis("similarity_init_final", RUN),
+        paths.group_analysis(
+            "similarity_init_final", "{dataset}", "{arch}", "{fraction}"
+        ),
     log:
-        paths.log("similarity_init_final", RUN.id),
+        paths.log("similarity_init_final", "{dataset}/{arch}/f{fraction}"),
     conda:
         ENV
     threads: resource("similarity", "threads")

@@ -77,7 +77,9 @@ def activations_spec(wildcards):
 
 
 def similarity_spec(wildcards):
-    return as_json(STUDY.similarity_spec(run_of(wildcards)))
+    return as_json(
+        STUDY.similarity_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
+    )
 
 
 def pairs_spec(wildcards):
@@ -106,8 +108,16 @@ def run_outputs(name):
     return [paths.run_file(run, name) for run in STUDY.runs]
 
 
-def similarity_outputs(wildcards=None):
-    return [paths.run_analysis("similarity_init_final", run) for run in STUDY.runs]
+def similarity_inputs(wildcards):
+    spec = STUDY.similarity_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
+    return [path for run in spec["runs"] for path in run["activations"].values()]
+
+
+def similarity_outputs():
+    return [
+        paths.group_analysis("similarity_init_final", *group)
+        for group in STUDY.groups()
+    ]
 
 
 def pairs_inputs(wildcards):
