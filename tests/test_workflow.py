@@ -111,6 +111,9 @@ def test_tiny_study_end_to_end_then_one_figure_without_retraining(tmp_path):
     assert any(block["origin"] == "source" for block in record["blocks"])
     provenance = json.loads((run_dir / "metrics.json").read_text())["provenance"]
     assert {"config_hash", "git_commit", "packages", "host", "device", "wall_seconds"} <= set(provenance)
+    table = pd.read_csv(results / "tables" / "provenance.csv")
+    assert len(table) == len(metrics) + 1  # every run and the one pretraining
+    assert table["git_commit"].notna().all() and (table["device"] == "cpu").all()
     cka = pd.read_csv(results / "analysis" / "similarity_init_final.csv")
     assert cka["value"].between(-1e-6, 1 + 1e-6).all()
 

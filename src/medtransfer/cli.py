@@ -87,6 +87,9 @@ def cmd_collect(args: argparse.Namespace) -> None:
     frame = COLLECTORS[args.kind](args.inputs)
     with atomic_path(args.out) as tmp:
         frame.to_csv(tmp, index=False)
+    if args.html:  # the Snakemake report shows HTML inline, not CSV
+        with atomic_path(args.html) as tmp:
+            frame.to_html(tmp, index=False, border=0)
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
@@ -127,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("similarity", cmd_similarity, "similarity(init, final) per block for the runs of one group")
     add("similarity-pairs", cmd_similarity_pairs, "block × block similarity between runs, with the seed noise floor")
     sub = add("collect", cmd_collect, "gather per-run results into one tidy CSV", job=False)
-    sub.add_argument("kind", choices=["metrics", "history", "similarity"])
+    sub.add_argument("kind", choices=["metrics", "history", "similarity", "provenance"])
     sub.add_argument("--out", required=True)
+    sub.add_argument("--html", default=None, help="also write the table as HTML (for the report)")
     sub.add_argument("inputs", nargs="+")
     sub = add("figure", cmd_figure, "draw one figure (PDF + PNG) from a tidy CSV", job=False)
     sub.add_argument("name")

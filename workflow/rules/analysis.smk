@@ -111,3 +111,28 @@ rule collect_similarity_pairs:
         gpu=0,
     shell:
         "medtransfer collect similarity --out {output} {input} > {log} 2>&1"
+
+
+rule collect_provenance:
+    input:
+        metrics=run_outputs("metrics.json"),
+        pretrain=pretrain_metas(),
+    output:
+        csv=paths.table("provenance", "csv"),
+        html=report(
+            paths.table("provenance", "html"),
+            caption="../report/provenance.rst",
+            category="Provenance",
+        ),
+    log:
+        paths.log("collect", "provenance"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=per_attempt("collect", "mem_mb"),
+        runtime=per_attempt("collect", "runtime"),
+        gpu=0,
+    shell:
+        "medtransfer collect provenance --out {output.csv} --html {output.html} "
+        "{input.metrics} {input.pretrain} > {log} 2>&1"

@@ -136,8 +136,13 @@ def figure_input(wildcards):
     return paths.analysis_table(STUDY.figure_input(wildcards.figure))
 
 
+def pretrain_metas():
+    return [paths.pretrain_meta(source, arch) for source, arch in STUDY.pretrain_jobs()]
+
+
 def final_targets():
     targets = [paths.table("summary", "csv"), paths.table("summary", "md")]
+    targets += [paths.table("provenance", "csv"), paths.table("provenance", "html")]
     targets += [
         paths.figure(name, ext)
         for name in STUDY.figure_names()

@@ -8,6 +8,7 @@ localrules:
     collect_history,
     collect_similarity_init_final,
     collect_similarity_pairs,
+    collect_provenance,
 
 
 rule figure:

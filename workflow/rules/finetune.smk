@@ -20,4 +20,4 @@ rule finetune:
     params:
         spec=finetune_spec,
     shell:
-        "medtransfer finetune --spec {params.spec:q} --threads {threads} --no-progress > {log} 2>&1"
+        "medtransfer finetune --spec {params.spec:q} --threads {threads} --no-progress >> {log} 2>&1"

@@ -16,4 +16,4 @@ rule pretrain:
     params:
         spec=pretrain_spec,
     shell:
-        "medtransfer pretrain --spec {params.spec:q} --threads {threads} --no-progress > {log} 2>&1"
+        "medtransfer pretrain --spec {params.spec:q} --threads {threads} --no-progress >> {log} 2>&1"

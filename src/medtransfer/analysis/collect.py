@@ -46,7 +46,23 @@ def collect_csvs(csv_files: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def collect_provenance(json_files: list[str]) -> pd.DataFrame:
+    """provenance.csv: one row per metrics.json / meta.json with what produced it (config hash,
+    seed, git commit, host, device, wall time, finish time, one version_<package> column each)."""
+    rows = []
+    for path in json_files:
+        record = json.loads(Path(path).read_text())
+        provenance = record["provenance"]
+        what = record.get("run") or f"pretrain {record.get('source')}/{record.get('arch')}"
+        row = {"what": what, **{k: provenance.get(k) for k in ("config_hash", "seed", "git_commit", "host",
+                                                               "device", "wall_seconds", "finished_utc")}}
+        row.update({f"version_{name}": version for name, version in provenance["packages"].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 COLLECTORS: dict[str, Callable[[list[str]], pd.DataFrame]] = {
+    "provenance": collect_provenance,
     "metrics": collect_metrics,
     "history": collect_history,
     "similarity": collect_csvs,
