@@ -116,3 +116,16 @@ def test_per_arch_sources_and_init_architectures():
     slim_runs = [r for r in study.runs if r.init.startswith("WT-RI")]
     assert {r.arch for r in slim_runs} == {"cbr_tiny"}
     assert len(study.runs) == (2 * 2 + 1) * 2  # ((RI, WT) × 2 archs + slim × 1 arch) × 2 seeds
+
+
+def test_resources_scale_per_architecture_and_dataset():
+    config = tiny_config()
+    config["resources"]["finetune"] = {"threads": 1, "mem_mb": 1000, "runtime": 5,
+                                       "by_arch": {"cbr_tiny": {"runtime": 50}},
+                                       "by_dataset": {"lesions": {"mem_mb": 3000}}}
+    validate_config(config, SCHEMA)
+    study = Study(config)
+    assert study.resources_for("finetune") == {"threads": 1, "mem_mb": 1000, "runtime": 5}
+    assert study.resources_for("finetune", arch="cbr_tiny", dataset="lesions") == \
+        {"threads": 1, "mem_mb": 3000, "runtime": 50}
+    assert study.resources_for("preprocess", dataset="lesions")["mem_mb"] == 1000

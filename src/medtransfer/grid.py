@@ -453,5 +453,14 @@ class Study:
             raise ConfigError(f"unknown figure {name!r}; figures: {', '.join(FIGURE_INPUTS)}")
         return FIGURE_INPUTS[name]
 
-    def resources_for(self, rule: str) -> dict[str, int]:
-        return dict(self.resources[rule])
+    def resources_for(self, rule: str, arch: str | None = None, dataset: str | None = None) -> dict[str, int]:
+        """threads, mem_mb and runtime of a rule's job; ``by_arch`` and ``by_dataset`` entries
+        in the config (e.g. ``finetune: {runtime: 60, by_arch: {resnet50: {runtime: 600}}}``)
+        override the rule's values for that architecture or dataset (the dataset wins)."""
+        entry = self.resources[rule]
+        values = {k: v for k, v in entry.items() if k in ("threads", "mem_mb", "runtime")}
+        if arch is not None:
+            values.update((entry.get("by_arch") or {}).get(arch, {}))
+        if dataset is not None:
+            values.update((entry.get("by_dataset") or {}).get(dataset, {}))
+        return values

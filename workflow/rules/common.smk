@@ -34,11 +34,16 @@ def resource(rule_name, key):
 
 
 def per_attempt(rule_name, key):
-    """mem_mb / runtime that grow with each retry (a job killed for time or memory gets more)."""
-    base = STUDY.resources_for(rule_name)[key]
+    """mem_mb / runtime for the job's architecture and dataset (config `resources:` with
+    `by_arch` / `by_dataset`), doubled on each retry (a job killed for time or memory gets more)."""
 
     def scaled(wildcards, attempt):
-        return base * attempt
+        values = STUDY.resources_for(
+            rule_name,
+            arch=getattr(wildcards, "arch", None),
+            dataset=getattr(wildcards, "dataset", None),
+        )
+        return values[key] * attempt
 
     return scaled
 
