@@ -124,6 +124,10 @@ def test_tiny_study_end_to_end_then_one_figure_without_retraining(tmp_path):
     assert planned_jobs(plan) == {"figure": 1}
     assert snakemake(tmp_path, "--cores", "1", "results/figures/test_auc.pdf").returncode == 0
     assert (results / "figures" / "test_auc.pdf").exists()
+    # The HTML report with every figure, table and the provenance table.
+    report = snakemake(tmp_path, "--report", "results/report.html")
+    assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
+    assert (results / "report.html").stat().st_size > 0
     # Nothing left to do: a second full run plans no job at all.
     again = snakemake(tmp_path, "-n", "--cores", "1")
     assert "Nothing to be done" in again.stdout + again.stderr

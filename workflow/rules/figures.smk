@@ -17,12 +17,12 @@ rule figure:
     output:
         pdf=report(
             paths.figure("{figure}", "pdf"),
-            caption="../report/{figure}.rst",
+            caption="../report/figure.rst",
             category="Figures",
         ),
         png=report(
             paths.figure("{figure}", "png"),
-            caption="../report/{figure}.rst",
+            caption="../report/figure.rst",
             category="Figures",
         ),
     log:
