@@ -35,7 +35,8 @@ def resource(rule_name, key):
 
 def per_attempt(rule_name, key):
     """mem_mb / runtime for the job's architecture and dataset (config `resources:` with
-    `by_arch` / `by_dataset`), doubled on each retry (a job killed for time or memory gets more)."""
+    `by_arch` / `by_dataset`), doubled on each retry (a job killed for time or memory gets more).
+    """
 
     def scaled(wildcards, attempt):
         values = STUDY.resources_for(
