@@ -280,6 +280,39 @@ def test_input_conv_is_adapted_to_one_channel():
     train_step(model, 32, in_chans=1)
 
 
+
+@pytest.mark.parametrize("arch", ["deit_tiny_patch16_224", "vit_tiny_patch16_224"])
+def test_vit_pos_embed_is_resampled_to_another_input_size(arch):
+    """ImageNet weights (224 px, 14x14 patches) into a ViT built for 64 px (4x4 patches)."""
+    source = make_source(arch)
+    grid = source["pos_embed"][:, 1:].reshape(1, 14, 14, -1)
+    # a field that is constant along x and linear along y keeps those properties when resampled
+    ramp = torch.linspace(-1, 1, 14).view(1, 14, 1, 1).expand(1, 14, 14, grid.shape[-1])
+    source["pos_embed"] = torch.cat([source["pos_embed"][:, :1], ramp.reshape(1, 196, -1)], dim=1)
+    model = create(arch, 2, img_size=64)
+    record = apply(model, "WT", source, seed=0)
+    assert record["blocks"][0]["adapted"] == ["pos_embed"]
+    pos = model.pos_embed.detach()
+    assert pos.shape == (1, 1 + 16, source["pos_embed"].shape[-1])
+    assert torch.equal(pos[:, :1], source["pos_embed"][:, :1])  # the class token's row is kept as is
+    new_grid = pos[:, 1:].reshape(4, 4, -1)
+    assert torch.allclose(new_grid, new_grid[:, :1], atol=1e-6)  # still constant along x
+    rows = new_grid[:, 0, 0]
+    assert torch.all(rows.diff() > 0) and rows.abs().max() <= 1  # still increasing along y, in range
+    # what timm's own loader does for a checkpoint at another size (an independent path)
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    expected = checkpoint_filter_fn({"pos_embed": source["pos_embed"]}, model)["pos_embed"]
+    assert torch.allclose(pos, expected, atol=1e-6)
+    for key in source:  # every other tensor is the source's
+        if key != "pos_embed" and not key.startswith("head"):
+            assert torch.equal(model.state_dict()[key], source[key]), key
+    train_step(model, 64)
+    st = create(arch, 2, img_size=64)
+    apply(st, "ST", source, seed=0)  # the statistics path adapts the same way
+    assert st.pos_embed.shape == pos.shape and not torch.equal(st.pos_embed, pos)
+
+
 # --- Gabor ------------------------------------------------------------------------------------
 
 

@@ -209,6 +209,16 @@ def test_input_size_policy():
     assert default_input_size("inception_v3") == 299
     assert default_input_size("resnet50") is None
     assert default_input_size("cbr_tiny") is None and default_input_size("resnet18_28") is None
+    # a ViT built for another size (architectures: {deit_tiny_patch16_224: {img_size: 64}}) gets
+    # batches of that size, in fine-tuning and in activation extraction alike
+    from medtransfer.training.finetune import input_size
+
+    assert default_input_size("deit_tiny_patch16_224", img_size=64) == 64
+    spec = {"arch": "deit_tiny_patch16_224", "arch_options": {"img_size": 64}, "training": {}}
+    assert input_size(spec) == 64
+    assert input_size({**spec, "training": {"image_size": 96}}) == 96  # the config's own size wins
+    model = create("deit_tiny_patch16_224", 2, img_size=input_size(spec))
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
 
 
 def test_imagenet_weight_table_names_real_timm_tags():

@@ -18,6 +18,7 @@ import torch
 
 from medtransfer import data, models
 from medtransfer.atomic import atomic_path
+from medtransfer.training.finetune import input_size
 
 
 def probe_indices(n_examples: int, size: int, seed: int) -> np.ndarray:
@@ -95,7 +96,7 @@ def extract(spec: dict, device: torch.device) -> None:
     loader = data.make_loader(
         spec["cache"], spec["probe_split"], batch_size=training["eval_batch_size"], shuffle=False,
         indices=indices, device=device, channels=3, normalize=training["normalize"],
-        image_size=training.get("image_size") or models.default_input_size(spec["arch"]),
+        image_size=input_size(spec),
         resize_mode=training["resize_mode"], max_memory_mb=training["max_memory_mb"],
         num_workers=training["num_workers"],
     )

@@ -153,6 +153,25 @@ def _adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return adapt_input_conv(in_chans, weight, base_chans=weight.shape[1])
 
 
+def _pos_embed_prefix(model: nn.Module) -> int | None:
+    """Prefix tokens (class, distillation) at the start of a ViT's ``pos_embed``; None if the
+    model has no absolute position embedding on a patch grid."""
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if grid is None or not isinstance(getattr(model, "pos_embed", None), torch.Tensor):
+        return None
+    return 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+
+
+def _resample_pos_embed(value: torch.Tensor, target: torch.Tensor, grid: tuple[int, int], prefix: int) -> torch.Tensor:
+    """A ViT position embedding [1, prefix + h*w, D] resampled to the model's patch grid
+    [1, prefix + H*W, D] (bicubic, antialiased, prefix rows kept): how a ViT pretrained at 224 px
+    is fine-tuned at another input size (Dosovitskiy et al. 2021, §3.2)."""
+    from timm.layers import resample_abs_pos_embed
+
+    return resample_abs_pos_embed(value.float(), new_size=list(grid), num_prefix_tokens=prefix,
+                                  interpolation="bicubic", antialias=True).to(target.dtype)
+
+
 def _source_tensor(
     key: str,
     target: torch.Tensor,
@@ -160,8 +179,13 @@ def _source_tensor(
     first_conv: str | None,
     mismatches: list[str],
     adapted: list[str],
+    pos_embed: tuple[tuple[int, int], int] | None = None,
 ) -> torch.Tensor | None:
-    """The source tensor for ``key`` in the target's shape, or None (recorded as a mismatch)."""
+    """The source tensor for ``key`` in the target's shape, or None (recorded as a mismatch).
+
+    Two differences are adapted rather than refused: the input conv's channel count (timm's
+    ``adapt_input_conv``) and, given ``pos_embed`` = (patch grid, prefix tokens), a ViT's
+    position embedding pretrained on another grid (resampled)."""
     if key not in source:
         mismatches.append(f"{key}: missing in source, model {tuple(target.shape)}")
         return None
@@ -175,10 +199,24 @@ def _source_tensor(
         ):
             value = _adapt_input_conv(value, target.shape[1])
             adapted.append(key)
+        elif (
+            pos_embed is not None
+            and key == "pos_embed"
+            and value.ndim == target.ndim == 3
+            and value.shape[-1] == target.shape[-1]
+            and _is_square_grid(value.shape[1] - pos_embed[1])
+        ):
+            value = _resample_pos_embed(value, target, *pos_embed)
+            adapted.append(key)
         else:
             mismatches.append(f"{key}: source {tuple(value.shape)}, model {tuple(target.shape)}")
             return None
     return value
+
+
+def _is_square_grid(tokens: int) -> bool:
+    side = math.isqrt(tokens) if tokens > 0 else 0
+    return side > 0 and side * side == tokens
 
 
 def _norm_default(model: nn.Module, key: str) -> torch.Tensor | None:
@@ -213,7 +251,8 @@ def apply(
 
     ``source`` is a state dict of the same architecture (``load_source_state_dict``); its
     classifier may have another shape (the head is always new) and its input conv another
-    channel count (adapted). Any other missing key or shape mismatch raises ``WeightsError``.
+    channel count (adapted) and a ViT's ``pos_embed`` another patch grid (resampled to the model's,
+    e.g. ImageNet weights at 224 px into a DeiT built with ``img_size=112``). Any other missing key or shape mismatch raises ``WeightsError``.
 
     Returns ``{"init", "k", "seed", "options", "blocks": [{"block", "origin", "tensors", ...}]}``,
     one entry per canonical block in order (``tensors`` = state-dict entries in the block; stats
@@ -235,6 +274,8 @@ def apply(
     state = {key: value.detach().clone() for key, value in fresh.items()}
     params = dict(model.named_parameters())
     first_conv = _first_conv_key(model)
+    prefix = _pos_embed_prefix(model)
+    pos_embed = None if prefix is None else (tuple(model.patch_embed.grid_size), prefix)
     generator = torch.Generator().manual_seed(seed + 1_000_003)  # not the rebuild's stream
 
     records: list[dict[str, Any]] = []
@@ -245,7 +286,7 @@ def apply(
         adapted: list[str] = []
         if origin == "source":
             for key in keys:
-                value = _source_tensor(key, state[key], source, first_conv, mismatches, adapted)
+                value = _source_tensor(key, state[key], source, first_conv, mismatches, adapted, pos_embed)
                 if value is not None:
                     state[key] = value.detach().to(dtype=state[key].dtype).clone()
         elif origin == "stats":
@@ -259,7 +300,7 @@ def apply(
                 if key not in params or not state[key].is_floating_point():
                     reset += 1  # buffers such as attention masks: the architecture's own
                     continue
-                value = _source_tensor(key, state[key], source, first_conv, mismatches, adapted)
+                value = _source_tensor(key, state[key], source, first_conv, mismatches, adapted, pos_embed)
                 if value is None:
                     continue
                 value = value.detach().double()

@@ -170,12 +170,16 @@ def rebuild(model: nn.Module, seed: int) -> nn.Module:
     return fresh
 
 
-def default_input_size(arch: str) -> int | None:
+def default_input_size(arch: str, **options: Any) -> int | None:
     """Input side length in pixels that ``arch`` needs, or ``None`` when any size works.
 
     ViT/DeiT/Swin need their patch grid (timm marks them ``fixed_input_size``; 224 for the
-    ``*_224`` models); Inception-v3 is built for 299 (it needs >= 75 px); CNNs take any size.
+    ``*_224`` models, or the ``img_size`` among ``options``, the model's create() arguments);
+    Inception-v3 is built for 299 (it needs >= 75 px); CNNs take any size.
     """
+    if options.get("img_size") and arch not in ARCHITECTURES:
+        size = options["img_size"]
+        return int(size if isinstance(size, int) else size[-1])
     if arch in ARCHITECTURES:
         return None
     if not timm.is_model(arch):

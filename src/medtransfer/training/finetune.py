@@ -41,10 +41,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def input_size(arch: str, training: dict) -> int | None:
-    """Batches are resized on the device to this size: the config's, else the architecture's
-    required size (ViT/Swin patch grid, Inception's 299), else the cache's own size (None)."""
-    return training.get("image_size") or models.default_input_size(arch)
+def input_size(spec: dict) -> int | None:
+    """Batches are resized on the device to this size: the config's ``train.image_size``, else
+    the architecture's required size (ViT/Swin patch grid, ``img_size`` among its options,
+    Inception's 299), else the cache's own size (None)."""
+    return spec["training"].get("image_size") or models.default_input_size(spec["arch"], **spec.get("arch_options", {}))
 
 
 def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | None) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | N
     training = spec["training"]
     common = dict(
         device=device, channels=3, normalize=training["normalize"],
-        image_size=input_size(spec["arch"], training), resize_mode=training["resize_mode"],
+        image_size=input_size(spec), resize_mode=training["resize_mode"],
         max_memory_mb=training["max_memory_mb"], num_workers=training["num_workers"], seed=spec["seed"],
     )
     return {
