@@ -24,16 +24,14 @@ from medtransfer.figures.io import (
     read_results,
     select_row,
 )
-from medtransfer.figures.panels import dot_whisker, line_handles, marker_handles, panel_title
+from medtransfer.figures.panels import line_handles, mark_no_runs, panel_title, seed_dots_by_init
 from medtransfer.figures.style import (
     facet_axes,
     figure_style,
-    fraction_label,
-    fraction_palette,
     init_palette,
     legend_outside,
-    no_data_figure,
     save_figure,
+    save_no_data,
     sort_inits,
 )
 
@@ -55,9 +53,7 @@ def plot_convergence(history_csv: str | Path, out_pdf: str | Path) -> Path:
     title = "Convergence: validation AUC during fine-tuning"
     with figure_style():
         if frame.empty:
-            fig = no_data_figure(title, f"no val_auc values in {Path(history_csv).name}")
-            save_figure(fig, out_pdf)
-            return Path(out_pdf)
+            return save_no_data(title, f"no val_auc values in {Path(history_csv).name}", out_pdf)
         rows = facet_rows(frame)
         archs = appearance_order(frame["arch"])
         inits = sort_inits(frame["init"])
@@ -69,7 +65,7 @@ def plot_convergence(history_csv: str | Path, out_pdf: str | Path) -> Path:
                 panel = select_row(frame, row)
                 panel = panel[panel["arch"] == arch]
                 if panel.empty:
-                    ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
+                    mark_no_runs(ax)
                 else:
                     sns.lineplot(
                         data=panel, x="epoch", y="val_auc", hue="init", hue_order=inits, palette=palette,
@@ -125,36 +121,9 @@ def plot_epochs_to_95(history_csv: str | Path, out_pdf: str | Path) -> Path:
     datasets, columns architectures; colour = data fraction; seeds as dots, mean ± sd."""
     frame = _read_history(history_csv)
     table = epochs_to_fraction_of_best(frame, 0.95) if not frame.empty else pd.DataFrame()
-    title = "Convergence speed: epochs to 95 % of the best validation AUC"
-    with figure_style():
-        if table.empty:
-            fig = no_data_figure(title, f"no val_auc values in {Path(history_csv).name}")
-            save_figure(fig, out_pdf)
-            return Path(out_pdf)
-        datasets = appearance_order(table["dataset"])
-        archs = appearance_order(table["arch"])
-        inits = sort_inits(table["init"])
-        fractions = sorted(float(f) for f in table["fraction"].unique())
-        palette = fraction_palette(fractions)
-        width = max(3.2, 0.45 * len(inits) * (1 + 0.3 * (len(fractions) - 1)) + 1.2)
-        fig, axes = facet_axes(len(datasets), len(archs), panel_width=width, panel_height=3.2, sharey="row")
-        for r, dataset in enumerate(datasets):
-            for c, arch in enumerate(archs):
-                ax = axes[r, c]
-                panel = table[(table["dataset"] == dataset) & (table["arch"] == arch)]
-                dot_whisker(ax, panel, "init", "epochs_to_target", "fraction", inits, fractions, palette)
-                ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.set_title(panel_title(dataset, arch))
-                ax.set_xlabel("initialisation" if r == len(datasets) - 1 else "")
-                ax.set_ylabel("epochs to reach 95 %\nof best val. AUC" if c == 0 else "")
-                if panel.empty:
-                    ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
-        legend_outside(
-            fig,
-            marker_handles(fractions, palette),
-            [fraction_label(f) for f in fractions],
-            "training data (mean ± sd)",
-        )
-        fig.suptitle(title)
-        save_figure(fig, out_pdf)
-    return Path(out_pdf)
+    return seed_dots_by_init(
+        table, "epochs_to_target", out_pdf,
+        title="Convergence speed: epochs to 95 % of the best validation AUC",
+        ylabel="epochs to reach 95 %\nof best val. AUC", integer_y=True,
+        no_data=f"no val_auc values in {Path(history_csv).name}",
+    )  # fmt: skip

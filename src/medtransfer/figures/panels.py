@@ -1,13 +1,29 @@
-"""Drawing pieces several figure families share: panel titles and seed dots with mean ± sd."""
+"""Drawing pieces several figure families share: panel titles, seed dots with mean ± sd, and
+the dataset × architecture grid of seed dots per init that both the test-metric and the
+convergence-speed figures are."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from medtransfer.figures.io import appearance_order
+from medtransfer.figures.style import (
+    facet_axes,
+    figure_style,
+    fraction_label,
+    fraction_palette,
+    legend_outside,
+    save_figure,
+    save_no_data,
+    sort_inits,
+)
 
 
 def panel_title(dataset: str, arch: str | None = None, fraction: float | None = None) -> str:
@@ -69,3 +85,55 @@ def marker_handles(labels: Sequence, palette: Mapping, marker: str = "o") -> lis
 def line_handles(labels: Sequence, palette: Mapping, **line_kw) -> list[Line2D]:
     """Legend handles: one coloured line per label."""
     return [Line2D([], [], color=palette[label], linewidth=2, **line_kw) for label in labels]
+
+
+def mark_no_runs(ax: Axes) -> None:
+    """Say so in a panel of the grid that has nothing to draw."""
+    ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
+
+
+def seed_dots_by_init(
+    table: pd.DataFrame,
+    y: str,
+    out_pdf: str | Path,
+    *,
+    title: str,
+    ylabel: str,
+    no_data: str,
+    integer_y: bool = False,
+) -> Path:
+    """``y`` per init, one panel per dataset (rows) × architecture (columns); colour = data
+    fraction; each seed a dot, each (init, fraction) its mean ± sd. ``table`` has one row per run
+    (``dataset``, ``arch``, ``init``, ``fraction``, ``y``). Writes ``out_pdf`` + ``.png``; an empty
+    table gives the no-data figure with the message ``no_data``."""
+    with figure_style():
+        if table.empty:
+            return save_no_data(title, no_data, out_pdf)
+        datasets = appearance_order(table["dataset"])
+        archs = appearance_order(table["arch"])
+        inits = sort_inits(table["init"])
+        fractions = sorted(float(f) for f in table["fraction"].unique())
+        palette = fraction_palette(fractions)
+        width = max(3.2, 0.45 * len(inits) * (1 + 0.3 * (len(fractions) - 1)) + 1.2)
+        fig, axes = facet_axes(len(datasets), len(archs), panel_width=width, panel_height=3.2, sharey="row")
+        for r, dataset in enumerate(datasets):
+            for c, arch in enumerate(archs):
+                ax = axes[r, c]
+                panel = table[(table["dataset"] == dataset) & (table["arch"] == arch)]
+                dot_whisker(ax, panel, "init", y, "fraction", inits, fractions, palette)
+                if integer_y:
+                    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+                ax.set_title(panel_title(dataset, arch))
+                ax.set_xlabel("initialisation" if r == len(datasets) - 1 else "")
+                ax.set_ylabel(ylabel if c == 0 else "")
+                if panel.empty:
+                    mark_no_runs(ax)
+        legend_outside(
+            fig,
+            marker_handles(fractions, palette),
+            [fraction_label(f) for f in fractions],
+            "training data (mean ± sd)",
+        )
+        fig.suptitle(title)
+        save_figure(fig, out_pdf)
+    return Path(out_pdf)

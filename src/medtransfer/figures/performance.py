@@ -28,18 +28,16 @@ from medtransfer.figures.io import (
     read_results,
     select_row,
 )
-from medtransfer.figures.panels import dot_whisker, marker_handles, panel_title
+from medtransfer.figures.panels import mark_no_runs, panel_title, seed_dots_by_init
 from medtransfer.figures.style import (
     facet_axes,
     figure_style,
-    fraction_label,
-    fraction_palette,
     init_palette,
     legend_outside,
     metric_label,
-    no_data_figure,
     parse_init,
     save_figure,
+    save_no_data,
     sort_inits,
 )
 
@@ -63,39 +61,11 @@ def _baseline(metric: str) -> float:
 def plot_test_metric(metrics_csv: str | Path, out_pdf: str | Path, metric: str = "test_auc") -> Path:
     """``metric`` per init: rows are datasets, columns architectures; x = init, colour = data
     fraction; one dot per seed and the mean ± sd of the seeds. Writes ``out_pdf`` + ``.png``."""
-    frame = _read_metrics(metrics_csv, metric)
-    title = f"{metric_label(metric)} per initialisation"
-    with figure_style():
-        if frame.empty:
-            fig = no_data_figure(title, f"no {metric} values in {Path(metrics_csv).name}")
-            save_figure(fig, out_pdf)
-            return Path(out_pdf)
-        datasets = appearance_order(frame["dataset"])
-        archs = appearance_order(frame["arch"])
-        inits = sort_inits(frame["init"])
-        fractions = sorted(float(f) for f in frame["fraction"].unique())
-        palette = fraction_palette(fractions)
-        width = max(3.2, 0.45 * len(inits) * (1 + 0.3 * (len(fractions) - 1)) + 1.2)
-        fig, axes = facet_axes(len(datasets), len(archs), panel_width=width, panel_height=3.2, sharey="row")
-        for r, dataset in enumerate(datasets):
-            for c, arch in enumerate(archs):
-                ax = axes[r, c]
-                panel = frame[(frame["dataset"] == dataset) & (frame["arch"] == arch)]
-                dot_whisker(ax, panel, "init", metric, "fraction", inits, fractions, palette)
-                ax.set_title(panel_title(dataset, arch))
-                ax.set_xlabel("initialisation" if r == len(datasets) - 1 else "")
-                ax.set_ylabel(metric_label(metric) if c == 0 else "")
-                if panel.empty:
-                    ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
-        legend_outside(
-            fig,
-            marker_handles(fractions, palette),
-            [fraction_label(f) for f in fractions],
-            "training data (mean ± sd)",
-        )
-        fig.suptitle(f"{title} (dots: seeds; bars: mean ± sd)")
-        save_figure(fig, out_pdf)
-    return Path(out_pdf)
+    return seed_dots_by_init(
+        _read_metrics(metrics_csv, metric), metric, out_pdf,
+        title=f"{metric_label(metric)} per initialisation (dots: seeds; bars: mean ± sd)",
+        ylabel=metric_label(metric), no_data=f"no {metric} values in {Path(metrics_csv).name}",
+    )  # fmt: skip
 
 
 def _series_label(init: str) -> str:
@@ -113,11 +83,7 @@ def plot_metric_vs_k(metrics_csv: str | Path, out_pdf: str | Path, metric: str =
     partial = frame[frame["init_name"].isin(PARTIAL_INITS) & frame["k"].notna()]
     with figure_style():
         if partial.empty:
-            fig = no_data_figure(
-                title, f"no WT-ST-k or WT-RI-k runs with {metric} in {Path(metrics_csv).name}"
-            )
-            save_figure(fig, out_pdf)
-            return Path(out_pdf)
+            return save_no_data(title, f"no WT-ST-k or WT-RI-k runs with {metric} in {Path(metrics_csv).name}", out_pdf)
         frame = frame[frame["dataset"].isin(partial["dataset"]) & frame["arch"].isin(partial["arch"])]
         rows = facet_rows(frame)
         archs = appearance_order(partial["arch"])
@@ -192,9 +158,7 @@ def plot_init_comparison(metrics_csv: str | Path, out_pdf: str | Path, metric: s
     title = f"{metric_label(metric)}: random (RI) vs weight statistics (ST) vs weight transfer (WT)"
     with figure_style():
         if frame.empty:
-            fig = no_data_figure(title, f"no RI, ST or WT runs with {metric} in {Path(metrics_csv).name}")
-            save_figure(fig, out_pdf)
-            return Path(out_pdf)
+            return save_no_data(title, f"no RI, ST or WT runs with {metric} in {Path(metrics_csv).name}", out_pdf)
         datasets = appearance_order(frame["dataset"])
         fractions = sorted(float(f) for f in frame["fraction"].unique())
         archs = appearance_order(frame["arch"])
@@ -247,5 +211,5 @@ def _grouped_bars(ax, panel, metric, archs, inits, palette, baseline, width: flo
     ax.set_xticks(range(len(archs)))
     ax.set_xticklabels([str(a) for a in archs], rotation=20, ha="right", rotation_mode="anchor")
     if not extent:
-        ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
+        mark_no_runs(ax)
     return extent

@@ -29,15 +29,15 @@ from medtransfer.figures.io import (
     read_results,
     select_row,
 )
-from medtransfer.figures.panels import line_handles, panel_title
+from medtransfer.figures.panels import line_handles, mark_no_runs, panel_title
 from medtransfer.figures.style import (
     facet_axes,
     figure_style,
     init_palette,
     legend_outside,
     measure_label,
-    no_data_figure,
     save_figure,
+    save_no_data,
     sort_inits,
 )
 
@@ -83,9 +83,7 @@ def plot_init_final(similarity_csv: str | Path, out_pdf: str | Path, measure: st
     title = f"{measure_label(measure)} between initial and fine-tuned representations"
     with figure_style():
         if frame.empty:
-            fig = no_data_figure(title, f"no {measure} rows in {Path(similarity_csv).name}")
-            save_figure(fig, out_pdf)
-            return Path(out_pdf)
+            return save_no_data(title, f"no {measure} rows in {Path(similarity_csv).name}", out_pdf)
         rows = facet_rows(frame)
         archs = appearance_order(frame["arch"])
         inits = sort_inits(frame["init"])
@@ -99,7 +97,7 @@ def plot_init_final(similarity_csv: str | Path, out_pdf: str | Path, measure: st
                 panel = select_row(frame, row)
                 panel = panel[panel["arch"] == arch]
                 if panel.empty:
-                    ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
+                    mark_no_runs(ax)
                 else:
                     sns.lineplot(
                         data=panel, x="block_index", y="value", hue="init", hue_order=inits, palette=palette,
@@ -138,9 +136,7 @@ def plot_pair_heatmaps(pairs_csv: str | Path, out_pdf: str | Path, measure: str 
     title = f"{measure_label(measure)} between the blocks of two networks (mean over seeds)"
     with figure_style():
         if frame.empty:
-            fig = no_data_figure(title, f"no {measure} rows in {Path(pairs_csv).name}")
-            save_figure(fig, out_pdf)
-            return Path(out_pdf)
+            return save_no_data(title, f"no {measure} rows in {Path(pairs_csv).name}", out_pdf)
         pairs = _pair_order(frame)
         combos = []
         for dataset, fraction in facet_rows(frame):
@@ -219,9 +215,7 @@ def plot_pair_diagonal(pairs_csv: str | Path, out_pdf: str | Path, measure: str 
     title = f"{measure_label(measure)} of matching blocks, with the seed noise floor"
     with figure_style():
         if frame.empty:
-            fig = no_data_figure(title, f"no matching-block {measure} rows in {Path(pairs_csv).name}")
-            save_figure(fig, out_pdf)
-            return Path(out_pdf)
+            return save_no_data(title, f"no matching-block {measure} rows in {Path(pairs_csv).name}", out_pdf)
         rows = facet_rows(frame)
         archs = appearance_order(frame["arch"])
         pairs = appearance_order(frame.loc[frame["kind"] != "noise_floor", "pair"])
@@ -240,7 +234,7 @@ def plot_pair_diagonal(pairs_csv: str | Path, out_pdf: str | Path, measure: str 
                 ax.set_xlabel("block" if r == len(rows) - 1 else "")
                 ax.set_ylabel(f"{measure_label(measure)} (matching blocks)" if c == 0 else "")
                 if panel.empty:
-                    ax.text(0.5, 0.5, "no runs", ha="center", va="center", transform=ax.transAxes)
+                    mark_no_runs(ax)
                     continue
                 _diagonal_panel(ax, panel, pair_palette, palette)
                 _block_axis(ax, panel, "block_a_index", "block_a")

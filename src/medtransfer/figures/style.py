@@ -251,6 +251,12 @@ def no_data_figure(title: str, message: str) -> Figure:
     return fig
 
 
+def save_no_data(title: str, message: str, out_pdf: str | Path) -> Path:
+    """Write the :func:`no_data_figure` as ``out_pdf`` (+ PNG): a target always gets a file."""
+    save_figure(no_data_figure(title, message), out_pdf)
+    return Path(out_pdf)
+
+
 def png_path(out_pdf: str | Path) -> Path:
     """The PNG beside a PDF: same folder and stem."""
     return Path(out_pdf).with_suffix(".png")
