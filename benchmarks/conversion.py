@@ -5,6 +5,9 @@ chunked by image:
 
 - PIL loop: one process, one image at a time: ``Image.open`` -> ``convert`` -> ``resize`` (bilinear)
   -> ``numpy`` -> write the row into HDF5. What a conversion script without parallelism does.
+- decode only: the same decode + resize in a plain thread pool of ``--workers`` threads, results
+  thrown away: no HDF5, no statistics. The ceiling any converter with that many threads can reach
+  on this machine (PNG inflation scales worse across cores than JPEG decoding here).
 - medtransfer: :class:`medtransfer.data.streaming.DecodedImages` (``--workers`` decoding threads)
   written by :func:`medtransfer.data.streaming.write_cache` (chunks of ~64 MB, the next chunk
   decoded while the current one is written, resumable, train mean/std accumulated), with the
@@ -27,6 +30,7 @@ import os
 import platform
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from medtransfer.data.folders import load_image
 from medtransfer.data.formats import RawDataset
 from medtransfer.data.streaming import DecodedImages, available_cores, write_cache
 
@@ -60,6 +65,12 @@ def pil_loop(paths: list[Path], out: Path, size: int, channels: int) -> None:
                 img = img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
                 array = np.asarray(img)
             target[i] = array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def decode_only(paths: list[Path], size: int, channels: int, workers: int) -> None:
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(lambda path: load_image(path, size, channels, "bilinear"), paths):
+            pass
 
 
 def ours(paths: list[Path], out: Path, size: int, channels: int, workers: int) -> None:
@@ -100,6 +111,8 @@ def main() -> None:
             paths = make_images(folder, args.n, args.source_size, fmt)
             base, base_cpu = timed(pil_loop, paths, tmp / f"{fmt}_pil.h5", args.size, args.channels)
             rows = [("PIL loop", 1, base, base_cpu)]
+            seconds, cpu = timed(decode_only, paths, args.size, args.channels, args.workers)
+            rows.append(("decode only (ceiling)", args.workers, seconds, cpu))
             for workers in sorted({1, args.workers}):
                 seconds, cpu = timed(ours, paths, tmp / f"{fmt}_ours{workers}.h5", args.size, args.channels, workers)
                 rows.append(("medtransfer write_cache", workers, seconds, cpu))

@@ -115,10 +115,10 @@ class DecodedImages:
         def work(k: int) -> None:
             out[k] = self._load(rows[k])
 
-        if self.workers == 1 or len(rows) < 2:
+        if len(rows) < 2:
             for k in range(len(rows)):
                 work(k)
-        else:
+        else:  # through the pool even for one worker: slices read at once still share `workers` threads
             with self._pool_lock:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
