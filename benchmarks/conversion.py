@@ -20,14 +20,16 @@ average is printed before and after, and each row's CPU seconds and cores kept b
 on a shared CPU the speed-up is bounded by the cores the other jobs leave free.
 Run from the repository root:
 
-    python benchmarks/conversion.py --n 200 --workers 2
+    python benchmarks/conversion.py --n 500 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
+import statistics
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,9 +40,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medtransfer.data.folders import load_image
+from medtransfer.data.folders import available_cores, default_decode_threads, load_image
 from medtransfer.data.formats import RawDataset
-from medtransfer.data.streaming import DecodedImages, available_cores, write_cache
+from medtransfer.data.streaming import DecodedImages, write_cache
 
 
 def make_images(folder: Path, n: int, size: int, fmt: str, seed: int = 0) -> list[Path]:
@@ -94,33 +96,47 @@ def main() -> None:
     parser.add_argument("--source-size", type=int, default=512)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=default_decode_threads(),
+                        help="decoding threads (default: the library's, usable cores + 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the median is reported")
     parser.add_argument("--formats", nargs="+", default=["jpeg", "png"], choices=("jpeg", "png"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores ({available_cores()} usable), "
           f"python {platform.python_version()}, load average before {os.getloadavg()[0]:.2f}")
     print(f"# {args.n} images per format, {args.source_size} px -> {args.size} px, {args.channels} channel(s)")
-    print("| format | converter | workers | s | images / s | vs PIL loop | CPU s | cores busy |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"# median of {args.repeats} interleaved repeats; 'each repeat' = PIL loop median s / that repeat's s")
+    print("| format | converter | workers | s | images / s | vs PIL loop | each repeat | CPU s | cores busy |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for fmt in args.formats:
             folder = tmp / fmt
             folder.mkdir()
             paths = make_images(folder, args.n, args.source_size, fmt)
-            base, base_cpu = timed(pil_loop, paths, tmp / f"{fmt}_pil.h5", args.size, args.channels)
-            rows = [("PIL loop", 1, base, base_cpu)]
-            seconds, cpu = timed(decode_only, paths, args.size, args.channels, args.workers)
-            rows.append(("decode only (ceiling)", args.workers, seconds, cpu))
+            converters = [
+                ("PIL loop", 1, lambda: pil_loop(paths, tmp / f"{fmt}_pil.h5", args.size, args.channels)),
+                ("decode only (ceiling)", args.workers,
+                 lambda: decode_only(paths, args.size, args.channels, args.workers)),
+            ]
             for workers in sorted({1, args.workers}):
-                seconds, cpu = timed(ours, paths, tmp / f"{fmt}_ours{workers}.h5", args.size, args.channels, workers)
-                rows.append(("medtransfer write_cache", workers, seconds, cpu))
+                converters.append(("medtransfer write_cache", workers, functools.partial(
+                    ours, paths, tmp / f"{fmt}_ours{workers}.h5", args.size, args.channels, workers)))
+            # interleaved repeats, median per converter: a shared VM's speed drifts by 10-20 %
+            times: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(converters))}
+            for _ in range(args.repeats):
+                for i, (_, _, run) in enumerate(converters):
+                    times[i].append(timed(run))
+            for workers in sorted({1, args.workers}):
                 with h5py.File(tmp / f"{fmt}_pil.h5", "r") as a, h5py.File(tmp / f"{fmt}_ours{workers}.h5") as b:
                     assert np.array_equal(a["images"][...], b["train/images"][...]), "outputs differ"
-            for name, workers, seconds, cpu in rows:
+            base = statistics.median(t for t, _ in times[0])
+            for i, (name, workers, _) in enumerate(converters):
+                seconds = statistics.median(t for t, _ in times[i])
+                cpu = statistics.median(c for _, c in times[i])
+                spread = ", ".join(f"{base / t:.2f}" for t, _ in times[i])
                 print(f"| {fmt} | {name} | {workers} | {seconds:.2f} | {args.n / seconds:,.0f} | {base / seconds:.2f}x "
-                      f"| {cpu:.2f} | {cpu / seconds:.2f} |")
+                      f"| {spread} | {cpu:.2f} | {cpu / seconds:.2f} |")
     print(f"# load average after {os.getloadavg()[0]:.2f}; outputs pixel-identical")
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medtransfer.data.cache import CHUNK_BYTES, SCHEMA_VERSION, resize_uint8
-from medtransfer.data.folders import load_image
+from medtransfer.data.folders import default_decode_threads, load_image
 from medtransfer.data.formats import SPLITS, RawDataset, read_dataset
 from medtransfer.errors import ConfigError, DataError
 
@@ -49,21 +49,13 @@ SPEED_KEYS = ("workers",)
 READ_AHEAD = 2
 
 
-def available_cores() -> int:
-    """Cores this process may run on (a SLURM or taskset allocation, not the whole machine)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 class DecodedImages:
     """Image files as a uint8 [N, C, size, size] array-like, decoded when sliced.
 
     Args:
         paths: one file per image.
         size, channels, resize: output size (square, no crop), 1 or 3 channels, PIL filter name.
-        workers: decoding threads (default: the cores this process may use).
+        workers: decoding threads (default :func:`default_decode_threads`).
         describe: ``describe[i]`` names image i in error messages (e.g. ``"train.csv row 12"``).
         decode: the decoder (default :func:`medtransfer.data.folders.load_image`: PNG, JPEG, ...).
     """
@@ -77,7 +69,7 @@ class DecodedImages:
         if self.describe is not None and len(self.describe) != len(self.paths):
             raise ValueError("describe needs one entry per path")
         self.decode = decode or load_image
-        self.workers = int(workers) if workers else available_cores()
+        self.workers = int(workers) if workers else default_decode_threads()
         self.shape = (len(self.paths), self.channels, self.size, self.size)
         self.dtype = np.dtype(np.uint8)
         self._pool: ThreadPoolExecutor | None = None
