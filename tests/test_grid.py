@@ -64,6 +64,21 @@ def test_config_errors_name_the_key(mutate, message):
         Study(config)
 
 
+@pytest.mark.parametrize("where", ["study", "options"])
+def test_unknown_architecture_names_the_key(where):
+    config = copy.deepcopy(tiny_config())
+    if where == "study":
+        config["study"]["architectures"] = ["cbr_tiny", "resnet_18"]
+        key = "study.architectures[1]"
+    else:
+        config["architectures"] = {"cbr_tiny": {"width": 0.25}, "deit_tinny": {}}
+        key = "architectures.deit_tinny"
+    study = Study(config)  # the grid itself does not import timm
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]") + ".*timm model name"):
+        study.check_architectures()
+    Study(tiny_config()).check_architectures()  # ours and timm's names pass
+
+
 def test_schema_rejects_a_bad_value_naming_the_key():
     config = tiny_config()
     config["train"]["optimizer"] = {"name": "rmsprop", "lr": 0.1}

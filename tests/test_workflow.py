@@ -85,6 +85,13 @@ def test_a_bad_config_stops_before_any_job_naming_the_key(tmp_path):
     write_config(tmp_path, config)
     result = snakemake(tmp_path, "-n", "--cores", "1")
     assert result.returncode != 0 and "not under `sources:`" in result.stdout + result.stderr
+    config = tiny_config()
+    config["study"]["architectures"] = ["resnet_18"]  # a typo: timm's name is resnet18
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "1")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "study.architectures[0]: unknown architecture 'resnet_18'" in output
+    assert "Traceback" not in output
 
 
 @pytest.mark.slow

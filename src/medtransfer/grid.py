@@ -1,7 +1,8 @@
 """The study grid: the one place where a config becomes the list of jobs.
 
 ``Study(config)`` checks the cross-references the JSON schema cannot (targets and pretrain
-datasets exist, inits name known sources and registered initialisations, architectures exist)
+datasets exist, inits name known sources and registered initialisations; architecture names in
+:meth:`Study.check_architectures`, which needs timm)
 and expands ``datasets × architectures × inits × fractions × seeds`` into :class:`Run` cells.
 The Snakefile asks it for targets and for the spec (a JSON-able dict) of each job; the CLI
 receives that spec, so a job never re-reads the config.
@@ -452,6 +453,22 @@ class Study:
         if name not in FIGURE_INPUTS:
             raise ConfigError(f"unknown figure {name!r}; figures: {', '.join(FIGURE_INPUTS)}")
         return FIGURE_INPUTS[name]
+
+    def check_architectures(self) -> None:
+        """Raise ConfigError for a name in ``study.architectures`` or ``architectures:`` that is
+        neither one of ours nor a timm model. Separate from ``__init__`` because it imports timm
+        (seconds): the Snakefile calls it once, in the main process, not in every cluster job."""
+        from medtransfer.models import ARCHITECTURES, is_known_arch
+
+        named = [(f"study.architectures[{i}]", arch) for i, arch in enumerate(self.architectures)]
+        named += [(f"architectures.{arch}", arch) for arch in self.arch_options]
+        for key, arch in named:
+            if not is_known_arch(arch):
+                raise ConfigError(
+                    f"config key {key}: unknown architecture {arch!r}; use one of ours "
+                    f"({', '.join(ARCHITECTURES.names())}) or a timm model name "
+                    "(python -c 'import timm; print(timm.list_models(\"resnet*\"))' lists them)"
+                )
 
     def resources_for(self, rule: str, arch: str | None = None, dataset: str | None = None) -> dict[str, int]:
         """threads, mem_mb and runtime of a rule's job; ``by_arch`` and ``by_dataset`` entries

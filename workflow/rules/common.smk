@@ -12,6 +12,8 @@ from medtransfer.paths import Run
 validate(config, "../schemas/config.schema.yaml")
 try:
     STUDY = Study(config)
+    if workflow.is_main_process:  # not again in every cluster job: it imports timm
+        STUDY.check_architectures()
 except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}")
 
