@@ -458,17 +458,14 @@ class Study:
         """Raise ConfigError for a name in ``study.architectures`` or ``architectures:`` that is
         neither one of ours nor a timm model. Separate from ``__init__`` because it imports timm
         (seconds): the Snakefile calls it once, in the main process, not in every cluster job."""
-        from medtransfer.models import ARCHITECTURES, is_known_arch
+        from medtransfer.models import is_known_arch
+        from medtransfer.models.factory import unknown_arch_message
 
         named = [(f"study.architectures[{i}]", arch) for i, arch in enumerate(self.architectures)]
         named += [(f"architectures.{arch}", arch) for arch in self.arch_options]
         for key, arch in named:
             if not is_known_arch(arch):
-                raise ConfigError(
-                    f"config key {key}: unknown architecture {arch!r}; use one of ours "
-                    f"({', '.join(ARCHITECTURES.names())}) or a timm model name "
-                    "(python -c 'import timm; print(timm.list_models(\"resnet*\"))' lists them)"
-                )
+                raise ConfigError(f"config key {key}: {unknown_arch_message(arch)}")
 
     def resources_for(self, rule: str, arch: str | None = None, dataset: str | None = None) -> dict[str, int]:
         """threads, mem_mb and runtime of a rule's job; ``by_arch`` and ``by_dataset`` entries

@@ -48,12 +48,17 @@ def is_known_arch(arch: str) -> bool:
     return arch in ARCHITECTURES or timm.is_model(arch)
 
 
-def _unknown_arch(arch: str) -> ConfigError:
-    return ConfigError(
+def unknown_arch_message(arch: str) -> str:
+    """What to tell a user whose architecture name is neither ours nor timm's."""
+    return (
         f"unknown architecture {arch!r}: it is neither one of ours "
-        f"({', '.join(ARCHITECTURES.names())}) nor a timm model; "
+        f"({', '.join(ARCHITECTURES.names())}) nor a timm model name; "
         "see timm.list_models() for timm's names"
     )
+
+
+def _unknown_arch(arch: str) -> ConfigError:
+    return ConfigError(unknown_arch_message(arch))
 
 
 def create(arch: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
