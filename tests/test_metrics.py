@@ -70,3 +70,34 @@ def test_a_class_missing_from_the_truth_is_left_out_not_nan():
     y = np.array([0, 0, 1, 1])
     scores = np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1]])
     assert classification_metrics("multiclass", y, scores)["auc"] == pytest.approx(1.0)
+
+
+def hand_quadratic_kappa(truth: np.ndarray, predicted: np.ndarray, grades: int) -> float:
+    """Cohen's quadratic-weighted kappa from its definition on the full grade scale 0..grades-1."""
+    observed = np.zeros((grades, grades))
+    for t, p in zip(truth, predicted):
+        observed[t, p] += 1
+    observed /= observed.sum()
+    expected = np.outer(observed.sum(1), observed.sum(0))
+    weights = np.subtract.outer(np.arange(grades), np.arange(grades)) ** 2 / (grades - 1) ** 2
+    return 1 - (weights * observed).sum() / (weights * expected).sum()
+
+
+def test_kappa_keeps_grade_distances_when_a_grade_never_occurs():
+    # grade 3 of 5 is in neither truth nor predictions: 4 is still 4 steps from 0, not 3
+    y = np.array([0, 0, 1, 2, 4, 4, 4, 1])
+    predicted = np.array([0, 1, 1, 4, 4, 2, 4, 0])
+    kappa = classification_metrics("ordinal", y, np.eye(5)[predicted])["kappa"]
+    assert kappa == pytest.approx(hand_quadratic_kappa(y, predicted, 5))
+    assert kappa == pytest.approx(0.7727, abs=1e-4)
+
+
+def test_column_labels_give_the_same_metrics_as_flat_labels():
+    """MedMNIST ships single labels as [N, 1]; comparing them with [N] predictions must not broadcast."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 50)
+    scores = rng.dirichlet(np.ones(3), 50)
+    assert classification_metrics("ordinal", y[:, None], scores) == classification_metrics("ordinal", y, scores)
+    assert classification_metrics("ordinal", y, scores)["acc"] == pytest.approx(np.mean(scores.argmax(1) == y))
+    with pytest.raises(ValueError, match="shape"):
+        classification_metrics("multiclass", np.eye(3)[y], scores)

@@ -44,7 +44,7 @@ def classification_metrics(task: str, y_true: np.ndarray, scores: np.ndarray) ->
 
     Args:
         task: one of TASKS.
-        y_true: int [N] class indices, or float [N, K] 0/1/NaN for multi-label.
+        y_true: int [N] (or [N, 1]) class indices, or float [N, K] 0/1/NaN for multi-label.
         scores: float [N, K] probabilities (``scores_from_logits``).
     Returns:
         {"auc", "acc"} plus "balanced_acc" for single-label and "kappa" for ordinal tasks.
@@ -59,6 +59,10 @@ def classification_metrics(task: str, y_true: np.ndarray, scores: np.ndarray) ->
         predicted = scores >= 0.5
         acc = float((predicted[known] == (y_true[known] == 1)).mean()) if known.any() else float("nan")
         return {"auc": _mean_auc(columns), "acc": acc}
+    if y_true.ndim == 2 and y_true.shape[1] == 1:
+        y_true = y_true[:, 0]  # MedMNIST stores single labels as [N, 1]; [N] == [N, 1] would broadcast
+    if y_true.ndim != 1:
+        raise ValueError(f"single-label task {task!r} needs labels of shape [N] or [N, 1], got {y_true.shape}")
     y_true = y_true.astype(np.int64)
     predicted = scores.argmax(axis=1)
     if task == "binary":
@@ -71,5 +75,8 @@ def classification_metrics(task: str, y_true: np.ndarray, scores: np.ndarray) ->
         "balanced_acc": float(balanced_accuracy_score(y_true, predicted)),
     }
     if task == "ordinal":
-        metrics["kappa"] = float(cohen_kappa_score(y_true, predicted, weights="quadratic"))
+        # labels= fixes the grade distances: without it, sklearn weights only the grades that occur,
+        # and a grade absent from truth and predictions would shrink every distance across it
+        metrics["kappa"] = float(cohen_kappa_score(y_true, predicted, weights="quadratic",
+                                                   labels=np.arange(scores.shape[1])))
     return metrics
