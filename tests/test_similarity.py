@@ -458,3 +458,31 @@ def test_cca_family_needs_matching_positions():
     with pytest.raises(sim.SimilarityInputError, match="pool"):
         sim.cca_mean(x, x[:, :, :2, :2])
     assert sim.linear_cka(x, x[:, :, :2, :2]) > 0  # CKA flattens each example: any shapes pair
+
+
+def test_init_final_rows_carry_the_sizes_that_set_the_biased_cka_floor(tmp_path):
+    """Independent init/final maps: biased CKA sits at a floor set by features / examples, which
+    the rows must show; the debiased estimate stays near 0 whatever the width."""
+    import json
+
+    import h5py
+
+    from medtransfer.analysis.init_final import similarity_init_final
+
+    rng = np.random.default_rng(0)
+    shapes = {"narrow": (400, 16, 4, 4), "wide": (400, 128, 4, 4)}
+    paths = {}
+    for state in ("init", "final"):
+        paths[state] = tmp_path / f"{state}.h5"
+        with h5py.File(paths[state], "w") as handle:
+            handle.attrs["blocks"] = json.dumps(list(shapes))
+            for name, shape in shapes.items():
+                handle.create_dataset(f"blocks/{name}", data=np.maximum(rng.standard_normal(shape), 0))
+    rows = similarity_init_final(str(paths["init"]), str(paths["final"]), ["linear_cka", "linear_cka_debiased"],
+                                 {"run": "r"})
+    by = rows.set_index(["measure", "block"])
+    assert by.loc[("linear_cka", "narrow"), "n_features"] == 256 and by.loc[("linear_cka", "wide"), "n_features"] == 2048
+    assert (rows["n_examples"] == 400).all()
+    assert by.loc[("linear_cka", "wide"), "value"] > by.loc[("linear_cka", "narrow"), "value"] + 0.2
+    assert abs(by.loc[("linear_cka_debiased", "wide"), "value"]) < 0.05
+    assert abs(by.loc[("linear_cka_debiased", "narrow"), "value"]) < 0.05

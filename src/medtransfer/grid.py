@@ -63,7 +63,7 @@ DEFAULT_ANALYSIS: dict[str, Any] = {
     "probe_seed": 0,
     "pool": 4,
     "dtype": "float32",
-    "measures": ["linear_cka"],
+    "measures": ["linear_cka_debiased", "linear_cka"],
     "pairs": [],
 }
 

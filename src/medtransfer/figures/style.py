@@ -68,6 +68,7 @@ METRIC_LABELS: dict[str, str] = {
 }
 MEASURE_LABELS: dict[str, str] = {
     "linear_cka": "linear CKA",
+    "linear_cka_debiased": "debiased linear CKA",
     "rbf_cka": "RBF CKA",
     "minibatch_cka": "minibatch CKA",
     "cca_mean": "mean CCA",
