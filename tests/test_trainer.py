@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
+from medtransfer.errors import DataError
 from medtransfer.grid import DEFAULT_TRAINING, deep_merge
-from medtransfer.training.trainer import Preempted, fit, lr_factor, precision_for
+from medtransfer.training.trainer import Preempted, evaluate, fit, lr_factor, precision_for
 
 
 class TensorLoader:
@@ -106,12 +108,57 @@ def test_best_validation_epoch_is_kept(tmp_path):
     assert result.best_epoch == best["epoch"]
 
 
-def test_precision_policy_is_cuda_only_unless_forced():
+def test_a_validation_split_without_an_auc_stops_instead_of_testing_the_init(tmp_path):
+    """One-class validation labels make val AUC undefined; selection on it would never pick an epoch."""
+    x, y = problem()
+    one_class = torch.zeros_like(y)
+    with pytest.raises(DataError, match="select_on: val_loss"):
+        fit(model_factory(), TensorLoader(x, y, 16), TensorLoader(x, one_class, 32, shuffle=False),
+            task="binary", training=training(), device=torch.device("cpu"), checkpoint_path=tmp_path / "c.pt",
+            spec_hash="x", progress=False)
+    result = fit(model_factory(), TensorLoader(x, y, 16), TensorLoader(x, one_class, 32, shuffle=False),
+                 task="binary", training=training(select_on="val_loss"), device=torch.device("cpu"),
+                 checkpoint_path=tmp_path / "loss.pt", spec_hash="x", progress=False)
+    assert result.best_epoch >= 1
+
+
+def test_autocast_is_cuda_only_unless_forced_and_channels_last_follows_the_config():
     config = training(amp="bf16", channels_last=True)
-    assert precision_for(torch.device("cpu"), config).autocast_dtype is None
+    cpu = precision_for(torch.device("cpu"), config)
+    assert cpu.autocast_dtype is None and cpu.channels_last
     cuda = precision_for(torch.device("cuda", 0), config)
     assert cuda.autocast_dtype == torch.bfloat16 and cuda.channels_last
     assert precision_for(torch.device("cuda", 0), training(amp="none")).autocast_dtype is None
+    assert not precision_for(torch.device("cpu"), training(channels_last=False)).channels_last
+
+
+def conv_model():
+    torch.manual_seed(0)
+    # no bias before BatchNorm, as in real nets: its gradient is 0 up to rounding, which Adam
+    # would blow up to full-size steps of random sign in either layout
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 8, 3, stride=2), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+
+
+def test_channels_last_changes_memory_layout_not_the_training(tmp_path):
+    """The memory format is a layout: two epochs train to the same weights within float rounding."""
+    x, y = problem()
+    trained = []
+    for channels_last in (False, True):
+        model = conv_model()
+        config = training(channels_last=channels_last, epochs=2)
+        result = fit(model, TensorLoader(x, y, 16), TensorLoader(x, y, 32, shuffle=False), task="binary",
+                     training=config, device=torch.device("cpu"), checkpoint_path=tmp_path / f"{channels_last}.pt",
+                     spec_hash="x", progress=False)
+        trained.append((model, result))
+    (plain, plain_result), (nhwc, nhwc_result) = trained
+    assert nhwc[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain[0].weight.is_contiguous()
+    for (name, a), b in zip(plain.state_dict().items(), nhwc.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
+    assert [r["train_loss"] for r in nhwc_result.history] == pytest.approx(
+        [r["train_loss"] for r in plain_result.history], rel=1e-5)
 
 
 def test_the_accelerated_path_runs_on_the_cpu(tmp_path):
@@ -125,3 +172,17 @@ def test_the_accelerated_path_runs_on_the_cpu(tmp_path):
                  training=config, device=torch.device("cpu"), checkpoint_path=tmp_path / "c.pt",
                  spec_hash="x", precision=precision, progress=False)
     assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+
+
+def test_evaluation_is_float32_even_when_training_autocasts():
+    x, y = problem()
+    model = conv_model()
+    loader = TensorLoader(x, y, 32, shuffle=False)
+    bf16 = precision_for(torch.device("cpu"), training(amp="bf16"), force_on_cpu=True)
+    assert bf16.autocast_dtype == torch.bfloat16
+    plain = evaluate(model, loader, "binary", torch.device("cpu"), precision_for(torch.device("cpu"), training()))
+    accelerated = evaluate(model, loader, "binary", torch.device("cpu"), bf16)
+    with torch.no_grad():
+        reference = torch.softmax(model.eval()(x), dim=1).numpy()
+    np.testing.assert_allclose(accelerated.scores, reference, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(plain.scores, reference, rtol=1e-5, atol=1e-6)

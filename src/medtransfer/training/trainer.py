@@ -1,7 +1,8 @@
 """The supervised training loop shared by fine-tuning and source pretraining.
 
-One loop for CPU and CUDA: on CUDA it adds bf16 (or fp16) autocast and channels_last as the
-config says; on the CPU both are off unless forced (tests force them to exercise that path).
+One loop for CPU and CUDA. channels_last memory format applies on every device when the config
+says so (oneDNN's CPU convolutions are faster in it too: BENCHMARKS.md); bf16 (or fp16) autocast
+only on CUDA, unless forced (tests force it to exercise that path on the CPU).
 It checkpoints at the end of every epoch and every ``checkpoint_minutes`` inside long epochs,
 resumes from the last checkpoint, stops cleanly on SIGTERM (SLURM preemption or time limit)
 after saving, and keeps the weights of the best validation epoch.
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from medtransfer.errors import DataError
 from medtransfer.training.checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
 from medtransfer.training.metrics import classification_metrics, loss_function, scores_from_logits
 
@@ -42,12 +44,15 @@ class Precision:
 
 
 def precision_for(device: torch.device, training: dict, force_on_cpu: bool = False) -> Precision:
-    """The precision policy: bf16/fp16 autocast and channels_last on CUDA, float32 on the CPU."""
+    """The precision policy: bf16/fp16 autocast on CUDA (float32 on the CPU); channels_last anywhere.
+
+    CPU autocast is off because bf16 matmuls are slower than float32 on CPUs without AMX.
+    """
     accelerated = device.type == "cuda" or force_on_cpu
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[training.get("amp", "none")]
     return Precision(
         autocast_dtype=dtype if accelerated else None,
-        channels_last=bool(training.get("channels_last", False)) and accelerated,
+        channels_last=bool(training.get("channels_last", False)),
     )
 
 
@@ -94,7 +99,12 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, task: str, device: torch.device, precision: Precision) -> Evaluation:
-    """Loss, metrics, scores and labels of a whole split in the loader's order."""
+    """Loss, metrics, scores and labels of a whole split in the loader's order.
+
+    Always in float32, also when training autocasts: bf16 logits have 8 mantissa bits, so scores
+    tie and AUC moves in the 4th digit (and with it the best-validation epoch). Evaluation is a
+    small part of the time, so the published protocols' float32 numbers are kept.
+    """
     model.eval()
     losses, all_scores, all_labels, n = 0.0, [], [], 0
     for x, y in loader:
@@ -102,9 +112,7 @@ def evaluate(model: torch.nn.Module, loader, task: str, device: torch.device, pr
         y = y.to(device, non_blocking=True)
         if precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=precision.autocast_dtype or torch.float32,
-                            enabled=precision.autocast_dtype is not None):
-            logits = model(x)
+        logits = model(x)
         losses += float(loss_function(task, logits, y)) * len(y)
         n += len(y)
         all_scores.append(scores_from_logits(task, logits).cpu())
@@ -145,7 +153,16 @@ class _SigtermFlag:
 
 def _selection_score(row: dict[str, Any], select_on: str) -> float:
     if select_on == "val_auc":
-        return row["val_auc"] if not math.isnan(row["val_auc"]) else -math.inf
+        if math.isnan(row["val_auc"]):
+            # AUC is undefined only through the labels (one class, or every label single-valued),
+            # so no epoch could ever be selected and the test would silently score the init
+            raise DataError(
+                f"validation AUC is undefined at epoch {row['epoch']}: the validation split has a single "
+                "class (or every label column a single value), so the best-val-AUC checkpoint cannot be "
+                "chosen. Fix: give the dataset a validation split with every class (its `val_fraction`, "
+                "or the split files), or set train.select_on: val_loss (or last)."
+            )
+        return row["val_auc"]
     if select_on == "val_loss":
         return -row["val_loss"]
     return float(row["epoch"])  # "last": every epoch is better than the one before
