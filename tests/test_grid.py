@@ -55,6 +55,8 @@ def test_training_defaults_are_merged_not_replaced():
         (lambda c: c["sources"]["natural"]["pretrain"].update(dataset="imagenet"), "sources.natural.pretrain.dataset"),
         (lambda c: c.update(analysis={"pairs": [{"a": "RI", "b": "ST_natural"}]}), "analysis.pairs[0].b"),
         (lambda c: c.update(analysis={"measures": ["cka"]}), "analysis.measures[0]: unknown measure 'cka'"),
+        (lambda c: c.update(train={"schedule": {"name": "multistep", "milestones": [0.5, 1.0]}}),
+         "train.schedule.milestones: [0.5, 1.0] mixes fractions"),
     ],
 )
 def test_config_errors_name_the_key(mutate, message):

@@ -186,3 +186,19 @@ def test_evaluation_is_float32_even_when_training_autocasts():
         reference = torch.softmax(model.eval()(x), dim=1).numpy()
     np.testing.assert_allclose(accelerated.scores, reference, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(plain.scores, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_multilabel_validation_loss_is_the_mean_over_all_known_labels():
+    """Batches with different numbers of unknown labels must not get equal weight."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 3, 8, 8, generator=generator)
+    y = (torch.rand(64, 4, generator=generator) > 0.5).float()
+    y[:32][torch.rand(32, 4, generator=generator) > 0.2] = float("nan")  # first batch mostly unknown
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
+    result = evaluate(model, TensorLoader(x, y, 32, shuffle=False), "multilabel", torch.device("cpu"),
+                      precision_for(torch.device("cpu"), training()))
+    with torch.no_grad():
+        logits = model(x)
+    known = ~torch.isnan(y)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[known], y[known])
+    assert result.loss == pytest.approx(float(expected), rel=1e-5)

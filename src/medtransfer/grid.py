@@ -210,6 +210,18 @@ def run_columns(run_spec: dict) -> dict:
     }
 
 
+def _check_milestones(milestones: list[float], key: str) -> None:
+    """Milestones are all epochs (>= 1) or all fractions of the run (< 1). A mix such as
+    [0.5, 1.0] almost always means fractions, but 1.0 would decay after the first epoch."""
+    fractions = [m for m in milestones if m < 1]
+    if fractions and len(fractions) < len(milestones):
+        raise ConfigError(
+            f"config key {key}: {milestones} mixes fractions of the run (< 1) with epochs (>= 1); "
+            "1.0 would mean epoch 1, not the end. Give all as epochs (e.g. [50, 75]) or all as "
+            "fractions below 1 (e.g. [0.5, 0.75])"
+        )
+
+
 @dataclass
 class Study:
     """The validated, expanded study of a config."""
@@ -228,6 +240,8 @@ class Study:
         self.analysis = deep_merge(DEFAULT_ANALYSIS, config.get("analysis"))
         self.arch_options: dict[str, dict] = config.get("architectures") or {}
         self.resources = deep_merge(DEFAULT_RESOURCES, config.get("resources"))
+        for key, training in (("train", self.train), ("pretrain", self.pretrain_defaults)):
+            _check_milestones(training["schedule"].get("milestones", []), f"{key}.schedule.milestones")
 
         for i, target in enumerate(study["targets"]):
             self._check_dataset(target, f"study.targets[{i}]")

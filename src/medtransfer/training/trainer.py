@@ -113,8 +113,10 @@ def evaluate(model: torch.nn.Module, loader, task: str, device: torch.device, pr
         if precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
-        losses += float(loss_function(task, logits, y)) * len(y)
-        n += len(y)
+        # the multi-label loss is a mean over known (non-NaN) entries: weight batches by those
+        weight = int((~torch.isnan(y)).sum()) if task == "multilabel" else len(y)
+        losses += float(loss_function(task, logits, y)) * weight
+        n += weight
         all_scores.append(scores_from_logits(task, logits).cpu())
         all_labels.append(y.cpu())
     scores = torch.cat(all_scores).numpy()
