@@ -107,7 +107,7 @@ def plot_init_final(similarity_csv: str | Path, out_pdf: str | Path, measure: st
                     _block_axis(ax, panel, "block_index", "block")
                 ax.set_title(panel_title(row[0], arch, row[1]))
                 ax.set_xlabel("block" if r == len(rows) - 1 else "")
-                ax.set_ylabel(f"{measure_label(measure)}(init, final)" if c == 0 else "")
+                ax.set_ylabel(f"{measure_label(measure)}\n(init, final)" if c == 0 else "")
         axes[0, 0].set_ylim(*_value_limits(frame["value"]))
         legend_outside(fig, line_handles(inits, palette, marker="o"), inits, "init (mean ± sd)")
         fig.suptitle(title)
@@ -232,7 +232,7 @@ def plot_pair_diagonal(pairs_csv: str | Path, out_pdf: str | Path, measure: str 
                 panel = panel[panel["arch"] == arch]
                 ax.set_title(panel_title(row[0], arch, row[1]))
                 ax.set_xlabel("block" if r == len(rows) - 1 else "")
-                ax.set_ylabel(f"{measure_label(measure)} (matching blocks)" if c == 0 else "")
+                ax.set_ylabel(f"{measure_label(measure)}\n(matching blocks)" if c == 0 else "")
                 if panel.empty:
                     mark_no_runs(ax)
                     continue
