@@ -16,7 +16,7 @@ from medtransfer.errors import DataError
 from medtransfer.figures import FIGURES
 from medtransfer.figures.convergence import epochs_to_fraction_of_best
 from medtransfer.figures.io import HISTORY_COLUMNS, INIT_FINAL_COLUMNS, METRICS_COLUMNS, PAIRS_COLUMNS
-from medtransfer.figures.style import init_palette, save_figure, new_figure
+from medtransfer.figures.style import init_dashes, init_palette, new_figure, save_figure
 from medtransfer.figures.tables import summary_table
 
 # --------------------------------------------------------------------------- synthetic CSVs
@@ -312,6 +312,14 @@ def test_init_colours_depend_on_the_label_only():
     assert len(set(full.values())) == len(study), "two inits of one study share a colour"
     for subset in (["WT_natural"], ["WT-ST_natural_k2", "RI"], ["WT_imagenet", "ST_natural"], study[::-1]):
         assert init_palette(subset) == {label: full[label] for label in subset}
+
+
+def test_a_k_sweep_is_told_apart_by_dashes_not_colour_alone():
+    sweep = [f"WT-ST_cifar_k{k}" for k in range(1, 7)]
+    dashes = init_dashes(["RI", "WT_cifar", "ST_cifar", *sweep])
+    assert dashes["RI"] == dashes["WT_cifar"] == dashes["ST_cifar"] == ""  # solid
+    assert len({dashes[label] for label in sweep}) == len(sweep) and "" not in {dashes[label] for label in sweep}
+    assert init_dashes(["WT-RI_natural_k3_slim0.5"])["WT-RI_natural_k3_slim0.5"] == dashes["WT-ST_cifar_k3"]
 
 
 def test_sources_whose_shades_coincide_are_separated():

@@ -28,6 +28,7 @@ from medtransfer.figures.panels import line_handles, mark_no_runs, panel_title, 
 from medtransfer.figures.style import (
     facet_axes,
     figure_style,
+    init_dashes,
     init_palette,
     legend_outside,
     save_figure,
@@ -57,7 +58,7 @@ def plot_convergence(history_csv: str | Path, out_pdf: str | Path) -> Path:
         rows = facet_rows(frame)
         archs = appearance_order(frame["arch"])
         inits = sort_inits(frame["init"])
-        palette = init_palette(inits)
+        palette, dashes = init_palette(inits), init_dashes(inits)
         fig, axes = facet_axes(len(rows), len(archs), panel_width=3.8, panel_height=3.0, sharey="row")
         for r, row in enumerate(rows):
             for c, arch in enumerate(archs):
@@ -69,13 +70,14 @@ def plot_convergence(history_csv: str | Path, out_pdf: str | Path) -> Path:
                 else:
                     sns.lineplot(
                         data=panel, x="epoch", y="val_auc", hue="init", hue_order=inits, palette=palette,
-                        errorbar="sd", estimator="mean", linewidth=1.6, legend=False, ax=ax,
+                        style="init", style_order=inits, dashes=dashes, errorbar="sd", estimator="mean",
+                        linewidth=1.6, legend=False, ax=ax,
                     )  # fmt: skip
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_title(panel_title(row[0], arch, row[1]))
                 ax.set_xlabel("epoch" if r == len(rows) - 1 else "")
                 ax.set_ylabel("validation AUC" if c == 0 else "")
-        legend_outside(fig, line_handles(inits, palette), inits, "init (mean ± sd)")
+        legend_outside(fig, line_handles(inits, palette, dashes), inits, "init (mean ± sd)")
         fig.suptitle(title)
         save_figure(fig, out_pdf)
     return Path(out_pdf)

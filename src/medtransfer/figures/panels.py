@@ -82,9 +82,13 @@ def marker_handles(labels: Sequence, palette: Mapping, marker: str = "o") -> lis
     ]
 
 
-def line_handles(labels: Sequence, palette: Mapping, **line_kw) -> list[Line2D]:
-    """Legend handles: one coloured line per label."""
-    return [Line2D([], [], color=palette[label], linewidth=2, **line_kw) for label in labels]
+def line_handles(labels: Sequence, palette: Mapping, dashes: Mapping | None = None, **line_kw) -> list[Line2D]:
+    """Legend handles: one coloured line per label, dashed as ``dashes`` (seaborn's form) says."""
+    def style(label) -> dict:
+        pattern = (dashes or {}).get(label, "")
+        return {"linestyle": (0, pattern)} if pattern else {}
+
+    return [Line2D([], [], color=palette[label], linewidth=2, **style(label), **line_kw) for label in labels]
 
 
 def mark_no_runs(ax: Axes) -> None:

@@ -33,6 +33,7 @@ from medtransfer.figures.panels import line_handles, mark_no_runs, panel_title
 from medtransfer.figures.style import (
     facet_axes,
     figure_style,
+    init_dashes,
     init_palette,
     legend_outside,
     measure_label,
@@ -87,7 +88,7 @@ def plot_init_final(similarity_csv: str | Path, out_pdf: str | Path, measure: st
         rows = facet_rows(frame)
         archs = appearance_order(frame["arch"])
         inits = sort_inits(frame["init"])
-        palette = init_palette(inits)
+        palette, dashes = init_palette(inits), init_dashes(inits)
         n_blocks = frame.groupby("arch")["block_index"].nunique().max()
         width = max(3.6, 0.28 * n_blocks + 1.4)
         fig, axes = facet_axes(len(rows), len(archs), panel_width=width, panel_height=3.2, sharey=True)
@@ -101,15 +102,15 @@ def plot_init_final(similarity_csv: str | Path, out_pdf: str | Path, measure: st
                 else:
                     sns.lineplot(
                         data=panel, x="block_index", y="value", hue="init", hue_order=inits, palette=palette,
-                        errorbar="sd", estimator="mean", marker="o", markersize=4, linewidth=1.6,
-                        legend=False, ax=ax,
+                        style="init", style_order=inits, dashes=dashes, errorbar="sd", estimator="mean",
+                        marker="o", markersize=4, linewidth=1.6, legend=False, ax=ax,
                     )  # fmt: skip
                     _block_axis(ax, panel, "block_index", "block")
                 ax.set_title(panel_title(row[0], arch, row[1]))
                 ax.set_xlabel("block" if r == len(rows) - 1 else "")
                 ax.set_ylabel(f"{measure_label(measure)}\n(init, final)" if c == 0 else "")
         axes[0, 0].set_ylim(*_value_limits(frame["value"]))
-        legend_outside(fig, line_handles(inits, palette, marker="o"), inits, "init (mean ± sd)")
+        legend_outside(fig, line_handles(inits, palette, dashes, marker="o"), inits, "init (mean ± sd)")
         fig.suptitle(title)
         save_figure(fig, out_pdf)
     return Path(out_pdf)

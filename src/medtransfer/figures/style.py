@@ -191,6 +191,22 @@ def init_palette(labels: Iterable[str]) -> dict[str, str]:
     return palette
 
 
+# Dash pattern (on, off, ...) in line widths per k of a partial transfer; the full-transfer and
+# from-scratch inits stay solid. Colour alone cannot separate a k sweep: its lightness ramp
+# is only ~0.1 between neighbours, too little for bright hues.
+_K_DASHES: tuple[tuple[float, ...], ...] = ((1, 1), (4, 1.5), (2, 1, 6, 1), (6, 2), (1, 2, 3, 2), (3, 1, 1, 1, 1, 1))
+
+
+def init_dashes(labels: Iterable[str]) -> dict[str, tuple[float, ...] | str]:
+    """Line style of every init label for seaborn's ``dashes=``: "" (solid) without k, else a
+    pattern that depends on k alone, so a k has the same dashes in every figure."""
+    styles: dict[str, tuple[float, ...] | str] = {}
+    for label in labels:
+        k = parse_init(label)[2]
+        styles[str(label)] = "" if k is None else _K_DASHES[(k - 1) % len(_K_DASHES)]
+    return styles
+
+
 def fraction_palette(fractions: Iterable[float]) -> dict[float, tuple]:
     """Colour of each data fraction on a fixed log scale (1 % light … 100 % dark), so a fraction
     has the same colour in every figure. Sequential, and unlike the init hues."""
