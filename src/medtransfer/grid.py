@@ -461,7 +461,7 @@ class Study:
 
     def figure_measure(self) -> str:
         """The similarity measure the figures draw: the first configured one."""
-        return (self.analysis["measures"] or ["linear_cka"])[0]
+        return (self.analysis["measures"] or ["linear_cka_debiased"])[0]
 
     def figure_input(self, name: str) -> str:
         if name not in FIGURE_INPUTS:
