@@ -122,10 +122,12 @@ def test_a_validation_split_without_an_auc_stops_instead_of_testing_the_init(tmp
     assert result.best_epoch >= 1
 
 
-def test_autocast_is_cuda_only_unless_forced_and_channels_last_follows_the_config():
+def test_autocast_is_cuda_only_unless_asked_for_on_the_cpu_and_channels_last_follows_the_config():
     config = training(amp="bf16", channels_last=True)
     cpu = precision_for(torch.device("cpu"), config)
     assert cpu.autocast_dtype is None and cpu.channels_last
+    assert precision_for(torch.device("cpu"), {**config, "amp_on_cpu": True}).autocast_dtype == torch.bfloat16
+    assert precision_for(torch.device("cpu"), {**config, "amp": "none", "amp_on_cpu": True}).autocast_dtype is None
     cuda = precision_for(torch.device("cuda", 0), config)
     assert cuda.autocast_dtype == torch.bfloat16 and cuda.channels_last
     assert precision_for(torch.device("cuda", 0), training(amp="none")).autocast_dtype is None

@@ -116,7 +116,10 @@ def test_tiny_study_end_to_end_then_one_figure_without_retraining(tmp_path):
     run_dir = results / "runs" / "lesions" / "cbr_tiny" / "WT_natural" / "f1" / "s0"
     record = json.loads((run_dir / "init.json").read_text())
     assert any(block["origin"] == "source" for block in record["blocks"])
-    provenance = json.loads((run_dir / "metrics.json").read_text())["provenance"]
+    run_metrics = json.loads((run_dir / "metrics.json").read_text())
+    # the demo asks for bf16 (the default) but not amp_on_cpu: what ran on this CPU was float32
+    assert run_metrics["precision"] == {"autocast": "float32", "channels_last": True}
+    provenance = run_metrics["provenance"]
     assert {"config_hash", "git_commit", "packages", "host", "device", "wall_seconds"} <= set(provenance)
     table = pd.read_csv(results / "tables" / "provenance.csv")
     assert len(table) == len(metrics) + 1  # every run and the one pretraining

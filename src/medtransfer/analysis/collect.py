@@ -14,7 +14,8 @@ from medtransfer.grid import RUN_COLUMNS, run_columns
 
 def collect_metrics(metrics_files: list[str]) -> pd.DataFrame:
     """metrics.csv: run columns + task, test_auc, test_acc, test_kappa, test_balanced_acc, val_auc,
-    best_epoch, epochs, num_train, train_seconds, config_hash, git_commit."""
+    best_epoch, epochs, num_train, train_seconds, precision (training autocast dtype; empty for
+    runs from before it was recorded), config_hash, git_commit."""
     rows = []
     for path in metrics_files:
         metrics = json.loads(Path(path).read_text())
@@ -24,6 +25,7 @@ def collect_metrics(metrics_files: list[str]) -> pd.DataFrame:
             row[f"test_{name}"] = metrics["test"].get(name, np.nan)
         row.update(val_auc=metrics["val"]["auc"], best_epoch=metrics["best_epoch"], epochs=metrics["epochs"],
                    num_train=metrics["num_train"], train_seconds=metrics["train_seconds"],
+                   precision=metrics.get("precision", {}).get("autocast"),
                    config_hash=metrics["provenance"]["config_hash"],
                    git_commit=metrics["provenance"]["git_commit"])
         rows.append(row)
