@@ -31,7 +31,7 @@ PAIRS_COLUMNS: tuple[str, ...] = (
 
 _TEXT_COLUMNS = (
     "dataset", "arch", "init", "init_name", "source", "task", "block", "measure", "pair", "kind",
-    "init_a", "init_b", "block_a", "block_b", "config_hash", "git_commit",
+    "init_a", "init_b", "block_a", "block_b", "config_hash", "git_commit", "precision",
 )  # fmt: skip
 _INTEGER_COLUMNS = ("seed", "seed_a", "seed_b", "epoch", "block_index", "block_a_index", "block_b_index")
 
