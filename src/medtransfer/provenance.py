@@ -46,11 +46,13 @@ def package_versions() -> dict[str, str]:
 
 
 def provenance(*, spec_hash: str, seed: int | None = None, device: str | None = None,
-               wall_seconds: float | None = None) -> dict:
+               wall_seconds: float | None = None, commit: str | None = None) -> dict:
+    """``commit``: the code version read when the job started (``git_commit()`` then); a long
+    run must not take the commit of a checkout that moved on while it trained."""
     return {
         "config_hash": spec_hash,
         "seed": seed,
-        "git_commit": git_commit(),
+        "git_commit": commit or git_commit(),
         "packages": package_versions(),
         "host": socket.gethostname(),
         "device": device,

@@ -24,7 +24,7 @@ from medtransfer import data, init, models
 from medtransfer.atomic import atomic_path, torch_save, write_json
 from medtransfer.devices import select_device
 from medtransfer.grid import spec_hash
-from medtransfer.provenance import provenance
+from medtransfer.provenance import git_commit, provenance
 from medtransfer.training.trainer import evaluate, fit, precision_for
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ def write_predictions(path: Path, evaluations: dict[str, Any], task: str, class_
 def finetune(spec: dict, *, device: str | None = None, progress: bool = True) -> dict:
     """Run one fine-tuning job; return the metrics dict written to metrics.json."""
     wall_start = time.monotonic()
+    commit = git_commit()  # now, not when training ends hours later on a checkout that moved on
     run_dir = Path(spec["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     training = spec["training"]
@@ -129,7 +130,7 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
         "precision": {"autocast": str(precision.autocast_dtype).removeprefix("torch.") if precision.autocast_dtype else "float32",
                       "channels_last": precision.channels_last},
         "provenance": provenance(spec_hash=job_hash, seed=spec["seed"], device=str(torch_device),
-                                 wall_seconds=time.monotonic() - wall_start),
+                                 wall_seconds=time.monotonic() - wall_start, commit=commit),
         "spec": spec,
     }
     # metrics.json last: its presence means the run is complete.

@@ -15,7 +15,7 @@ from medtransfer import data, init, models
 from medtransfer.atomic import torch_save, write_json
 from medtransfer.devices import select_device
 from medtransfer.grid import spec_hash
-from medtransfer.provenance import provenance
+from medtransfer.provenance import git_commit, provenance
 from medtransfer.training.finetune import make_loaders, seed_everything
 from medtransfer.training.trainer import evaluate, fit, precision_for
 
@@ -23,6 +23,7 @@ from medtransfer.training.trainer import evaluate, fit, precision_for
 def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) -> dict:
     """Train ``spec["arch"]`` from random init on ``spec["cache"]``; return meta.json's content."""
     wall_start = time.monotonic()
+    commit = git_commit()  # now, not when training ends hours later on a checkout that moved on
     out_dir = Path(spec["out_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     training = spec["training"]
@@ -49,7 +50,7 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
         "history": result.history,
         "train_seconds": result.train_seconds,
         "provenance": provenance(spec_hash=job_hash, seed=spec["seed"], device=str(torch_device),
-                                 wall_seconds=time.monotonic() - wall_start),
+                                 wall_seconds=time.monotonic() - wall_start, commit=commit),
         "spec": spec,
     }
     torch_save({"state_dict": {k: v.cpu() for k, v in result.best_state.items()}, "arch": spec["arch"],
