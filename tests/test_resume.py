@@ -275,3 +275,17 @@ def test_two_runs_with_the_same_config_and_seed_give_identical_metrics_and_full_
         assert provenance["host"] == socket.gethostname()
         assert provenance["device"] == "cpu"
         assert 0 < provenance["wall_seconds"] <= job.wall_seconds
+
+
+def test_the_recorded_commit_is_the_one_the_job_started_with(scenario, tmp_path, monkeypatch):
+    """A checkout that moves on while a run trains (hours, on a cluster) must not relabel it."""
+    from medtransfer import provenance
+    from medtransfer.training import finetune as finetune_module
+
+    commits = iter(["commit-at-start", "commit-at-end"])
+    monkeypatch.setattr(finetune_module, "git_commit", lambda: next(commits))
+    monkeypatch.setattr(provenance, "git_commit", lambda: "commit-at-end")
+    training = {**scenario.spec["training"], "epochs": 1, "checkpoint_minutes": 60.0}
+    spec = {**scenario.spec, "cache": str(scenario.cache), "run_dir": str(tmp_path / "run"), "training": training}
+    metrics = finetune_module.finetune(spec, device="cpu", progress=False)
+    assert metrics["provenance"]["git_commit"] == "commit-at-start"

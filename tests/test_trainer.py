@@ -128,6 +128,8 @@ def test_autocast_is_cuda_only_unless_asked_for_on_the_cpu_and_channels_last_fol
     assert cpu.autocast_dtype is None and cpu.channels_last
     assert precision_for(torch.device("cpu"), {**config, "amp_on_cpu": True}).autocast_dtype == torch.bfloat16
     assert precision_for(torch.device("cpu"), {**config, "amp": "none", "amp_on_cpu": True}).autocast_dtype is None
+    assert cpu.record() == {"autocast": "float32", "channels_last": True}
+    assert precision_for(torch.device("cpu"), {**config, "amp_on_cpu": True}).record()["autocast"] == "bfloat16"
     cuda = precision_for(torch.device("cuda", 0), config)
     assert cuda.autocast_dtype == torch.bfloat16 and cuda.channels_last
     assert precision_for(torch.device("cuda", 0), training(amp="none")).autocast_dtype is None

@@ -126,9 +126,7 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
         "epochs": len(result.history),
         "num_train": int(len(train_indices)),
         "train_seconds": result.train_seconds,
-        # what actually ran (train.amp is ignored on the CPU unless amp_on_cpu): needed to read a number
-        "precision": {"autocast": str(precision.autocast_dtype).removeprefix("torch.") if precision.autocast_dtype else "float32",
-                      "channels_last": precision.channels_last},
+        "precision": precision.record(),
         "provenance": provenance(spec_hash=job_hash, seed=spec["seed"], device=str(torch_device),
                                  wall_seconds=time.monotonic() - wall_start, commit=commit),
         "spec": spec,

@@ -49,6 +49,7 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
         "best_epoch": result.best_epoch,
         "history": result.history,
         "train_seconds": result.train_seconds,
+        "precision": precision.record(),
         "provenance": provenance(spec_hash=job_hash, seed=spec["seed"], device=str(torch_device),
                                  wall_seconds=time.monotonic() - wall_start, commit=commit),
         "spec": spec,

@@ -43,14 +43,22 @@ class Precision:
     autocast_dtype: torch.dtype | None
     channels_last: bool
 
+    def record(self) -> dict[str, Any]:
+        """What ran, for metrics.json / meta.json: ``{"autocast": "bfloat16" | "float16" | "float32",
+        "channels_last": bool}`` (``train.amp`` alone does not say it: the CPU ignores it by default)."""
+        autocast = str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "float32"
+        return {"autocast": autocast, "channels_last": self.channels_last}
+
 
 def precision_for(device: torch.device, training: dict, force_on_cpu: bool = False) -> Precision:
     """The precision policy: ``amp`` autocast on CUDA; on the CPU with ``amp_on_cpu``; channels_last anywhere.
 
     CPU autocast is opt-in: bf16 convolutions and matmuls are several times faster than float32
-    on CPUs with AMX-BF16 (2.7x for ResNet-18 (28) training here, BENCHMARKS.md) but slower on
+    on CPUs with AMX-BF16 (2.2x for ResNet-18 (28) training here: benchmarks/train_throughput.py) but slower on
     CPUs without bf16 units, and a study's numbers should not change with the machine unasked.
     """
+    # no entry in grid.DEFAULT_TRAINING on purpose: a new default key would change the spec hash
+    # of every existing run and make Snakemake retrain it
     on_cpu = force_on_cpu or bool(training.get("amp_on_cpu", False))
     accelerated = device.type == "cuda" or on_cpu
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[training.get("amp", "none")]
