@@ -36,7 +36,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     configure_threads(args.threads)
     meta = pretrain(_spec(args.spec), device=args.device, progress=not args.no_progress)
-    log.info("source %s/%s test %s", meta["source"], meta["arch"], meta["test"])
+    log.info("source %s/%s (%s): test %s, k-NN %s", meta["source"], meta["arch"], meta["method"],
+             meta.get("test", "-"), meta["knn"])
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -87,6 +88,11 @@ def cmd_collect(args: argparse.Namespace) -> None:
     frame = COLLECTORS[args.kind](args.inputs)
     with atomic_path(args.out) as tmp:
         frame.to_csv(tmp, index=False)
+    if args.markdown:
+        from medtransfer.figures.tables import frame_markdown
+
+        with atomic_path(args.markdown) as tmp:
+            Path(tmp).write_text(frame_markdown(frame))
     if args.html:  # the Snakemake report shows HTML inline, not CSV
         with atomic_path(args.html) as tmp:
             frame.to_html(tmp, index=False, border=0)
@@ -130,9 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("similarity", cmd_similarity, "similarity(init, final) per block for the runs of one group")
     add("similarity-pairs", cmd_similarity_pairs, "block × block similarity between runs, with the seed noise floor")
     sub = add("collect", cmd_collect, "gather per-run results into one tidy CSV", job=False)
-    sub.add_argument("kind", choices=["metrics", "history", "similarity", "provenance"])
+    sub.add_argument("kind", choices=["metrics", "history", "similarity", "provenance", "pretrain"])
     sub.add_argument("--out", required=True)
     sub.add_argument("--html", default=None, help="also write the table as HTML (for the report)")
+    sub.add_argument("--markdown", default=None, help="also write the table as Markdown")
     sub.add_argument("inputs", nargs="+")
     sub = add("figure", cmd_figure, "draw one figure (PDF + PNG) from a tidy CSV", job=False)
     sub.add_argument("name")

@@ -27,6 +27,7 @@ import yaml
 from medtransfer import paths
 from medtransfer.errors import ConfigError
 from medtransfer.paths import Run
+from medtransfer.training.ssl.options import resolve_options
 
 # Inits and the options they take; the full registry lives in medtransfer.init, which imports
 # torch. The grid must stay importable cheaply (the Snakefile imports it), so it checks names
@@ -246,12 +247,12 @@ class Study:
         for i, target in enumerate(study["targets"]):
             self._check_dataset(target, f"study.targets[{i}]")
         for name, source in self.sources.items():
-            if "pretrain" in source:
-                self._check_dataset(source["pretrain"]["dataset"], f"sources.{name}.pretrain.dataset")
-            for arch, override in (source.get("per_arch") or {}).items():
-                if "pretrain" in override:
-                    self._check_dataset(override["pretrain"]["dataset"],
-                                        f"sources.{name}.per_arch.{arch}.pretrain.dataset")
+            entries = [(f"sources.{name}", source)]
+            entries += [(f"sources.{name}.per_arch.{arch}", o) for arch, o in (source.get("per_arch") or {}).items()]
+            for key, entry in entries:
+                if "pretrain" in entry:
+                    self._check_pretrain(entry["pretrain"], f"{key}.pretrain")
+        self._check_from_cycles()
         self.inits = [spec for i, entry in enumerate(study["inits"]) for spec in expand_init(entry, i)]
         for i, spec in enumerate(self.inits):
             if spec.source is not None and spec.source not in self.sources:
@@ -291,6 +292,33 @@ class Study:
                         f"of the study; labels: {', '.join(labels)}"
                     )
 
+    def _check_pretrain(self, entry: dict, key: str) -> None:
+        self._check_dataset(entry["dataset"], f"{key}.dataset")
+        resolve_options(entry.get("method", "supervised"), entry.get("options"), key)
+        start = entry.get("from")
+        if start is not None and start not in self.sources:
+            raise ConfigError(f"config key {key}.from: source {start!r} is not under `sources:` "
+                              f"(defined: {', '.join(self.sources)})")
+
+    def _from_of(self, source: str, arch: str | None) -> str | None:
+        entry = self.source_entry(source, arch) if arch else self.sources[source]
+        return (entry.get("pretrain") or {}).get("from")
+
+    def _check_from_cycles(self) -> None:
+        """A chain of ``from`` (continual pretraining) is fine; a cycle can never start."""
+        archs = [None, *(self.config["study"].get("architectures") or [])]
+        for arch in archs:
+            for first in self.sources:
+                chain, current = [first], self._from_of(first, arch)
+                while current is not None:
+                    if current in chain:
+                        loop = " -> ".join([*chain[chain.index(current):], current])
+                        raise ConfigError(f"config key sources.{first}.pretrain.from: the sources continue from "
+                                          f"each other in a cycle ({loop}); one of them must start from "
+                                          "random init, timm or a file")
+                    chain.append(current)
+                    current = self._from_of(current, arch)
+
     def _check_dataset(self, name: str, key: str) -> None:
         if name not in self.datasets:
             raise ConfigError(
@@ -316,13 +344,17 @@ class Study:
 
     def pretrain_jobs(self) -> list[tuple[str, str]]:
         """(source, arch) pairs that the workflow must pretrain itself."""
-        needed = {spec.source for spec in self.inits if spec.source}
-        return [
-            (source, arch)
-            for source in sorted(needed)
-            for arch in self.architectures
-            if "pretrain" in self.source_entry(source, arch)
-        ]
+        jobs = set()
+        for spec in self.inits:
+            if not spec.source:
+                continue
+            for arch in spec.architectures or self.architectures:
+                source = spec.source
+                while source is not None:  # and every source it continues from
+                    if "pretrain" in self.source_entry(source, arch):
+                        jobs.add((source, arch))
+                    source = self._from_of(source, arch)
+        return sorted(jobs)
 
     def datasets_needed(self) -> list[str]:
         names = {run.dataset for run in self.runs}
@@ -353,7 +385,7 @@ class Study:
 
     def pretrain_spec(self, source: str, arch: str) -> dict:
         entry = self.source_entry(source, arch)["pretrain"]
-        return {
+        spec = {
             "source": source,
             "arch": arch,
             "arch_options": self.arch_options.get(arch, {}),
@@ -363,6 +395,14 @@ class Study:
             "seed": 0,
             "out_dir": paths.pretrain_dir(source, arch),
         }
+        # only when not the defaults, so supervised sources keep their spec hash (and results)
+        method = entry.get("method", "supervised")
+        if method != "supervised":
+            spec["method"] = method
+            spec["options"] = resolve_options(method, entry.get("options"), f"sources.{source}.pretrain")
+        if entry.get("from"):
+            spec["from"] = self.source_spec(entry["from"], arch)
+        return spec
 
     def run_spec(self, run: Run) -> dict:
         init = self.init_spec(run.init)

@@ -100,7 +100,13 @@ def pairs_spec(wildcards):
 
 
 def pretrain_inputs(wildcards):
-    return STUDY.pretrain_spec(wildcards.source, wildcards.arch)["cache"]
+    """The dataset's cache, and the weights a continual pretraining starts from."""
+    spec = STUDY.pretrain_spec(wildcards.source, wildcards.arch)
+    inputs = {"cache": spec["cache"]}
+    start = spec.get("from")
+    if start and start["kind"] in ("pretrain", "file"):
+        inputs["start"] = start["path"]
+    return inputs
 
 
 def finetune_inputs(wildcards):

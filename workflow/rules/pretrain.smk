@@ -1,6 +1,6 @@
 rule pretrain:
     input:
-        pretrain_inputs,
+        unpack(pretrain_inputs),
     output:
         model=paths.pretrain_model("{source}", "{arch}"),
         meta=paths.pretrain_meta("{source}", "{arch}"),
@@ -17,3 +17,22 @@ rule pretrain:
         spec=pretrain_spec,
     shell:
         "medtransfer pretrain --spec {params.spec:q} --threads {threads} --no-progress >> {log} 2>&1"
+
+
+rule pretrain_table:
+    input:
+        pretrain_metas(),
+    output:
+        csv=paths.table("pretrain", "csv"),
+        md=paths.table("pretrain", "md"),
+    log:
+        paths.log("collect", "pretrain"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=per_attempt("collect", "mem_mb"),
+        runtime=per_attempt("collect", "runtime"),
+        gpu=0,
+    shell:
+        "medtransfer collect pretrain --out {output.csv} --markdown {output.md} {input} > {log} 2>&1"

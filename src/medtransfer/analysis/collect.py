@@ -63,7 +63,37 @@ def collect_provenance(json_files: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def collect_pretrain(meta_files: list[str]) -> pd.DataFrame:
+    """pretrain.csv: one row per source model (meta.json): source, arch, dataset, method, from
+    (the source it continued from, or empty), epochs, knn_acc (weighted k-NN, k = 200, on the
+    test split with the train split as memory), knn_random_init_acc (the same architecture at its
+    random init), knn_start_acc (at its starting weights, continual pretraining only),
+    embedding_spread (1 = spread, 0 = collapsed), last_monitor_knn_acc (k = 20 on val after the
+    last epoch; SSL only), collapsed_epochs, train_seconds, precision, git_commit."""
+    rows = []
+    for path in meta_files:
+        meta = json.loads(Path(path).read_text())
+        knn, history = meta.get("knn", {}), meta.get("history", [])
+        start = meta.get("from") or {}
+        rows.append({
+            "source": meta["source"], "arch": meta["arch"], "dataset": meta["dataset"],
+            "method": meta.get("method", "supervised"),
+            "from": start.get("path") or start.get("arch") or "" if start else "",
+            "epochs": len(history), "knn_acc": knn.get("acc", np.nan),
+            "knn_random_init_acc": knn.get("random_init_acc", np.nan),
+            "knn_start_acc": knn.get("start_acc", np.nan),
+            "embedding_spread": knn.get("embedding_spread", np.nan),
+            "last_monitor_knn_acc": history[-1].get("knn_acc", np.nan) if history else np.nan,
+            "collapsed_epochs": " ".join(str(e) for e in meta.get("collapsed_epochs", [])),
+            "train_seconds": meta.get("train_seconds", np.nan),
+            "precision": meta.get("precision", {}).get("autocast"),
+            "git_commit": meta["provenance"]["git_commit"],
+        })
+    return pd.DataFrame(rows)
+
+
 COLLECTORS: dict[str, Callable[[list[str]], pd.DataFrame]] = {
+    "pretrain": collect_pretrain,
     "provenance": collect_provenance,
     "metrics": collect_metrics,
     "history": collect_history,

@@ -14,7 +14,7 @@ below so that it registers itself.
 from medtransfer.data.cache import SCHEMA_VERSION, CacheInfo, build_cache, read_info, read_labels, read_split
 from medtransfer.data.formats import FORMATS, TASKS, RawDataset, read_dataset
 from medtransfer.data.fractions import subset_indices
-from medtransfer.data.loader import BatchLoader, make_loader
+from medtransfer.data.loader import BatchLoader, make_loader, normalisation
 from medtransfer.data.streaming import DecodedImages, build_cache_resumable, write_cache
 
 # built-in formats (each registers itself in FORMATS on import)
@@ -22,6 +22,7 @@ from medtransfer.data import synthetic, medmnist, folders, arrays  # noqa: E402,
 from medtransfer.data import chexpert, aptos, isic, pcam, cbis_ddsm  # noqa: E402,F401  isort: skip
 
 __all__ = [
+    "normalisation",
     "FORMATS",
     "TASKS",
     "RawDataset",

@@ -46,7 +46,8 @@ def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     return generator
 
 
-def _normalisation(normalize: str | Mapping[str, Any], info: CacheInfo, channels: int) -> tuple[list, list]:
+def normalisation(normalize: str | Mapping[str, Any], info: CacheInfo, channels: int) -> tuple[list, list]:
+    """Per-channel (mean, std) in 0..1 units of a ``normalize`` setting for a cache (see make_loader)."""
     if normalize == "dataset":
         mean, std = list(info.mean), list(info.std)
     elif normalize == "imagenet":
@@ -176,7 +177,7 @@ class BatchLoader:
             raise ConfigError(f"augment keys {sorted(unknown)} unknown; allowed: {', '.join(AUGMENT_KEYS)}")
         self.crop_padding = int(self.augment.get("crop_padding", 0) or 0)
         self.hflip = bool(self.augment.get("hflip", False))
-        mean, std = _normalisation(normalize, self.info, channels)
+        mean, std = normalisation(normalize, self.info, channels)
         # x / 255 then (x - mean) / std  ==  x * scale + shift
         std_t = torch.tensor(std, dtype=torch.float32)
         self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)

@@ -80,6 +80,18 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def frame_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
+    """Any tidy frame as a GitHub table; floats to ``digits`` decimals, NaN as "–"."""
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "–" if math.isnan(value) else f"{value:.{digits}f}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "|".join(["---"] * len(frame.columns)) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
 def summary_table(metrics_csv: str | Path, out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
     """Summarise metrics.csv over seeds (see :func:`summarise`); write ``out_csv`` (full
     precision) and ``out_md`` (a GitHub table), each atomically. Returns the table."""

@@ -18,7 +18,7 @@ import torch
 
 from medtransfer.atomic import torch_save
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the objective's state (best weights, SSL teacher...) under "objective"
 
 
 def rng_states() -> dict[str, Any]:

@@ -1,0 +1,204 @@
+"""The epoch loop every training job shares: fine-tuning, supervised and self-supervised pretraining.
+
+What a job trains is an *objective* (:class:`Objective`): the module whose state is
+checkpointed, the loss of one batch, what happens after each optimizer step (e.g. the EMA of a
+teacher) and at the end of each epoch (validation, a k-NN monitor). The loop owns the rest, once:
+optimizer and learning-rate schedule, autocast and channels_last, tqdm progress, an atomic
+checkpoint at the end of every epoch and every ``checkpoint_minutes`` inside long epochs, exact
+resume from it (model, optimizer, schedule, scaler, objective state, RNG, position in the
+epoch), and a clean stop on SIGTERM (SLURM preemption or time limit) after saving.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from medtransfer.training.checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
+from medtransfer.training.precision import Precision
+
+log = logging.getLogger(__name__)
+
+
+class Preempted(Exception):
+    """Training stopped on SIGTERM after saving a checkpoint; rerunning the job resumes it."""
+
+
+class Objective(Protocol):
+    """What one training job optimises (supervised: ``trainer.SupervisedObjective``; SSL:
+    ``medtransfer.training.ssl.SSLObjective``)."""
+
+    module: torch.nn.Module  # its state_dict is checkpointed; train() is called every epoch
+
+    def parameters(self) -> Iterable[torch.nn.Parameter]:
+        """The parameters the optimizer updates."""
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+        """The scalar loss of batch ``x`` [B, C, H, W] (labels ``y``) at global ``step``."""
+
+    def before_step(self, step: int) -> None:
+        """After backward, before the optimizer step (e.g. cancel a frozen layer's gradients)."""
+
+    def after_step(self, step: int) -> None:
+        """After the optimizer step ``step`` (0-based, global over epochs; e.g. an EMA update)."""
+
+    def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        """Add this epoch's measurements to its history ``row`` (0-based ``epoch``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State outside ``module`` that resuming needs (best weights so far, ...)."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], config: dict) -> torch.optim.Optimizer:
+    name = config["name"]
+    lr, wd = float(config["lr"]), float(config.get("weight_decay", 0.0))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(config.get("momentum", 0.9)))
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def lr_factor(epoch: int, epochs: int, schedule: dict) -> float:
+    """Learning-rate multiplier for a 0-based ``epoch`` of ``epochs``.
+
+    multistep milestones are epochs (>= 1) or fractions of the run (< 1): MedMNIST's
+    "×0.1 at 50 and 75 of 100" is ``milestones: [50, 75]`` or ``[0.5, 0.75]``.
+    """
+    warmup = int(schedule.get("warmup_epochs", 0))
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    name = schedule["name"]
+    if name == "constant":
+        return 1.0
+    if name == "multistep":
+        milestones = [m if m >= 1 else round(m * epochs) for m in schedule.get("milestones", [])]
+        return float(schedule.get("gamma", 0.1)) ** sum(epoch >= m for m in milestones)
+    if name == "cosine":
+        progress = (epoch - warmup) / max(1, epochs - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {name!r}")
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop checks between batches (restores the old handler)."""
+
+    def __init__(self) -> None:
+        self.raised = False
+
+    def __enter__(self) -> "_SigtermFlag":
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside some test runners): no handler
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
+        self.raised = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def train_epochs(objective: Objective, train_loader, *, training: dict, device: torch.device,
+                 checkpoint_path: str | Path, spec_hash: str, precision: Precision,
+                 progress: bool = True) -> tuple[list[dict[str, Any]], float]:
+    """Run ``training["epochs"]`` epochs of ``objective`` on ``train_loader``; return the history
+    (one dict per epoch: ``epoch``, ``train_loss``, the objective's columns, ``lr``, ``seconds``)
+    and the training seconds summed over every attempt.
+
+    ``train_loader`` must offer ``set_epoch(epoch)`` and the same batches for the same epoch, so a
+    resumed run replays its order; ``checkpoint_path`` holds the resumable state, used when its
+    ``spec_hash`` matches.
+    """
+    epochs = int(training["epochs"])
+    module = objective.module
+    module.to(device)
+    if precision.channels_last:
+        module.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer([p for p in objective.parameters() if p.requires_grad], training["optimizer"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, epochs, training["schedule"]))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.autocast_dtype == torch.float16)
+    checkpoint_every = float(training.get("checkpoint_minutes", 10.0)) * 60.0
+    steps_per_epoch = len(train_loader)
+
+    start_epoch, start_batch, history, elapsed = 0, 0, [], 0.0
+    resumed = load_checkpoint(checkpoint_path, spec_hash)
+    if resumed is not None:
+        module.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+        objective.load_state_dict(resumed["objective"])
+        start_epoch, start_batch = resumed["epoch"], resumed["batch"]
+        history, elapsed = resumed["history"], resumed["elapsed"]
+        restore_rng_states(resumed["rng"])
+        log.info("resumed from %s at epoch %d batch %d", checkpoint_path, start_epoch + 1, start_batch)
+
+    def checkpoint(epoch: int, batch: int, running_loss: float, seen: int) -> None:
+        save_checkpoint(checkpoint_path, {
+            "spec_hash": spec_hash, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "objective": objective.state_dict(), "epoch": epoch, "batch": batch,
+            "running": (running_loss, seen), "history": history,
+            "elapsed": elapsed + (time.monotonic() - clock),
+        })
+
+    with _SigtermFlag() as sigterm:
+        for epoch in range(start_epoch, epochs):
+            clock = time.monotonic()
+            last_save = clock
+            module.train()
+            epoch_lr = optimizer.param_groups[0]["lr"]
+            train_loader.set_epoch(epoch)
+            running_loss, seen = (resumed["running"] if resumed is not None and epoch == start_epoch
+                                  and start_batch > 0 else (0.0, 0))
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress)
+            for batch, (x, y) in enumerate(bar):
+                if epoch == start_epoch and batch < start_batch:
+                    continue  # replays the loader's deterministic order up to where we stopped
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                if precision.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                step = epoch * steps_per_epoch + batch
+                loss = objective.loss(x, y, step)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                objective.before_step(step)
+                scaler.step(optimizer)
+                scaler.update()
+                objective.after_step(step)
+                running_loss += float(loss.detach()) * len(x)
+                seen += len(x)
+                now = time.monotonic()
+                if sigterm.raised or now - last_save > checkpoint_every:
+                    checkpoint(epoch, batch + 1, running_loss, seen)
+                    last_save = now
+                    if sigterm.raised:
+                        raise Preempted(f"SIGTERM at epoch {epoch + 1}, batch {batch + 1}; "
+                                        f"checkpoint saved to {checkpoint_path}; rerun to resume")
+            scheduler.step()
+            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": running_loss / max(seen, 1)}
+            objective.end_epoch(epoch, row)
+            row.update(lr=epoch_lr, seconds=time.monotonic() - clock)
+            history.append(row)
+            elapsed += row["seconds"]
+            clock = time.monotonic()
+            checkpoint(epoch + 1, 0, 0.0, 0)
+            if sigterm.raised:
+                raise Preempted(f"SIGTERM after epoch {epoch + 1}; checkpoint saved to {checkpoint_path}")
+    return history, elapsed

@@ -1,0 +1,27 @@
+"""SimCLR (Chen et al. 2020): two views, a 2-layer MLP projection, NT-Xent over the batch.
+lightly: ``SimCLRProjectionHead``, ``NTXentLoss``."""
+
+from __future__ import annotations
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+
+from .base import METHODS, SSLMethod
+
+
+@METHODS.register("simclr")
+class SimCLR(SSLMethod):
+    name = "simclr"
+    uses = "lightly SimCLRProjectionHead, NTXentLoss"
+
+    def __init__(self, backbone, options, **kwargs) -> None:
+        super().__init__(backbone, options, **kwargs)
+        o = self.options
+        self.projection = SimCLRProjectionHead(self.feature_dim, o["proj_hidden_dim"], o["out_dim"])
+        self.criterion = NTXentLoss(temperature=o["temperature"])
+
+    def loss(self, views: list[torch.Tensor], step: int) -> torch.Tensor:
+        with self.autocast():
+            z = [self.projection(self.embed(v)) for v in views[:2]]
+        return self.criterion(z[0].float(), z[1].float())
