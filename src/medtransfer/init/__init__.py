@@ -46,6 +46,8 @@ from torch import nn
 
 from medtransfer.errors import ConfigError, WeightsError
 from medtransfer.models import HEAD, block_keys, rebuild
+from medtransfer.models.checkpoints import describe as describe_checkpoint
+from medtransfer.models.checkpoints import fit_checkpoint
 from medtransfer.models.factory import CREATE_ARGS_ATTR, init_create_options
 from medtransfer.registry import Registry
 
@@ -260,6 +262,9 @@ def apply(
     whose input conv was adapted adds ``adapted``; Gabor adds the parameter ``ranges`` used).
     """
     _check_args(model, init, source, k, options)
+    checkpoint = None
+    if source is not None:  # published SSL checkpoints: prefixes, wrappers, heads (models.checkpoints)
+        source, checkpoint = fit_checkpoint(source, model)
     keys_by_block = block_keys(model)
     body = [name for name in keys_by_block if name != HEAD]
     if k is not None and not 0 <= k <= len(body):
@@ -329,6 +334,7 @@ def apply(
             f"the source checkpoint does not fit this {_arch_name(model)} (it is of another "
             f"architecture, width or slim setting); first mismatches: {'; '.join(mismatches[:5])}"
             + (f" (+{len(mismatches) - 5} more)" if len(mismatches) > 5 else "")
+            + f"; {describe_checkpoint(checkpoint)}"
         )
     if source is not None and "random" not in origins and init != "Gabor":
         head_keys = set(keys_by_block[HEAD])
@@ -341,10 +347,14 @@ def apply(
                 f"the source checkpoint has entries this {_arch_name(model)} lacks, so it is of "
                 f"another architecture: {', '.join(extra[:5])}"
                 + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else "")
+                + f"; {describe_checkpoint(checkpoint)}"
             )
 
     model.load_state_dict(state, strict=True)
-    return {"init": init, "k": k, "seed": seed, "options": dict(options), "blocks": records}
+    record = {"init": init, "k": k, "seed": seed, "options": dict(options), "blocks": records}
+    if checkpoint is not None:
+        record["checkpoint"] = checkpoint
+    return record
 
 
 def _is_head_like(key: str, head_keys: set[str]) -> bool:

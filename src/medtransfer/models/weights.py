@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 from pathlib import Path
 from typing import Any
@@ -137,17 +138,30 @@ def timm_weights_file(name: str) -> str:
 
 
 def _load_file(path: Path) -> dict[str, Any]:
+    """The tensors of a checkpoint file, unwrapped (``state_dict``/``model``/DINO's ``teacher`` ...;
+    :func:`medtransfer.models.checkpoints.unwrap`); prefixes and heads are mapped later, against
+    the model (:func:`medtransfer.models.checkpoints.fit_checkpoint`)."""
+    from .checkpoints import unwrap
+
     if not path.is_file():
         raise WeightsError(
             f"weights file {str(path)!r} does not exist; check the path in the config"
         )
     try:
-        return timm.models.load_state_dict(str(path), use_ema=False)
+        if path.suffix == ".safetensors":
+            return timm.models.load_state_dict(str(path), use_ema=False)
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # released SSL checkpoints pickle their argparse settings (DINO's "args") beside the
+            # weights; the file is the user's own choice in the config
+            payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any failure means an unreadable checkpoint
         raise WeightsError(
             f"weights file {str(path)!r} could not be read as a state dict "
             f"({type(e).__name__}: {e})"
         ) from e
+    return unwrap(payload, repr(str(path)))
 
 
 def _tensors_only(state: dict[str, Any], where: str) -> dict[str, torch.Tensor]:

@@ -53,6 +53,22 @@ class SSLMethod(nn.Module):
         self.steps_per_epoch, self.epochs = int(steps_per_epoch), int(epochs)
         self.autocast: Callable[[], Any] = contextlib.nullcontext  # set by SSLObjective
 
+    def _non_persistent_buffers(self) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.{name}" if prefix else name: buffer
+                for prefix, module in self.named_modules()
+                for name, buffer in module.named_buffers(recurse=False)
+                if name in module._non_persistent_buffers_set}
+
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        """lightly keeps MoCo's queue (``MemoryBankModule.bank`` / ``bank_ptr``) in non-persistent
+        buffers, outside ``state_dict``; a resumed run needs them, so they travel here."""
+        return {name: buffer.detach().cpu().clone() for name, buffer in self._non_persistent_buffers().items()}
+
+    def set_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        buffers = self._non_persistent_buffers()
+        for name, value in state.items():
+            buffers[name].copy_(value)
+
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
