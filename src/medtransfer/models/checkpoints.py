@@ -100,7 +100,10 @@ def fit_checkpoint(state: Mapping[str, torch.Tensor], model: nn.Module) -> tuple
     keys = list(state)
     children = _sequential_map(model)
     best = ("", False, -1)
-    for prefix in sorted(_candidate_prefixes(keys), key=len):
+    # shortest prefix first, and the online network before its momentum / target copy (MoCo's
+    # encoder_q and encoder_k match equally well; the released model is encoder_q)
+    order = lambda p: (len(p), any(part in EXTRA_PARTS for part in p.split(".")), p)  # noqa: E731
+    for prefix in sorted(_candidate_prefixes(keys), key=order):
         for by_index in (False, True):
             hits = sum(1 for k in keys if k.startswith(prefix)
                        and _rename(k, prefix, children, by_index) in model_state)
