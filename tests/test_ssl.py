@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,6 +228,7 @@ def ssl_config(**sources):
     config = tiny_config()
     config["sources"] = sources
     config["study"]["inits"] = ["RI"] + [{"WT": name} for name in sources]
+    config["analysis"]["pairs"] = [{"a": f"WT_{name}", "b": "RI"} for name in sources]
     return config
 
 
@@ -261,3 +263,115 @@ def test_a_chain_pretrains_every_link_and_specs_say_where_each_starts():
     assert study.pretrain_spec("cont2", arch)["from"]["kind"] == "timm"
     # a supervised source's spec carries no method keys, so existing results keep their spec hash
     assert not {"method", "options", "from"} & set(study.pretrain_spec("natural", arch))
+
+
+# ---- the pretrain stage end to end: unlabelled folders, continual pretraining, bad input ----------
+
+def write_png_tree(root, n, size=16, seed=0):
+    """n random RGB PNGs at two depths, no class folders (an unlabelled collection)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        folder = root / ("scans" if i % 2 else "scans/more")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def pretrain_study(tmp_path, monkeypatch, **sources):
+    from medtransfer.data import build_cache
+
+    monkeypatch.chdir(tmp_path)
+    write_png_tree(tmp_path / "unlabelled", 80)
+    config = ssl_config(**sources)
+    config["datasets"]["scans"] = {"format": "imagefolder", "root": str(tmp_path / "unlabelled"),
+                                   "labels": False, "size": 16, "val_fraction": 0.1, "test_fraction": 0.1}
+    config["pretrain"] = {"epochs": 2, "batch_size": 16, "eval_batch_size": 64}
+    study = Study(config)
+    for name in {e["pretrain"]["dataset"] for e in sources.values() if "pretrain" in e}:
+        build_cache(name, study.datasets[name], f"results/data/{name}.h5")
+    return study
+
+
+def test_an_unlabelled_folder_pretrains_simclr_and_the_result_is_a_wt_source(tmp_path, monkeypatch):
+    from medtransfer.data import read_info
+    from medtransfer.models.weights import load_source_state_dict
+    from medtransfer.training.pretrain import pretrain
+
+    options = {"simclr": SMALL["simclr"]}
+    study = pretrain_study(tmp_path, monkeypatch,
+                           folder={"pretrain": {"dataset": "scans", "method": "simclr", "options": options["simclr"]}})
+    info = read_info("results/data/scans.h5")
+    assert info.task == "unlabeled" and info.class_names == [] and sum(info.split_sizes.values()) == 80
+    spec = study.pretrain_spec("folder", "cbr_tiny")
+    meta = pretrain(spec, device="cpu", progress=False)
+    assert meta["method"] == "simclr" and len(meta["history"]) == 2
+    assert "acc" not in meta["knn"] and "knn_acc" not in meta["history"][0]  # nothing to score without labels
+    state = load_source_state_dict({"kind": "pretrain", "path": f"{spec['out_dir']}/model.pt"})
+    model = models.create("cbr_tiny", 2, width=0.125)
+    from medtransfer import init
+
+    init.apply(model, "WT", state, seed=0)
+    assert not (Path(spec["out_dir"]) / "checkpoint.pt").exists()
+
+
+def test_continual_pretraining_starts_from_the_other_source(tmp_path, monkeypatch):
+    from medtransfer.training.pretrain import pretrain
+
+    study = pretrain_study(tmp_path, monkeypatch,
+                           natural={"pretrain": {"dataset": "shapes"}},
+                           cont={"pretrain": {"dataset": "lesions", "method": "byol", "from": "natural",
+                                              "options": SMALL["byol"]}})
+    natural = pretrain(study.pretrain_spec("natural", "cbr_tiny"), device="cpu", progress=False)
+    spec = study.pretrain_spec("cont", "cbr_tiny")
+    spec["training"]["epochs"] = 0  # no step: the result must be the starting source's backbone
+    meta = pretrain(spec, device="cpu", progress=False)
+    assert meta["start"] == {"from": spec["from"], "init": "WT"}
+    assert meta["knn"]["acc"] == pytest.approx(meta["knn"]["start_acc"])
+    start = torch.load(spec["from"]["path"], weights_only=True)["state_dict"]
+    end = torch.load(f"{spec['out_dir']}/model.pt", weights_only=True)["state_dict"]
+    body = [k for block, keys in models.block_keys(models.create("cbr_tiny", 2, width=0.125)).items()
+            if block != models.HEAD for k in keys]
+    assert body and all(torch.equal(start[k], end[k]) for k in body)
+    assert natural["knn"]["acc"] > 0
+
+
+def test_a_batch_larger_than_the_dataset_stops_before_any_file(tmp_path, monkeypatch):
+    from medtransfer.training.pretrain import pretrain
+
+    study = pretrain_study(tmp_path, monkeypatch, folder={"pretrain": {"dataset": "scans", "method": "byol",
+                                                                       "training": {"batch_size": 512}}})
+    spec = study.pretrain_spec("folder", "cbr_tiny")
+    with pytest.raises(ConfigError, match=r"sources.folder.pretrain.training.batch_size.*only 64 training images"):
+        pretrain(spec, device="cpu", progress=False)
+    assert not Path(spec["out_dir"]).exists()
+
+
+def test_unlabelled_data_cannot_be_a_target_or_pretrain_supervised(tmp_path):
+    config = ssl_config(a={"pretrain": {"dataset": "scans"}})
+    config["datasets"]["scans"] = {"format": "imagefolder", "root": str(tmp_path), "labels": False, "size": 16}
+    with pytest.raises(ConfigError, match=r"sources.a.pretrain.method: supervised pretraining needs labels"):
+        Study(config)
+    from medtransfer.grid import validate_config
+
+    validate_config(config, SCHEMA)
+    with pytest.raises(ConfigError, match=r"datasets.scans.labels: 'no' is not of type 'boolean'"):
+        validate_config({**config, "datasets": {**config["datasets"], "scans": {**config["datasets"]["scans"],
+                                                                              "labels": "no"}}}, SCHEMA)
+    config["sources"] = {}
+    config["study"]["inits"] = ["RI"]
+    config["study"]["targets"] = ["scans"]
+    with pytest.raises(ConfigError, match=r"study.targets\[0\]: dataset 'scans' has no labels"):
+        Study(config)
+
+
+def test_a_folder_of_loose_images_suggests_labels_false(tmp_path):
+    from medtransfer.data.folders import read_imagefolder
+    from medtransfer.errors import DataError
+
+    from PIL import Image
+
+    for i in range(4):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    with pytest.raises(DataError, match="labels: false"):
+        read_imagefolder("mine", {"format": "imagefolder", "root": str(tmp_path), "size": 16})

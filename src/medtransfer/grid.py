@@ -246,6 +246,10 @@ class Study:
 
         for i, target in enumerate(study["targets"]):
             self._check_dataset(target, f"study.targets[{i}]")
+            if self.datasets[target].get("labels", True) is False:
+                raise ConfigError(f"config key study.targets[{i}]: dataset {target!r} has no labels "
+                                  f"(datasets.{target}.labels: false); unlabelled images can pretrain a "
+                                  "self-supervised source, but a target needs labels")
         for name, source in self.sources.items():
             entries = [(f"sources.{name}", source)]
             entries += [(f"sources.{name}.per_arch.{arch}", o) for arch, o in (source.get("per_arch") or {}).items()]
@@ -294,7 +298,12 @@ class Study:
 
     def _check_pretrain(self, entry: dict, key: str) -> None:
         self._check_dataset(entry["dataset"], f"{key}.dataset")
-        resolve_options(entry.get("method", "supervised"), entry.get("options"), key)
+        method = entry.get("method", "supervised")
+        resolve_options(method, entry.get("options"), key)
+        if method == "supervised" and self.datasets[entry["dataset"]].get("labels", True) is False:
+            raise ConfigError(f"config key {key}.method: supervised pretraining needs labels, but dataset "
+                              f"{entry['dataset']!r} has none (labels: false); choose a self-supervised method "
+                              "(simclr, mocov2, byol, dino, swav, barlowtwins)")
         start = entry.get("from")
         if start is not None and start not in self.sources:
             raise ConfigError(f"config key {key}.from: source {start!r} is not under `sources:` "

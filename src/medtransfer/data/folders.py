@@ -11,6 +11,14 @@ class and seeded: ``val_fraction`` (default 0.1), ``test_fraction`` (default 0.2
 (default 0); the cache records how (attribute ``split_policy``). ``task`` may override
 ``binary``/``multiclass`` with ``ordinal``.
 
+Unlabelled images (pretraining data for the self-supervised methods, never a target)::
+
+    cxr-unlabelled: {format: imagefolder, root: /data/cxr, labels: false, size: 64, channels: 1}
+
+With ``labels: false`` every image under ``root`` (or under its ``train/``, ``val/``, ``test/``),
+at any depth, is read; the cache's task is ``unlabeled`` (labels -1, no class names) and the
+missing splits are drawn at random.
+
 ``csv``::
 
     mine: {format: csv, root: /data/mine, file: labels.csv, path_column: path, label_column: grade,
@@ -49,6 +57,7 @@ from tqdm import tqdm
 
 from medtransfer.data.formats import (
     FORMATS,
+    NO_LABEL,
     SPLITS,
     RawDataset,
     complete_splits,
@@ -176,6 +185,8 @@ def read_imagefolder(name: str, entry: dict[str, Any]) -> RawDataset:
     if split_dirs and "train" not in split_dirs:
         raise DataError(f"{root} has {', '.join(split_dirs)}/ but no train/ folder")
     tops = split_dirs or {"train": root}
+    if entry.get("labels", True) is False:
+        return _read_unlabeled(name, entry, root, tops, size, channels, resize, workers)
     found = sorted({d.name for top in tops.values() for d in top.iterdir() if d.is_dir()})
     class_names, index = _class_index(found, entry.get("classes"))
     listing: dict[str, tuple[list[Path], list[int]]] = {}
@@ -189,7 +200,10 @@ def read_imagefolder(name: str, entry: dict[str, Any]) -> RawDataset:
             paths += files
             labels += [index[folder.name]] * len(files)
         if not paths:
-            raise DataError(f"{top}: no images ({', '.join(IMAGE_EXTENSIONS)}) in one folder per class")
+            loose = bool(_images_in(top))
+            raise DataError(f"{top}: no images ({', '.join(IMAGE_EXTENSIONS)}) in one folder per class"
+                            + (f"; it holds images without class folders: for unlabelled pretraining "
+                               f"data set datasets.{name}.labels: false" if loose else ""))
         listing[split] = (paths, labels)
     all_files = [p for paths, _ in listing.values() for p in paths]
     splits = {
@@ -207,6 +221,24 @@ def read_imagefolder(name: str, entry: dict[str, Any]) -> RawDataset:
         checksum=md5_of_listing(root, all_files),
         attributes=attributes,
     )
+
+
+def _read_unlabeled(name: str, entry: dict[str, Any], root: Path, tops: dict[str, Path], size: int,
+                    channels: int, resize: str, workers: int | None) -> RawDataset:
+    if entry.get("classes") or entry.get("task") not in (None, "unlabeled"):
+        raise ConfigError(f"datasets.{name}: labels: false reads no classes; drop classes / task")
+    listing = {split: _images_in(top) for split, top in tops.items()}
+    for split, paths in listing.items():
+        if not paths:
+            raise DataError(f"{tops[split]}: no images ({', '.join(IMAGE_EXTENSIONS)}) at any depth")
+    splits = {split: (load_images(paths, size, channels, resize, workers, desc=f"{name} {split}"),
+                      np.full(len(paths), NO_LABEL, np.int64))
+              for split, paths in listing.items()}
+    attributes: dict[str, Any] = {}
+    splits = complete_splits(splits, attributes=attributes, **_split_keys(entry))
+    return RawDataset(splits=splits, task="unlabeled", class_names=[], source=str(root),
+                      checksum=md5_of_listing(root, [p for paths in listing.values() for p in paths]),
+                      attributes=attributes)
 
 
 # --- csv -------------------------------------------------------------------------------------------

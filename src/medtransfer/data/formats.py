@@ -30,7 +30,10 @@ from medtransfer.errors import ConfigError, DataError
 from medtransfer.registry import Registry
 
 SPLITS = ("train", "val", "test")
-TASKS = ("binary", "multiclass", "ordinal", "multilabel")
+#: ``unlabeled``: images without labels (labels all -1, no class names), a pretraining dataset for
+#: the self-supervised methods only; never a target.
+TASKS = ("binary", "multiclass", "ordinal", "multilabel", "unlabeled")
+NO_LABEL = -1
 RESIZE_MODES = ("nearest", "bilinear", "area", "bicubic")
 
 FORMATS: Registry = Registry("dataset format")
@@ -111,6 +114,9 @@ def check_raw(name: str, raw: RawDataset) -> None:
         if raw.task == "multilabel":
             if labels.dtype != np.float32 or labels.ndim != 2 or labels.shape[1] != len(raw.class_names):
                 raise DataError(f"{where}: multilabel {split} labels must be float32 [N, {len(raw.class_names)}]")
+        elif raw.task == "unlabeled":
+            if labels.dtype != np.int64 or labels.ndim != 1 or (labels != NO_LABEL).any() or raw.class_names:
+                raise DataError(f"{where}: unlabeled {split} labels must be int64 [N] of {NO_LABEL}, no class names")
         else:
             if labels.dtype != np.int64 or labels.ndim != 1:
                 raise DataError(f"{where}: {split} labels must be int64 [N], got {labels.dtype} {labels.shape}")
@@ -205,7 +211,8 @@ def complete_splits(
     for split in missing:
         out[split] = (images[parts[split]], labels[parts[split]])
     made = "; ".join(f"{s}: {f:g} of source train" for s, f in missing.items())
-    attributes["split_policy"] = f"{made}; stratified by class, split_seed {seed}"
+    how = "random (unlabelled)" if np.all(np.asarray(labels) == NO_LABEL) else "stratified by class"
+    attributes["split_policy"] = f"{made}; {how}, split_seed {seed}"
     return out
 
 
