@@ -60,7 +60,7 @@ SMALL_HEADS = {"proj_hidden_dim": 32, "out_dim": 16}
 SMALL = {"simclr": SMALL_HEADS, "mocov2": {**SMALL_HEADS, "queue_size": 32},
          "byol": {**SMALL_HEADS, "pred_hidden_dim": 32},
          "dino": {"proj_hidden_dim": 32, "bottleneck_dim": 16, "out_dim": 64, "local_crops": 2},
-         "swav": {**SMALL_HEADS, "n_prototypes": 20, "local_crops": 2},
+         "swav": {**SMALL_HEADS, "n_prototypes": 20, "local_crops": 2, "queue_size": 32, "queue_start_epoch": 1},
          "barlowtwins": SMALL_HEADS}
 
 
@@ -108,6 +108,9 @@ def test_every_method_trains_and_its_state_is_in_the_module(name, tmp_path):
     if name == "mocov2":  # lightly's queue is a non-persistent buffer: it must travel as extra state
         queue = state["_extra_state"]["criterion.memory_bank.bank"]
         assert torch.equal(queue, method.criterion.memory_bank.bank) and queue.shape == (32, 16)
+    if name == "swav":  # its queue holds the last projected global views, normalised, in the state
+        bank = state["_extra_state"]["queues.0.bank"]
+        assert bank.shape == (32, 16) and torch.allclose(bank.norm(dim=1), torch.ones(32), atol=1e-4)
     if name in ("byol", "dino", "mocov2"):  # an EMA twin: moved, but not equal to the student
         twin = {"byol": "target_backbone", "dino": "teacher_backbone", "mocov2": "key_backbone"}[name]
         twin_state = getattr(method, twin).state_dict()

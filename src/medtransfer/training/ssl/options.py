@@ -61,9 +61,11 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
              **_BYOL_VIEWS, "crop_scale": [0.4, 1.0], "local_crops": 6, "local_crop_scale": [0.05, 0.4]},
     # Caron et al. 2020: projection, L2-normalised prototypes, swapped prediction with Sinkhorn-
     # Knopp codes (3 iterations, epsilon 0.05), temperature 0.1, multi-crop 2 x (0.14-1) +
-    # 6 x (0.05-0.14), prototypes frozen during the first epoch.
+    # 6 x (0.05-0.14), prototypes frozen during the first epoch; at batch 256 the paper's queue of
+    # 3,840 features, here from epoch 2 of a short run (the paper: epoch 15 of 200-800).
     "swav": {"proj_hidden_dim": 512, "out_dim": 128, "n_prototypes": 512, "temperature": 0.1,
              "sinkhorn_iterations": 3, "sinkhorn_epsilon": 0.05, "freeze_prototypes_epochs": 1,
+             "queue_size": 3840, "queue_start_epoch": 2,
              "jitter": [0.8, 0.8, 0.8, 0.2], "crop_scale": [0.14, 1.0], "local_crops": 6,
              "local_crop_scale": [0.05, 0.14]},
     # Zbontar et al. 2021: 3-layer projector, cross-correlation to the identity, lambda 5e-3,
