@@ -65,3 +65,38 @@ def test_multilabel_fallback_stratifies_on_first_positive():
 def test_invalid_fraction(labels, fraction):
     with pytest.raises(ConfigError, match="fraction"):
         subset_indices(labels, fraction, seed=0)
+
+
+def rare_multilabel(seed=0):
+    """Label 4 is rare and only ever second to a common label, so stratifying on the first
+    positive alone can drop it from small subsets."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((2000, 5)) < 0.3).astype(np.float32)
+    labels[:, 4] = 0.0
+    labels[rng.choice(2000, 6, replace=False), 4] = 1.0
+    labels[labels[:, 4] == 1, 0] = 1.0  # their first positive is label 0
+    return labels
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_multilabel_subsets_keep_a_positive_of_every_label_and_stay_nested(seed):
+    labels = rare_multilabel(seed)
+    fractions = (0.001, 0.01, 0.1, 0.5, 1.0)
+    subsets = [subset_indices(labels, f, seed) for f in fractions]
+    for idx in subsets:
+        assert (labels[idx] > 0.5).any(axis=0).all(), "a label without a positive"
+    for small, large in zip(subsets, subsets[1:]):
+        assert set(small) <= set(large)
+    # at most one extra example per label over the plain stratified count
+    plain = [subset_indices(labels[:, :4], f, seed) for f in fractions[:-1]]
+    assert all(0 <= len(s) - len(p) <= 5 for s, p in zip(subsets, plain))
+
+
+def test_a_class_without_training_examples_is_a_clear_error(labels):
+    with pytest.raises(ConfigError, match=r"0.01 of 'breast' cannot keep an example of every class.*class\(es\) 4"):
+        subset_indices(labels, 0.01, 0, num_classes=5, dataset="breast")
+    assert len(subset_indices(labels, 1.0, 0, num_classes=5, dataset="breast")) == len(labels)
+    multi = rare_multilabel()
+    multi[:, 2] = 0.0
+    with pytest.raises(ConfigError, match=r"label\(s\) 2"):
+        subset_indices(multi, 0.1, 0, dataset="cxr")

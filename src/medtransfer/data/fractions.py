@@ -7,7 +7,11 @@ subsets of the same seed are nested: 10 % is a prefix of 50 %, which is a prefix
 
 Multilabel labels [N, K] are stratified on the first positive label of each example (examples
 with none, or only unknowns, form a group of their own), so rare labels are kept in proportion
-as far as a single grouping allows.
+as far as a single grouping allows. A label that the stratified subset would still miss gets the
+one positive example of it that the nested order reaches first, so every label keeps a positive
+in every subset while subsets stay nested (and subsets that had every label are unchanged).
+A class (or label) that has no training example at all cannot be kept: a fraction below 1 of
+such a split is a ConfigError naming the dataset and the fraction.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ from medtransfer.data.formats import stratify_key
 from medtransfer.errors import ConfigError
 
 
-def subset_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def subset_indices(labels: np.ndarray, fraction: float, seed: int, *, num_classes: int | None = None,
+                   dataset: str = "the dataset") -> np.ndarray:
     """Sorted int64 indices of a stratified ``fraction`` of the examples with ``labels``.
 
     ``labels``: int [N] class indices or float [N, K] multilabel (NaN = unknown).
-    ``fraction`` in (0, 1]; 1.0 returns ``arange(N)``.
+    ``fraction`` in (0, 1]; 1.0 returns ``arange(N)``. ``num_classes`` (single-label): classes
+    the subset must all keep; with ``dataset``, for the error when one has no example.
     """
     fraction = float(fraction)
     if not 0.0 < fraction <= 1.0:
@@ -30,13 +36,49 @@ def subset_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray
     labels = np.asarray(labels)
     if fraction == 1.0:
         return np.arange(len(labels), dtype=np.int64)
+    _check_every_class_present(labels, fraction, num_classes, dataset)
     groups = stratify_key(labels)
     rng = np.random.default_rng(seed)
     kept = []
+    # the fraction from which each example is in the subset: position p of n in its group's
+    # permutation enters once max(1, round(f * n)) > p
+    entry = np.zeros(len(labels))
     for group in np.unique(groups):
         members = rng.permutation(np.flatnonzero(groups == group))
         count = max(1, int(np.floor(fraction * len(members) + 0.5)))
         kept.append(members[:count])
+        positions = np.arange(len(members))
+        entry[members] = np.where(positions == 0, 0.0, (positions + 0.5) / len(members))
     if not kept:
         return np.zeros(0, np.int64)
-    return np.sort(np.concatenate(kept)).astype(np.int64)
+    subset = np.concatenate(kept)
+    if labels.ndim == 2:
+        subset = np.concatenate([subset, _missing_label_positives(labels, subset, entry)])
+    return np.unique(subset).astype(np.int64)
+
+
+def _positives(labels: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(labels, nan=0.0) > 0.5
+
+
+def _check_every_class_present(labels: np.ndarray, fraction: float, num_classes: int | None, dataset: str) -> None:
+    if labels.ndim == 2:
+        absent = np.flatnonzero(~_positives(labels).any(axis=0))
+        what = "label(s)"
+    else:
+        present = set(np.unique(labels).tolist())
+        absent = np.array([c for c in range(num_classes or 0) if c not in present])
+        what = "class(es)"
+    if len(absent):
+        raise ConfigError(
+            f"study.fractions: {fraction:g} of {dataset!r} cannot keep an example of every class: "
+            f"{what} {', '.join(map(str, absent.tolist()))} have no (positive) training example at all; "
+            "use fraction 1.0 for this dataset or a training split that has them")
+
+
+def _missing_label_positives(labels: np.ndarray, subset: np.ndarray, entry: np.ndarray) -> np.ndarray:
+    """For each label without a positive in ``subset``: its positive that enters the nested order first."""
+    positives = _positives(labels)
+    missing = np.flatnonzero(~positives[subset].any(axis=0))
+    extra = [np.flatnonzero(positives[:, j])[np.argmin(entry[positives[:, j]])] for j in missing]
+    return np.asarray(extra, dtype=np.int64)

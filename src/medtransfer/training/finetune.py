@@ -103,7 +103,8 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
     write_json(run_dir / "init.json", {"run": spec["run"], **record})
 
     train_labels = data.read_labels(spec["cache"], "train")
-    train_indices = data.subset_indices(train_labels, spec["fraction"], spec["seed"])
+    train_indices = data.subset_indices(train_labels, spec["fraction"], spec["seed"],
+                                        num_classes=info.num_classes, dataset=spec["dataset"])
     loaders = make_loaders(spec, torch_device, train_indices)
     precision = precision_for(torch_device, training)
     result = fit(model, loaders["train"], loaders["val"], task=info.task, training=training,
@@ -125,6 +126,7 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
         "best_epoch": result.best_epoch,
         "epochs": len(result.history),
         "num_train": int(len(train_indices)),
+        "n_train": int(len(train_indices)),
         "train_seconds": result.train_seconds,
         "precision": precision.record(),
         "provenance": provenance(spec_hash=job_hash, seed=spec["seed"], device=str(torch_device),
