@@ -1,0 +1,95 @@
+"""One run of a frozen-feature protocol (linear or k-NN): the classifier on the training subset
+of the cached features, scored on val and test; writes ``predictions.h5`` and ``metrics.json``
+in the protocol's run directory (``medtransfer.paths.protocol_run_file``), in the same formats
+as a fine-tuning run, with ``protocol``, ``fraction`` and ``n_train``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from medtransfer import data
+from medtransfer.atomic import write_json
+from medtransfer.errors import ConfigError
+from medtransfer.grid import spec_hash
+from medtransfer.protocols.features import read_features
+from medtransfer.protocols.knn import knn_predict
+from medtransfer.protocols.linear import probe_scores, select_probe
+from medtransfer.provenance import git_commit, provenance
+from medtransfer.training.finetune import write_predictions
+from medtransfer.training.metrics import classification_metrics
+
+
+def probe(spec: dict) -> dict:
+    """Run ``spec["protocol"]`` on ``spec["features"]``; return the metrics written to metrics.json."""
+    wall_start = time.monotonic()
+    commit = git_commit()
+    protocol = spec["protocol"]
+    features = read_features(spec["features"])
+    task, class_names = features["task"], features["class_names"]
+    train_x, train_y = features["train"]
+    indices = data.subset_indices(train_y, spec["fraction"], spec["seed"], num_classes=len(class_names),
+                                  dataset=spec["dataset"])
+    train = (train_x[indices], train_y[indices])
+    start = time.monotonic()
+    if protocol == "linear":
+        options = spec["linear"]
+        result = select_probe(train, features["val"], task=task, num_outputs=len(class_names),
+                              weight_decays=options["weight_decays"], max_iter=options["max_iter"],
+                              standardize=options["standardize"])
+
+        def scores_of(split):
+            return probe_scores(result.probe, features[split][0], task)
+
+        chosen = {"weight_decay": result.weight_decay, "grid": result.grid}
+    elif protocol == "knn":
+        options = spec["knn"]
+        k = int(options["k"])
+        if k > len(indices):
+            if not options["cap_k"]:
+                raise ConfigError(
+                    f"config key knn.k: k = {k} is larger than the training set of {spec['run']} "
+                    f"({len(indices)} images at fraction {spec['fraction']:g} of {spec['dataset']!r}); "
+                    "lower knn.k or set knn.cap_k: true to vote over all of them")
+            k = len(indices)
+
+        def scores_of(split):
+            return knn_predict(train[0], train[1], features[split][0], task=task, num_classes=len(class_names),
+                               k=k, temperature=float(options["temperature"]))
+
+        chosen = {"k": k, "temperature": float(options["temperature"])}
+    else:
+        raise ConfigError(f"protocol {protocol!r} does not read frozen features (frozen: linear, knn)")
+    evaluations = {}
+    for split in ("val", "test"):
+        scores, labels = scores_of(split), features[split][1]
+        evaluations[split] = SimpleNamespace(scores=scores, labels=labels,
+                                             metrics=classification_metrics(task, labels, scores))
+    fit_seconds = time.monotonic() - start
+    run_dir = Path(spec["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_predictions(run_dir / "predictions.h5", evaluations, task, class_names)
+    metrics = {
+        "run": spec["run"],
+        "protocol": protocol,
+        "task": task,
+        "test": evaluations["test"].metrics,
+        "val": evaluations["val"].metrics,
+        protocol: chosen,
+        "fraction": float(spec["fraction"]),
+        "n_train": int(len(indices)),
+        "num_train": int(len(indices)),
+        "feature_dim": int(train_x.shape[1]),
+        "fit_seconds": fit_seconds,
+        "features_provenance": features["provenance"],
+        "provenance": provenance(spec_hash=spec_hash(spec), seed=spec["seed"], device="cpu",
+                                 wall_seconds=time.monotonic() - wall_start, commit=commit),
+        "spec": spec,
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+

