@@ -238,13 +238,15 @@ def test_summary_markdown_rows(results, tmp_path):
     summary_table(results["metrics"], tmp_path / "summary.csv", tmp_path / "summary.md")
     lines = [line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("|")]
     header, rule, body = lines[0], lines[1], lines[2:]
-    assert [c.strip() for c in header.strip("|").split("|")][:5] == ["dataset", "arch", "init", "fraction",
-                                                                      "n seeds"]  # fmt: skip
+    assert [c.strip() for c in header.strip("|").split("|")][:6] == ["dataset", "arch", "protocol", "init",
+                                                                      "fraction", "n seeds"]  # fmt: skip
     assert set(rule.strip("|").replace(":", "").split("|")) == {"---"}
     assert all(line.count("|") == header.count("|") for line in body)
     metrics = pd.read_csv(results["metrics"])
     expected = {(d, a, i, f"{f:g}") for d, a, i, f in metrics[["dataset", "arch", "init", "fraction"]].values}
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in body]
+    assert {c[2] for c in cells} == {"finetune"}
+    cells = [c[:2] + c[3:] for c in cells]  # without the protocol column
     assert {tuple(c[:4]) for c in cells} == expected and len(cells) == len(expected)
     # One cell checked against numpy, as text: mean ± sd with 3 decimals.
     runs = metrics[(metrics.dataset == "lesions") & (metrics.arch == "resnet18") & (metrics.init == "RI")

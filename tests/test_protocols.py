@@ -81,3 +81,88 @@ def test_knn_protocol_with_a_huge_temperature_votes_like_scikit_learn_uniform():
     unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
     reference = KNeighborsClassifier(n_neighbors=15, metric="cosine").fit(unit(x), y).predict_proba(unit(q))
     np.testing.assert_allclose(ours, reference, atol=1e-4)
+
+
+# ---- the protocol axis of the grid and the frozen-feature jobs --------------------------------
+
+from medtransfer.errors import ConfigError  # noqa: E402
+from medtransfer.grid import Study  # noqa: E402
+
+from conftest import tiny_config  # noqa: E402
+
+
+def protocol_config(protocols, **extra):
+    config = tiny_config()
+    config["study"]["protocols"] = protocols
+    config.update(extra)
+    return config
+
+
+def test_finetune_runs_and_their_specs_do_not_move_when_protocols_are_added():
+    plain, mixed = Study(tiny_config()), Study(protocol_config(["finetune", "linear", "knn"]))
+    assert plain.runs == mixed.runs == mixed.cells
+    assert [plain.run_spec(r) for r in plain.runs] == [mixed.run_spec(r) for r in mixed.runs]
+    assert len(mixed.probe_runs) == 2 * len(mixed.cells)
+    # WT features are shared by every seed and fraction; RI's depend on the seed
+    assert mixed.feature_jobs() == sorted([
+        "results/features/lesions/cbr_tiny/RI/s0.h5", "results/features/lesions/cbr_tiny/RI/s1.h5",
+        "results/features/lesions/cbr_tiny/WT_natural/shared.h5"])
+    frozen = Study(protocol_config(["linear"]))
+    assert frozen.runs == [] and "test_auc" not in frozen.figure_names() and "protocols" in frozen.figure_names()
+    spec = frozen.probe_spec("linear", frozen.cells[0])
+    assert spec["run_dir"].startswith("results/protocols/linear/lesions/") and spec["linear"]["weight_decays"]
+
+
+def test_unknown_or_repeated_protocols_are_config_errors():
+    with pytest.raises(ConfigError, match=r"study.protocols\[1\]: unknown protocol 'probe'; allowed: finetune, linear, knn"):
+        Study(protocol_config(["finetune", "probe"]))
+    with pytest.raises(ConfigError, match="appears twice"):
+        Study(protocol_config(["knn", "knn"]))
+
+
+@pytest.fixture
+def lesions_cache(tmp_path, monkeypatch):
+    from medtransfer.data import build_cache
+
+    monkeypatch.chdir(tmp_path)
+    study = Study(protocol_config(["linear", "knn"]))
+    build_cache("lesions", study.datasets["lesions"], "results/data/lesions.h5")
+    return study
+
+
+def test_linear_and_knn_runs_write_scores_whose_metrics_scikit_learn_confirms(lesions_cache):
+    import h5py
+    from sklearn.metrics import roc_auc_score
+
+    from medtransfer.protocols.features import extract_features, read_features
+    from medtransfer.protocols.probe import probe
+
+    study = lesions_cache
+    run = next(r for r in study.cells if r.init == "RI" and r.seed == 0)
+    extract_features(study.features_spec(run.dataset, run.arch, run.init, "s0"), device="cpu")
+    features = read_features(study.features_path(run))
+    assert features["train"][0].shape == (200, features["train"][0].shape[1]) and features["init"]["init"] == "RI"
+    for protocol in ("linear", "knn"):
+        metrics = probe(study.probe_spec(protocol, run))
+        assert metrics["protocol"] == protocol and metrics["n_train"] == 200 and metrics["fraction"] == 1.0
+        with h5py.File(f"results/protocols/{protocol}/{run.id}/predictions.h5") as handle:
+            scores, labels = handle["test/scores"][...], handle["test/labels"][...]
+        assert scores.shape == (100, 2) and np.allclose(scores.sum(1), 1, atol=1e-5)
+        assert metrics["test"]["auc"] == pytest.approx(roc_auc_score(labels, scores[:, 1]), abs=1e-9)
+    assert probe(study.probe_spec("knn", run))["knn"]["k"] == 200  # = n_train: allowed, k is not larger
+
+
+def test_a_k_larger_than_the_training_subset_names_the_key(lesions_cache):
+    from medtransfer.paths import Run
+    from medtransfer.protocols.features import extract_features
+    from medtransfer.protocols.probe import probe
+
+    study = lesions_cache
+    run = Run("lesions", "cbr_tiny", "RI", "0.1", 0)
+    extract_features(study.features_spec(run.dataset, run.arch, run.init, "s0"), device="cpu")
+    spec = study.probe_spec("knn", run)
+    with pytest.raises(ConfigError, match=r"knn.k: k = 200 is larger than the training set .*\(2\d images at fraction 0.1"):
+        probe(spec)
+    spec["knn"] = {**spec["knn"], "cap_k": True}
+    metrics = probe(spec)
+    assert metrics["knn"]["k"] == metrics["n_train"] < 30

@@ -72,6 +72,44 @@ def test_dry_run_plans_the_whole_grid(tmp_path):
     assert jobs["similarity_pairs"] == 1  # one (dataset, arch, fraction) group
 
 
+def test_dry_run_plans_features_once_and_one_probe_per_cell(tmp_path):
+    config = tiny_config()
+    config["study"]["protocols"] = ["finetune", "linear", "knn"]
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "1")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    cells = 1 * 1 * 2 * 1 * 2
+    assert jobs["finetune"] == cells and jobs["probe"] == 2 * cells
+    assert jobs["features"] == 3  # RI per seed, WT shared by both seeds
+    from medtransfer.grid import Study
+
+    assert jobs["figure"] == len(Study(config).figure_names())
+
+
+@pytest.mark.slow
+def test_a_frozen_protocol_study_end_to_end(tmp_path):
+    config = tiny_config()
+    config["study"]["protocols"] = ["linear", "knn"]
+    config["study"]["fractions"] = [0.5, 1.0]
+    config["knn"] = {"k": 20}
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = tmp_path / "results"
+    assert not (results / "runs").exists(), "a frozen-feature study trains no network"
+    metrics = pd.read_csv(results / "analysis" / "metrics.csv")
+    assert len(metrics) == 2 * 2 * 2 * 2 and set(metrics["protocol"]) == {"linear", "knn"}
+    assert metrics["test_auc"].between(0, 1).all()
+    half = metrics[metrics["fraction"] == 0.5]
+    assert (half["num_train"] < metrics["num_train"].max()).all()
+    summary = pd.read_csv(results / "tables" / "summary.csv")
+    assert len(summary) == 2 * 2 * 2  # protocols × inits × fractions, over 2 seeds
+    assert (results / "figures" / "protocols.png").stat().st_size > 0
+    provenance = pd.read_csv(results / "tables" / "provenance.csv")
+    assert provenance["what"].str.startswith(("linear ", "knn ", "pretrain ")).all()
+
+
 def test_a_bad_config_stops_before_any_job_naming_the_key(tmp_path):
     config = tiny_config()
     config["study"]["architectures"] = "cbr_tiny"  # not a list

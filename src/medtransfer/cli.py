@@ -49,6 +49,25 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     log.info("run %s test %s", metrics["run"], metrics["test"])
 
 
+def cmd_features(args: argparse.Namespace) -> None:
+    from medtransfer.devices import configure_threads
+    from medtransfer.protocols.features import extract_features
+
+    configure_threads(args.threads)
+    summary = extract_features(_spec(args.spec), device=args.device)
+    log.info("features %s in %.1f s", summary["splits"], summary["seconds"])
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from medtransfer.devices import configure_threads
+    from medtransfer.protocols.probe import probe
+
+    configure_threads(args.threads)
+    metrics = probe(_spec(args.spec))
+    log.info("%s run %s (n_train %d) test %s", metrics["protocol"], metrics["run"], metrics["n_train"],
+             metrics["test"])
+
+
 def cmd_activations(args: argparse.Namespace) -> None:
     from medtransfer.analysis.activations import extract
     from medtransfer.devices import configure_threads, select_device
@@ -132,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("preprocess", cmd_preprocess, "convert a dataset to the HDF5 cache results/data/{dataset}.h5")
     add("pretrain", cmd_pretrain, "pretrain a source model on a source dataset")
     add("finetune", cmd_finetune, "initialise and fine-tune one run of the study grid")
+    add("features", cmd_features, "frozen pooled features of one init on one dataset (linear / k-NN protocols)")
+    add("probe", cmd_probe, "one linear-probe or k-NN run on frozen features")
     add("activations", cmd_activations, "activations of every canonical block, init and final states")
     add("similarity", cmd_similarity, "similarity(init, final) per block for the runs of one group")
     add("similarity-pairs", cmd_similarity_pairs, "block × block similarity between runs, with the seed noise floor")

@@ -27,6 +27,7 @@ import yaml
 from medtransfer import paths
 from medtransfer.errors import ConfigError
 from medtransfer.paths import Run
+from medtransfer.protocols import FROZEN_PROTOCOLS, KNN_DEFAULTS, LINEAR_DEFAULTS, PROTOCOLS
 from medtransfer.training.ssl.options import resolve_options
 
 # Inits and the options they take; the full registry lives in medtransfer.init, which imports
@@ -75,6 +76,8 @@ DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
     "finetune": {"threads": 4, "mem_mb": 8000, "runtime": 240},
     "activations": {"threads": 2, "mem_mb": 8000, "runtime": 30},
     "similarity": {"threads": 2, "mem_mb": 8000, "runtime": 30},
+    "features": {"threads": 2, "mem_mb": 8000, "runtime": 60},
+    "probe": {"threads": 1, "mem_mb": 4000, "runtime": 30},
     "collect": {"threads": 1, "mem_mb": 2000, "runtime": 10},
     "figure": {"threads": 1, "mem_mb": 2000, "runtime": 10},
 }
@@ -87,6 +90,7 @@ FIGURE_INPUTS: dict[str, str] = {
     "test_auc": "metrics",
     "init_comparison": "metrics",
     "metric_vs_k": "metrics",
+    "protocols": "metrics",
     "convergence": "history",
     "epochs_to_95": "history",
     "similarity_init_final": "similarity_init_final",
@@ -193,7 +197,7 @@ def expand_init(entry: str | dict, index: int) -> list[InitSpec]:
     return [InitSpec(name, source, k, slim, archs) for k in ks]
 
 
-RUN_COLUMNS = ("dataset", "arch", "init", "init_name", "source", "k", "fraction", "seed")
+RUN_COLUMNS = ("dataset", "arch", "protocol", "init", "init_name", "source", "k", "fraction", "seed")
 
 
 def run_columns(run_spec: dict) -> dict:
@@ -202,6 +206,7 @@ def run_columns(run_spec: dict) -> dict:
     return {
         "dataset": run_spec["dataset"],
         "arch": run_spec["arch"],
+        "protocol": run_spec.get("protocol", "finetune"),
         "init": init["label"],
         "init_name": init["name"],
         "source": init["source"] or "",
@@ -276,13 +281,28 @@ class Study:
                 if arch not in self.architectures:
                     raise ConfigError(f"config key study.inits: init {spec.label} names architecture {arch!r}, "
                                       f"which is not in study.architectures")
-        self.runs = [
+        self.protocols: list[str] = list(study.get("protocols") or ["finetune"])
+        for i, protocol in enumerate(self.protocols):
+            if protocol not in PROTOCOLS:
+                raise ConfigError(f"config key study.protocols[{i}]: unknown protocol {protocol!r}; "
+                                  f"allowed: {', '.join(PROTOCOLS)}")
+        if len(set(self.protocols)) != len(self.protocols):
+            raise ConfigError(f"config key study.protocols: a protocol appears twice ({self.protocols})")
+        self.linear = deep_merge(LINEAR_DEFAULTS, config.get("linear"))
+        self.knn = deep_merge(KNN_DEFAULTS, config.get("knn"))
+        #: every cell of the grid, whatever the protocol
+        self.cells = [
             Run(dataset, arch, spec.label, fraction, seed)
             for dataset, arch, spec, fraction, seed in product(
                 study["targets"], self.architectures, self.inits, self.fractions, self.seeds
             )
             if spec.architectures is None or arch in spec.architectures
         ]
+        #: the fine-tuning runs (the study's runs before protocols existed: their paths are unchanged)
+        self.runs = self.cells if "finetune" in self.protocols else []
+        #: (protocol, cell) of the frozen-feature protocols
+        self.probe_runs = [(protocol, run) for protocol in self.protocols if protocol in FROZEN_PROTOCOLS
+                           for run in self.cells]
         self._init_by_label = {spec.label: spec for spec in self.inits}
         for i, measure in enumerate(self.analysis["measures"]):
             if measure not in MEASURE_NAMES:
@@ -366,7 +386,7 @@ class Study:
         return sorted(jobs)
 
     def datasets_needed(self) -> list[str]:
-        names = {run.dataset for run in self.runs}
+        names = {run.dataset for run in self.cells}
         names |= {self.source_entry(s, a)["pretrain"]["dataset"] for s, a in self.pretrain_jobs()}
         return sorted(names)
 
@@ -427,6 +447,51 @@ class Study:
             "fraction": float(run.fraction),
             "seed": int(run.seed),
             "training": self.train,
+        }
+
+    # ---- frozen-feature protocols ------------------------------------------------------------
+
+    def feature_key(self, init_label: str, seed: int | str) -> str:
+        """'shared' when the init's weights do not depend on the seed (WT of a whole source:
+        its features are computed once), else 's{seed}' (RI, ST, partial transfers, Gabor)."""
+        spec = self.init_spec(init_label)
+        return "shared" if spec.name == "WT" and spec.k is None else f"s{int(seed)}"
+
+    def features_path(self, run: Run) -> str:
+        return paths.features(run.dataset, run.arch, run.init, self.feature_key(run.init, run.seed))
+
+    def feature_jobs(self) -> list[str]:
+        return sorted({self.features_path(run) for _, run in self.probe_runs})
+
+    def features_spec(self, dataset: str, arch: str, init_label: str, key: str) -> dict:
+        init = self.init_spec(init_label)
+        return {
+            "dataset": dataset,
+            "cache": paths.dataset_cache(dataset),
+            "arch": arch,
+            "arch_options": self.arch_options.get(arch, {}),
+            "init": init.as_dict(),
+            "source": self.source_spec(init.source, arch) if init.source else None,
+            "seed": 0 if key == "shared" else int(key.removeprefix("s")),
+            "training": self.train,
+            "out": paths.features(dataset, arch, init_label, key),
+        }
+
+    def probe_spec(self, protocol: str, run: Run) -> dict:
+        if protocol not in FROZEN_PROTOCOLS:
+            raise ConfigError(f"protocol {protocol!r} has no frozen-feature runs (those are: "
+                              f"{', '.join(FROZEN_PROTOCOLS)})")
+        return {
+            "run": run.id,
+            "protocol": protocol,
+            "run_dir": paths.protocol_run_dir(protocol, run),
+            "dataset": run.dataset,
+            "arch": run.arch,
+            "init": self.init_spec(run.init).as_dict(),
+            "fraction": float(run.fraction),
+            "seed": int(run.seed),
+            "features": self.features_path(run),
+            protocol: self.linear if protocol == "linear" else self.knn,
         }
 
     def activation_spec(self, run: Run) -> dict:
@@ -496,7 +561,10 @@ class Study:
 
     def figure_names(self) -> list[str]:
         """The figures this study can draw (e.g. the k sweep only when a WT-ST/WT-RI init is in it)."""
-        names = ["test_auc", "convergence", "epochs_to_95"]
+        names = ["protocols"] if set(self.protocols) & set(FROZEN_PROTOCOLS) else []
+        if not self.runs:  # every other figure is of fine-tuning runs
+            return names
+        names = ["test_auc", "convergence", "epochs_to_95", *names]
         init_names = {spec.name for spec in self.inits}
         if len(init_names & {"RI", "ST", "WT"}) >= 2:
             names.append("init_comparison")

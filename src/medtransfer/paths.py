@@ -71,6 +71,25 @@ def run_file(run: Run, name: str, root: str = RESULTS) -> str:
     return f"{run_dir(run, root)}/{name}"
 
 
+def features(dataset: str, arch: str, init: str, key: str, root: str = RESULTS) -> str:
+    """Frozen pooled features of one init on one dataset (``key``: 'shared' or 's{seed}')."""
+    return f"{root}/features/{dataset}/{arch}/{init}/{key}.h5"
+
+
+PROTOCOL_RUN_FILES = ("metrics.json", "predictions.h5")
+
+
+def protocol_run_dir(protocol: str, run: Run, root: str = RESULTS) -> str:
+    """A frozen-feature protocol's run (fine-tuning runs keep :func:`run_dir`)."""
+    return f"{root}/protocols/{protocol}/{run.id}"
+
+
+def protocol_run_file(protocol: str, run: Run, name: str, root: str = RESULTS) -> str:
+    if name not in PROTOCOL_RUN_FILES:
+        raise ValueError(f"{name!r} is not a protocol run file; those are {PROTOCOL_RUN_FILES}")
+    return f"{protocol_run_dir(protocol, run, root)}/{name}"
+
+
 def activations(run: Run, state: str, root: str = RESULTS) -> str:
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}, not {state!r}")

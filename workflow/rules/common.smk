@@ -29,6 +29,8 @@ wildcard_constraints:
     fraction=r"[0-9.]+",
     seed=r"\d+",
     state=r"init|final",
+    protocol=r"linear|knn",
+    key=r"shared|s\d+",
 
 
 def resource(rule_name, key):
@@ -80,6 +82,18 @@ def finetune_spec(wildcards):
     return as_json(STUDY.run_spec(run_of(wildcards)))
 
 
+def features_spec(wildcards):
+    return as_json(
+        STUDY.features_spec(
+            wildcards.dataset, wildcards.arch, wildcards.init, wildcards.key
+        )
+    )
+
+
+def probe_spec(wildcards):
+    return as_json(STUDY.probe_spec(wildcards.protocol, run_of(wildcards)))
+
+
 def activations_spec(wildcards):
     return as_json(STUDY.activation_spec(run_of(wildcards)))
 
@@ -118,8 +132,30 @@ def finetune_inputs(wildcards):
     return inputs
 
 
+def features_inputs(wildcards):
+    """The dataset's cache, and the source model when the init transfers from a file on disk."""
+    spec = STUDY.features_spec(
+        wildcards.dataset, wildcards.arch, wildcards.init, wildcards.key
+    )
+    inputs = {"cache": spec["cache"]}
+    if spec["source"] and spec["source"]["kind"] in ("pretrain", "file"):
+        inputs["source"] = spec["source"]["path"]
+    return inputs
+
+
+def probe_features(wildcards):
+    return STUDY.features_path(run_of(wildcards))
+
+
 def run_outputs(name):
     return [paths.run_file(run, name) for run in STUDY.runs]
+
+
+def probe_outputs(name):
+    return [
+        paths.protocol_run_file(protocol, run, name)
+        for protocol, run in STUDY.probe_runs
+    ]
 
 
 def similarity_inputs(wildcards):

@@ -13,7 +13,7 @@ from medtransfer.grid import RUN_COLUMNS, run_columns
 
 
 def collect_metrics(metrics_files: list[str]) -> pd.DataFrame:
-    """metrics.csv: run columns + task, test_auc, test_acc, test_kappa, test_balanced_acc, val_auc,
+    """metrics.csv: run columns (``protocol`` included) + task, test_auc, test_acc, test_kappa, test_balanced_acc, val_auc,
     best_epoch, epochs, num_train, train_seconds, precision (training autocast dtype; empty for
     runs from before it was recorded), config_hash, git_commit."""
     rows = []
@@ -23,8 +23,10 @@ def collect_metrics(metrics_files: list[str]) -> pd.DataFrame:
         row["task"] = metrics["task"]
         for name in ("auc", "acc", "kappa", "balanced_acc"):
             row[f"test_{name}"] = metrics["test"].get(name, np.nan)
-        row.update(val_auc=metrics["val"]["auc"], best_epoch=metrics["best_epoch"], epochs=metrics["epochs"],
-                   num_train=metrics["num_train"], train_seconds=metrics["train_seconds"],
+        # frozen-feature protocols (linear, knn) have no epochs; their cost is fit_seconds
+        row.update(val_auc=metrics["val"]["auc"], best_epoch=metrics.get("best_epoch", np.nan),
+                   epochs=metrics.get("epochs", np.nan), num_train=metrics["num_train"],
+                   train_seconds=metrics.get("train_seconds", metrics.get("fit_seconds")),
                    precision=metrics.get("precision", {}).get("autocast"),
                    config_hash=metrics["provenance"]["config_hash"],
                    git_commit=metrics["provenance"]["git_commit"])
@@ -56,6 +58,8 @@ def collect_provenance(json_files: list[str]) -> pd.DataFrame:
         record = json.loads(Path(path).read_text())
         provenance = record["provenance"]
         what = record.get("run") or f"pretrain {record.get('source')}/{record.get('arch')}"
+        if record.get("protocol"):  # a linear / k-NN run shares its run id with the fine-tuning run
+            what = f"{record['protocol']} {what}"
         row = {"what": what, **{k: provenance.get(k) for k in ("config_hash", "seed", "git_commit", "host",
                                                                "device", "wall_seconds", "finished_utc")}}
         row.update({f"version_{name}": version for name, version in provenance["packages"].items()})

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 from medtransfer.figures.convergence import plot_convergence, plot_epochs_to_95
 from medtransfer.figures.performance import plot_init_comparison, plot_metric_vs_k, plot_test_metric
+from medtransfer.figures.protocols import plot_protocols
 from medtransfer.figures.similarity import plot_init_final, plot_pair_diagonal, plot_pair_heatmaps
 
 
@@ -33,6 +34,7 @@ FIGURES: dict[str, FigureSpec] = {
     "test_auc": FigureSpec(plot_test_metric, "metrics"),
     "metric_vs_k": FigureSpec(plot_metric_vs_k, "metrics"),
     "init_comparison": FigureSpec(plot_init_comparison, "metrics"),
+    "protocols": FigureSpec(plot_protocols, "metrics"),
     "convergence": FigureSpec(plot_convergence, "history"),
     "epochs_to_95": FigureSpec(plot_epochs_to_95, "history"),
     "similarity_init_final": FigureSpec(plot_init_final, "similarity_init_final"),

@@ -15,7 +15,7 @@ import pandas as pd
 from medtransfer.errors import DataError
 
 # Identify one run in every per-run CSV (same as medtransfer.grid.RUN_COLUMNS).
-RUN_COLUMNS: tuple[str, ...] = ("dataset", "arch", "init", "init_name", "source", "k", "fraction", "seed")
+RUN_COLUMNS: tuple[str, ...] = ("dataset", "arch", "protocol", "init", "init_name", "source", "k", "fraction", "seed")
 # One run's identity; init already spells out init_name, source and k.
 RUN_KEY: tuple[str, ...] = ("dataset", "arch", "init", "fraction", "seed")
 
@@ -30,7 +30,7 @@ PAIRS_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 
 _TEXT_COLUMNS = (
-    "dataset", "arch", "init", "init_name", "source", "task", "block", "measure", "pair", "kind",
+    "dataset", "arch", "protocol", "init", "init_name", "source", "task", "block", "measure", "pair", "kind",
     "init_a", "init_b", "block_a", "block_b", "config_hash", "git_commit", "precision",
 )  # fmt: skip
 _INTEGER_COLUMNS = ("seed", "seed_a", "seed_b", "epoch", "block_index", "block_a_index", "block_b_index")
@@ -75,6 +75,14 @@ def read_results(path: str | Path, required: Iterable[str]) -> pd.DataFrame:
         if column in frame.columns and len(frame) and frame[column].notna().all():
             frame[column] = frame[column].astype(int)
     return frame
+
+
+def with_protocol(frame: pd.DataFrame) -> pd.DataFrame:
+    """metrics.csv rows with a ``protocol`` column: runs recorded without one (metrics.csv from
+    before protocols existed) are fine-tuning runs."""
+    if "protocol" not in frame.columns:
+        return frame.assign(protocol="finetune")
+    return frame.assign(protocol=frame["protocol"].replace("", "finetune"))
 
 
 def check_unique(frame: pd.DataFrame, keys: Sequence[str], path: str | Path) -> None:

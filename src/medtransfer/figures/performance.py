@@ -27,6 +27,7 @@ from medtransfer.figures.io import (
     facet_rows,
     read_results,
     select_row,
+    with_protocol,
 )
 from medtransfer.figures.panels import mark_no_runs, panel_title, seed_dots_by_init
 from medtransfer.figures.style import (
@@ -48,7 +49,9 @@ REFERENCE_INITS = {"RI": ("0", -0.12), "ST": ("0", 0.12), "WT": ("all", 0.0)}
 
 
 def _read_metrics(metrics_csv: str | Path, metric: str) -> pd.DataFrame:
-    frame = read_results(metrics_csv, RUN_COLUMNS + (metric,))
+    """The fine-tuning runs of metrics.csv (the protocols figure draws the others)."""
+    frame = with_protocol(read_results(metrics_csv, RUN_COLUMNS + (metric,)))
+    frame = frame[frame["protocol"] == "finetune"]
     check_unique(frame, RUN_KEY, metrics_csv)
     return frame.dropna(subset=[metric])
 

@@ -8,25 +8,28 @@ from pathlib import Path
 import pandas as pd
 
 from medtransfer.atomic import write_text
-from medtransfer.figures.io import RUN_COLUMNS, RUN_KEY, check_unique, read_results
+from medtransfer.figures.io import RUN_COLUMNS, RUN_KEY, check_unique, read_results, with_protocol
+from medtransfer.protocols import PROTOCOLS
 from medtransfer.figures.style import init_sort_key, metric_label
 
-GROUP = ("dataset", "arch", "init", "fraction")
+GROUP = ("dataset", "arch", "protocol", "init", "fraction")
 # Summarised when the column is there; test_kappa only when some run has a value (ordinal tasks).
 SUMMARY_METRICS = ("test_auc", "test_acc", "test_kappa", "val_auc", "train_seconds")
 _ALWAYS = ("test_auc", "test_acc", "val_auc", "train_seconds")
 
 
 def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per dataset × arch × init × fraction: ``init_name``, ``source``, ``k``,
+    """One row per dataset × arch × protocol × init × fraction: ``init_name``, ``source``, ``k``,
     ``n_seeds`` and ``<metric>_mean`` / ``<metric>_sd`` (sample sd, ddof=1; NaN for one seed).
 
     Rows follow the order datasets and architectures first appear, inits in the canonical order
-    (RI … WT, k ascending) and fractions ascending.
+    (RI … WT, k ascending) and fractions ascending; protocols in the order of
+    :data:`medtransfer.protocols.PROTOCOLS` (finetune, linear, knn).
     """
+    metrics = with_protocol(metrics)
     metrics_present = [m for m in SUMMARY_METRICS if m in metrics.columns]
     metrics_present = [m for m in metrics_present if m in _ALWAYS or metrics[m].notna().any()]
-    columns = list(GROUP[:3]) + ["init_name", "source", "k", "fraction", "n_seeds"]
+    columns = list(GROUP[:4]) + ["init_name", "source", "k", "fraction", "n_seeds"]
     columns += [f"{m}_{stat}" for m in metrics_present for stat in ("mean", "sd")]
     if metrics.empty:
         return pd.DataFrame(columns=columns)
@@ -44,6 +47,7 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
         key=lambda i: (
             dataset_rank[table.at[i, "dataset"]],
             arch_rank[table.at[i, "arch"]],
+            PROTOCOLS.index(table.at[i, "protocol"]) if table.at[i, "protocol"] in PROTOCOLS else len(PROTOCOLS),
             init_sort_key(table.at[i, "init"]),
             table.at[i, "fraction"],
         ),
@@ -62,16 +66,17 @@ def _mean_sd(mean: float, sd: float) -> str:
 def to_markdown(table: pd.DataFrame) -> str:
     """GitHub table of :func:`summarise`'s output with "mean ± sd" cells (3 decimals)."""
     metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
-    header = ["dataset", "arch", "init", "fraction", "n seeds"] + [metric_label(m) for m in metrics]
+    header = ["dataset", "arch", "protocol", "init", "fraction", "n seeds"] + [metric_label(m) for m in metrics]
     lines = [
         "Mean ± sd (sample sd, ddof=1) over seeds; a single value means one seed.",
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 4 + ["---:"] * (1 + len(metrics))) + "|",
+        "|" + "|".join(["---"] * 5 + ["---:"] * (1 + len(metrics))) + "|",
     ]
     for row in table.itertuples(index=False):
         row = row._asdict()
-        cells = [str(row["dataset"]), str(row["arch"]), str(row["init"]), f"{row['fraction']:g}"]
+        cells = [str(row["dataset"]), str(row["arch"]), str(row["protocol"]), str(row["init"]),
+                 f"{row['fraction']:g}"]
         cells.append(str(int(row["n_seeds"])))
         cells += [_mean_sd(row[f"{m}_mean"], row[f"{m}_sd"]) for m in metrics]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
@@ -95,8 +100,9 @@ def frame_markdown(frame: pd.DataFrame, digits: int = 3) -> str:
 def summary_table(metrics_csv: str | Path, out_csv: str | Path, out_md: str | Path) -> pd.DataFrame:
     """Summarise metrics.csv over seeds (see :func:`summarise`); write ``out_csv`` (full
     precision) and ``out_md`` (a GitHub table), each atomically. Returns the table."""
-    metrics = read_results(metrics_csv, RUN_COLUMNS + ("test_auc", "test_acc", "val_auc", "train_seconds"))
-    check_unique(metrics, RUN_KEY, metrics_csv)
+    metrics = with_protocol(read_results(metrics_csv, RUN_COLUMNS + ("test_auc", "test_acc", "val_auc",
+                                                                     "train_seconds")))
+    check_unique(metrics, RUN_KEY + ("protocol",), metrics_csv)
     table = summarise(metrics)
     write_text(out_csv, table.to_csv(index=False))
     write_text(out_md, to_markdown(table))

@@ -1,0 +1,43 @@
+# Frozen-feature protocols (linear, k-NN): features once per (dataset, arch, init[, seed]),
+# then one cheap classifier job per grid cell. Fine-tuning runs are finetune.smk's.
+
+
+rule features:
+    input:
+        unpack(features_inputs),
+    output:
+        paths.features("{dataset}", "{arch}", "{init}", "{key}"),
+    log:
+        paths.log("features", "{dataset}/{arch}/{init}/{key}"),
+    conda:
+        ENV
+    threads: resource("features", "threads")
+    resources:
+        mem_mb=per_attempt("features", "mem_mb"),
+        runtime=per_attempt("features", "runtime"),
+        gpu=1,
+    params:
+        spec=features_spec,
+    shell:
+        "medtransfer features --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+
+
+rule probe:
+    input:
+        features=probe_features,
+    output:
+        metrics=paths.protocol_run_file("{protocol}", RUN, "metrics.json"),
+        predictions=paths.protocol_run_file("{protocol}", RUN, "predictions.h5"),
+    log:
+        paths.log("probe", "{protocol}/" + RUN.id),
+    conda:
+        ENV
+    threads: resource("probe", "threads")
+    resources:
+        mem_mb=per_attempt("probe", "mem_mb"),
+        runtime=per_attempt("probe", "runtime"),
+        gpu=0,
+    params:
+        spec=probe_spec,
+    shell:
+        "medtransfer probe --spec {params.spec:q} --threads {threads} > {log} 2>&1"
