@@ -166,3 +166,38 @@ def test_a_k_larger_than_the_training_subset_names_the_key(lesions_cache):
     spec["knn"] = {**spec["knn"], "cap_k": True}
     metrics = probe(spec)
     assert metrics["knn"]["k"] == metrics["n_train"] < 30
+
+
+def test_comparison_table_t_tests_each_init_against_the_reference(tmp_path):
+    import pandas as pd
+    from scipy import stats
+
+    from medtransfer.figures.comparison import compare_to_reference, comparison_table
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for protocol in ("linear", "finetune"):
+        for init, shift in (("RI", 0.0), ("WT_cifar", 0.1), ("WT_cifar-simclr", 0.12)):
+            for seed in range(3):
+                rows.append({"dataset": "breast", "arch": "r18", "protocol": protocol, "init": init,
+                             "init_name": init.split("_")[0], "source": "", "k": "", "fraction": 0.1,
+                             "seed": seed, "test_auc": 0.6 + shift + rng.normal(0, 0.02)})
+    frame = pd.DataFrame(rows)
+    table = compare_to_reference(frame, "WT_cifar")
+    assert list(table["protocol"].unique()) == ["finetune", "linear"]  # PROTOCOLS order
+    for row in table.itertuples():
+        mine = frame[(frame.protocol == row.protocol) & (frame.init == row.init)].test_auc.to_numpy()
+        ref = frame[(frame.protocol == row.protocol) & (frame.init == "WT_cifar")].test_auc.to_numpy()
+        assert row.mean == pytest.approx(mine.mean()) and row.diff == pytest.approx(mine.mean() - ref.mean())
+        if row.init == "WT_cifar":
+            assert np.isnan(row.p_value)
+            continue
+        # Student's t by its closed form: pooled variance, 2n - 2 degrees of freedom
+        pooled = np.sqrt(((len(mine) - 1) * mine.var(ddof=1) + (len(ref) - 1) * ref.var(ddof=1))
+                         / (len(mine) + len(ref) - 2))
+        t = (mine.mean() - ref.mean()) / (pooled * np.sqrt(1 / len(mine) + 1 / len(ref)))
+        assert row.p_value == pytest.approx(2 * stats.t.sf(abs(t), len(mine) + len(ref) - 2), rel=1e-9)
+    frame.to_csv(tmp_path / "metrics.csv", index=False)
+    comparison_table(tmp_path / "metrics.csv", tmp_path / "c.csv", tmp_path / "c.md", reference="WT_cifar")
+    text = (tmp_path / "c.md").read_text()
+    assert "| linear | 10 % |" in text and "(p " in text and "**breast** (r18)" in text

@@ -128,6 +128,11 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
+    if args.comparison:
+        from medtransfer.figures.comparison import comparison_table
+
+        comparison_table(args.input, args.out_csv, args.out_md, reference=args.comparison)
+        return
     from medtransfer.figures.tables import summary_table
 
     summary_table(args.input, args.out_csv, args.out_md)
@@ -171,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--input", required=True)
     sub.add_argument("--out-csv", required=True)
     sub.add_argument("--out-md", required=True)
+    sub.add_argument("--comparison", default=None, metavar="INIT",
+                     help="instead of the summary: every init t-tested against this reference init")
     return parser
 
 

@@ -308,6 +308,10 @@ class Study:
             if measure not in MEASURE_NAMES:
                 raise ConfigError(f"config key analysis.measures[{i}]: unknown measure {measure!r}; "
                                   f"allowed: {', '.join(MEASURE_NAMES)}")
+        reference = self.analysis.get("reference")
+        if reference is not None and reference not in self._init_by_label:
+            raise ConfigError(f"config key analysis.reference: {reference!r} is not an init label of the study; "
+                              f"labels: {', '.join(labels)}")
         for i, pair in enumerate(self.analysis["pairs"]):
             for side in ("a", "b"):
                 if pair[side] not in self._init_by_label:

@@ -193,6 +193,10 @@ def pretrain_metas():
 def final_targets():
     targets = [paths.table("summary", "csv"), paths.table("summary", "md")]
     targets += [paths.table("provenance", "csv"), paths.table("provenance", "html")]
+    if STUDY.analysis.get("reference"):
+        targets += [paths.table("comparison", "csv"), paths.table("comparison", "md")]
+    if STUDY.pretrain_jobs():
+        targets += [paths.table("pretrain", "csv"), paths.table("pretrain", "md")]
     targets += [
         paths.figure(name, ext)
         for name in STUDY.figure_names()

@@ -62,3 +62,29 @@ rule summary_table:
         gpu=0,
     shell:
         "medtransfer table --input {input} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+
+
+rule comparison_table:
+    input:
+        paths.analysis_table("metrics"),
+    output:
+        csv=report(
+            paths.table("comparison", "csv"),
+            caption="../report/comparison.rst",
+            category="Tables",
+        ),
+        md=paths.table("comparison", "md"),
+    log:
+        paths.log("table", "comparison"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=per_attempt("figure", "mem_mb"),
+        runtime=per_attempt("figure", "runtime"),
+        gpu=0,
+    params:
+        reference=STUDY.analysis.get("reference", ""),
+    shell:
+        "medtransfer table --comparison {params.reference:q} --input {input} "
+        "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"

@@ -29,7 +29,7 @@ rule probe:
         metrics=paths.protocol_run_file("{protocol}", RUN, "metrics.json"),
         predictions=paths.protocol_run_file("{protocol}", RUN, "predictions.h5"),
     log:
-        paths.log("probe", "{protocol}/" + RUN.id),
+        paths.log("probe", f"{{protocol}}/{RUN.id}"),
     conda:
         ENV
     threads: resource("probe", "threads")
