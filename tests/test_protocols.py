@@ -201,3 +201,78 @@ def test_comparison_table_t_tests_each_init_against_the_reference(tmp_path):
     comparison_table(tmp_path / "metrics.csv", tmp_path / "c.csv", tmp_path / "c.md", reference="WT_cifar")
     text = (tmp_path / "c.md").read_text()
     assert "| linear | 10 % |" in text and "(p " in text and "**breast** (r18)" in text
+
+
+def split_information(n, seed):
+    """Two 'sources' that each see half of what decides the label: y = [a + b > 0]."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(n, 1)), rng.normal(size=(n, 1))
+    y = ((a + b)[:, 0] > 0).astype(np.int64)
+    source_a = np.hstack([a, rng.normal(size=(n, 7))]).astype(np.float32)
+    source_b = np.hstack([rng.normal(size=(n, 3)), b, rng.normal(size=(n, 12))]).astype(np.float32)  # other width
+    return [source_a, source_b], y
+
+
+def test_dvme_fuses_sources_that_are_weak_alone():
+    from sklearn.metrics import roc_auc_score
+
+    from medtransfer.protocols import DVME_DEFAULTS
+    from medtransfer.protocols.dvme import dvme_scores, select_dvme
+
+    train, val, test = split_information(600, 0), split_information(300, 1), split_information(400, 2)
+    options = {**DVME_DEFAULTS, "dim": 32, "heads": 4, "epochs": 40, "batch_size": 128, "weight_decays": [1e-2]}
+    result = select_dvme(train, val, task="binary", num_outputs=2, options=options, seed=0)
+    fused = roc_auc_score(test[1], dvme_scores(result.head, test[0], "binary")[:, 1])
+    alone = []
+    for i in range(2):  # each source by itself, with the linear probe
+        probe = select_probe((train[0][i], train[1]), (val[0][i], val[1]), task="binary", num_outputs=2,
+                             weight_decays=[1e-3]).probe
+        alone.append(roc_auc_score(test[1], probe_scores(probe, test[0][i], "binary")[:, 1]))
+    assert max(alone) < 0.85 < 0.95 < fused, (alone, fused)
+
+
+def test_fusion_inits_are_checked_and_run_under_the_linear_protocol_only():
+    config = protocol_config(["finetune", "linear", "knn"])
+    config["sources"]["other"] = {"pretrain": {"dataset": "shapes", "training": {"epochs": 2}}}
+    config["study"]["inits"] = ["RI", {"DVME": ["natural", "other"]}, {"CONCAT": ["natural", "other"]}]
+    config["analysis"]["pairs"] = []
+    study = Study(config)
+    labels = {spec.label for spec in study.inits}
+    assert labels == {"RI", "DVME_natural+other", "CONCAT_natural+other"}
+    assert {r.init for r in study.runs} == {"RI"}
+    assert {(p, r.init) for p, r in study.probe_runs} == {
+        ("linear", "RI"), ("knn", "RI"), ("linear", "DVME_natural+other"), ("linear", "CONCAT_natural+other")}
+    dvme = next(r for p, r in study.probe_runs if r.init.startswith("DVME"))
+    assert study.features_path(dvme) == ["results/features/lesions/cbr_tiny/WT_natural/shared.h5",
+                                         "results/features/lesions/cbr_tiny/WT_other/shared.h5"]
+    assert set(study.pretrain_jobs()) == {("natural", "cbr_tiny"), ("other", "cbr_tiny")}
+    assert study.probe_spec("linear", dvme)["dvme"]["dim"] == 512
+    for bad, message in (({"DVME": ["natural"]}, r"study.inits\[1\].DVME: give a list of two or more"),
+                         ({"DVME": ["natural", "nope"]}, r"names source 'nope'"),
+                         ("CONCAT", r"CONCAT fuses sources")):
+        config["study"]["inits"] = ["RI", bad]
+        with pytest.raises(ConfigError, match=message):
+            Study(config)
+    config["study"]["inits"] = ["RI", {"DVME": ["natural", "other"]}]
+    config["study"]["protocols"] = ["finetune", "knn"]
+    with pytest.raises(ConfigError, match="add linear to study.protocols"):
+        Study(config)
+
+
+def test_dvme_and_concat_runs_end_to_end_on_cached_features(lesions_cache, tmp_path):
+    from medtransfer.paths import Run
+    from medtransfer.protocols.features import extract_features
+    from medtransfer.protocols.probe import probe
+
+    study = lesions_cache
+    # two 'sources' made from inits that need no pretraining: fuse RI features of two seeds
+    for key in ("s0", "s1"):
+        extract_features(study.features_spec("lesions", "cbr_tiny", "RI", key), device="cpu")
+    spec = study.probe_spec("linear", Run("lesions", "cbr_tiny", "RI", "1", 0))
+    spec["features"] = [f"results/features/lesions/cbr_tiny/RI/{k}.h5" for k in ("s0", "s1")]
+    for name in ("CONCAT", "DVME"):
+        spec.update(init={**spec["init"], "name": name, "label": f"{name}_a+b", "sources": ["a", "b"]},
+                    run_dir=str(tmp_path / name), dvme={**study.dvme, "dim": 16, "heads": 2, "epochs": 5})
+        metrics = probe(spec)
+        assert 0 <= metrics["test"]["auc"] <= 1 and metrics["n_train"] == 200
+    assert metrics["linear"]["head"] == "DVME" and len(metrics["feature_dim"]) == 2

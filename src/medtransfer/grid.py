@@ -27,7 +27,7 @@ import yaml
 from medtransfer import paths
 from medtransfer.errors import ConfigError
 from medtransfer.paths import Run
-from medtransfer.protocols import FROZEN_PROTOCOLS, KNN_DEFAULTS, LINEAR_DEFAULTS, PROTOCOLS
+from medtransfer.protocols import DVME_DEFAULTS, FROZEN_PROTOCOLS, KNN_DEFAULTS, LINEAR_DEFAULTS, PROTOCOLS
 from medtransfer.training.ssl.options import resolve_options
 
 # Inits and the options they take; the full registry lives in medtransfer.init, which imports
@@ -37,6 +37,9 @@ INITS_WITH_SOURCE = ("WT", "ST", "WT-ST", "WT-RI")
 INITS_WITHOUT_SOURCE = ("RI", "Gabor")
 INITS_WITH_K = ("WT-ST", "WT-RI")
 INIT_OPTIONS = ("k", "slim", "architectures")
+# Fusions of several frozen sources (Truong et al. 2021), evaluated with the linear protocol only:
+# DVME (projection + self-attention across sources) and plain concatenation, its baseline.
+FUSION_INITS = ("DVME", "CONCAT")
 # Names of medtransfer.analysis.similarity.MEASURES (which imports torch); kept equal by a test.
 MEASURE_NAMES = ("linear_cka", "linear_cka_debiased", "rbf_cka", "cca_mean", "svcca", "pwcca")
 
@@ -148,9 +151,16 @@ class InitSpec:
     k: int | None = None
     slim: float | None = None
     architectures: tuple[str, ...] | None = None  # None: every architecture of the study
+    sources: tuple[str, ...] | None = None  # the fused sources of DVME / CONCAT
+
+    @property
+    def fusion(self) -> bool:
+        return self.name in FUSION_INITS
 
     @property
     def label(self) -> str:
+        if self.sources:
+            return f"{self.name}_{'+'.join(self.sources)}"
         parts = [self.name]
         if self.source:
             parts.append(self.source)
@@ -161,13 +171,25 @@ class InitSpec:
         return "_".join(parts)
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "source": self.source, "k": self.k, "slim": self.slim, "label": self.label}
+        spec = {"name": self.name, "source": self.source, "k": self.k, "slim": self.slim, "label": self.label}
+        if self.sources:  # only then: the specs (and hashes) of every other init stay as they were
+            spec["sources"] = list(self.sources)
+        return spec
 
 
 def expand_init(entry: str | dict, index: int) -> list[InitSpec]:
     """One config entry of ``study.inits`` -> one InitSpec per k (a list of k is a sweep)."""
     key = f"study.inits[{index}]"
-    allowed = ", ".join(INITS_WITHOUT_SOURCE + INITS_WITH_SOURCE)
+    allowed = ", ".join(INITS_WITHOUT_SOURCE + INITS_WITH_SOURCE + FUSION_INITS)
+    if isinstance(entry, dict) and len(entry) == 1 and next(iter(entry)) in FUSION_INITS:
+        name, sources = next(iter(entry.items()))
+        if (not isinstance(sources, list) or len(sources) < 2 or not all(isinstance(s, str) for s in sources)
+                or len(set(sources)) != len(sources)):
+            raise ConfigError(f"config key {key}.{name}: give a list of two or more different source names "
+                              f"(e.g. {{{name}: [cifar-simclr, cifar-dino]}}), got {sources!r}")
+        return [InitSpec(name, sources=tuple(sources))]
+    if isinstance(entry, str) and entry in FUSION_INITS:
+        raise ConfigError(f"config key {key}: {entry} fuses sources, write {{{entry}: [source, source, ...]}}")
     if isinstance(entry, str):
         if entry in INITS_WITH_SOURCE:
             raise ConfigError(f"config key {key}: {entry} needs a source, write {{{entry}: <source name>}}")
@@ -209,7 +231,7 @@ def run_columns(run_spec: dict) -> dict:
         "protocol": run_spec.get("protocol", "finetune"),
         "init": init["label"],
         "init_name": init["name"],
-        "source": init["source"] or "",
+        "source": init["source"] or "+".join(init.get("sources") or []),
         "k": "" if init["k"] is None else init["k"],
         "fraction": float(run_spec["fraction"]),
         "seed": int(run_spec["seed"]),
@@ -264,12 +286,13 @@ class Study:
         self._check_from_cycles()
         self.inits = [spec for i, entry in enumerate(study["inits"]) for spec in expand_init(entry, i)]
         for i, spec in enumerate(self.inits):
-            if spec.source is not None and spec.source not in self.sources:
-                known = ", ".join(self.sources) or "none defined"
-                raise ConfigError(
-                    f"config key study.inits: init {spec.label} names source {spec.source!r}, "
-                    f"which is not under `sources:` (defined: {known})"
-                )
+            for source in ([spec.source] if spec.source is not None else []) + list(spec.sources or ()):
+                if source not in self.sources:
+                    known = ", ".join(self.sources) or "none defined"
+                    raise ConfigError(
+                        f"config key study.inits: init {spec.label} names source {source!r}, "
+                        f"which is not under `sources:` (defined: {known})"
+                    )
         labels = [spec.label for spec in self.inits]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"config key study.inits: the same init appears twice ({labels})")
@@ -290,6 +313,7 @@ class Study:
             raise ConfigError(f"config key study.protocols: a protocol appears twice ({self.protocols})")
         self.linear = deep_merge(LINEAR_DEFAULTS, config.get("linear"))
         self.knn = deep_merge(KNN_DEFAULTS, config.get("knn"))
+        self.dvme = deep_merge(DVME_DEFAULTS, config.get("dvme"))
         #: every cell of the grid, whatever the protocol
         self.cells = [
             Run(dataset, arch, spec.label, fraction, seed)
@@ -298,11 +322,15 @@ class Study:
             )
             if spec.architectures is None or arch in spec.architectures
         ]
+        fused = {spec.label for spec in self.inits if spec.fusion}
+        if fused and "linear" not in self.protocols:
+            raise ConfigError(f"config key study.inits: {', '.join(sorted(fused))} fuse frozen sources and are "
+                              "evaluated with the linear protocol; add linear to study.protocols")
         #: the fine-tuning runs (the study's runs before protocols existed: their paths are unchanged)
-        self.runs = self.cells if "finetune" in self.protocols else []
-        #: (protocol, cell) of the frozen-feature protocols
+        self.runs = [run for run in self.cells if run.init not in fused] if "finetune" in self.protocols else []
+        #: (protocol, cell) of the frozen-feature protocols; fusions under the linear protocol only
         self.probe_runs = [(protocol, run) for protocol in self.protocols if protocol in FROZEN_PROTOCOLS
-                           for run in self.cells]
+                           for run in self.cells if protocol == "linear" or run.init not in fused]
         self._init_by_label = {spec.label: spec for spec in self.inits}
         for i, measure in enumerate(self.analysis["measures"]):
             if measure not in MEASURE_NAMES:
@@ -379,14 +407,13 @@ class Study:
         """(source, arch) pairs that the workflow must pretrain itself."""
         jobs = set()
         for spec in self.inits:
-            if not spec.source:
-                continue
-            for arch in spec.architectures or self.architectures:
-                source = spec.source
-                while source is not None:  # and every source it continues from
-                    if "pretrain" in self.source_entry(source, arch):
-                        jobs.add((source, arch))
-                    source = self._from_of(source, arch)
+            for first in ([spec.source] if spec.source else []) + list(spec.sources or ()):
+                for arch in spec.architectures or self.architectures:
+                    source = first
+                    while source is not None:  # and every source it continues from
+                        if "pretrain" in self.source_entry(source, arch):
+                            jobs.add((source, arch))
+                        source = self._from_of(source, arch)
         return sorted(jobs)
 
     def datasets_needed(self) -> list[str]:
@@ -455,20 +482,37 @@ class Study:
 
     # ---- frozen-feature protocols ------------------------------------------------------------
 
+    def _feature_init(self, label: str) -> InitSpec:
+        """The init whose features ``label`` names: one of the study's, or the WT of a fused source."""
+        if label in self._init_by_label:
+            return self._init_by_label[label]
+        source = label.removeprefix("WT_")
+        if label.startswith("WT_") and source in self.sources:
+            return InitSpec("WT", source)
+        raise ConfigError(f"init label {label!r} is not in the study")
+
     def feature_key(self, init_label: str, seed: int | str) -> str:
         """'shared' when the init's weights do not depend on the seed (WT of a whole source:
         its features are computed once), else 's{seed}' (RI, ST, partial transfers, Gabor)."""
-        spec = self.init_spec(init_label)
+        spec = self._feature_init(init_label)
         return "shared" if spec.name == "WT" and spec.k is None else f"s{int(seed)}"
 
-    def features_path(self, run: Run) -> str:
+    def features_path(self, run: Run) -> str | list[str]:
+        """The features file of a run; for a fusion (DVME, CONCAT), one per fused source (their WT)."""
+        spec = self.init_spec(run.init)
+        if spec.fusion:
+            return [paths.features(run.dataset, run.arch, f"WT_{source}", "shared") for source in spec.sources]
         return paths.features(run.dataset, run.arch, run.init, self.feature_key(run.init, run.seed))
 
     def feature_jobs(self) -> list[str]:
-        return sorted({self.features_path(run) for _, run in self.probe_runs})
+        files: set[str] = set()
+        for _, run in self.probe_runs:
+            path = self.features_path(run)
+            files.update(path if isinstance(path, list) else [path])
+        return sorted(files)
 
     def features_spec(self, dataset: str, arch: str, init_label: str, key: str) -> dict:
-        init = self.init_spec(init_label)
+        init = self._feature_init(init_label)
         return {
             "dataset": dataset,
             "cache": paths.dataset_cache(dataset),
@@ -496,6 +540,7 @@ class Study:
             "seed": int(run.seed),
             "features": self.features_path(run),
             protocol: self.linear if protocol == "linear" else self.knn,
+            **({"dvme": self.dvme} if self.init_spec(run.init).name == "DVME" else {}),
         }
 
     def activation_spec(self, run: Run) -> dict:

@@ -33,3 +33,11 @@ LINEAR_DEFAULTS: dict[str, Any] = {
 #: ``cap_k``: when the training subset has fewer than k examples, use them all instead of
 #: stopping (small fractions of small datasets); the k used is in metrics.json.
 KNN_DEFAULTS: dict[str, Any] = {"k": 200, "temperature": 0.07, "cap_k": False}
+#: ``dvme:`` config defaults (Truong et al. 2021): each source's embedding projected to ``dim``,
+#: ``heads``-head self-attention across the sources, mean over sources, a linear classifier;
+#: trained on the cached frozen features with AdamW (cosine schedule), the weight decay chosen on
+#: the validation split from ``weight_decays``.
+DVME_DEFAULTS: dict[str, Any] = {
+    "dim": 512, "heads": 8, "epochs": 100, "batch_size": 256, "lr": 1e-3,
+    "weight_decays": [1e-4, 1e-2], "dropout": 0.0,
+}

@@ -15,6 +15,7 @@ from medtransfer import data
 from medtransfer.atomic import write_json
 from medtransfer.errors import ConfigError
 from medtransfer.grid import spec_hash
+from medtransfer.protocols.dvme import dvme_scores, select_dvme
 from medtransfer.protocols.features import read_features
 from medtransfer.protocols.knn import knn_predict
 from medtransfer.protocols.linear import probe_scores, select_probe
@@ -28,14 +29,30 @@ def probe(spec: dict) -> dict:
     wall_start = time.monotonic()
     commit = git_commit()
     protocol = spec["protocol"]
-    features = read_features(spec["features"])
+    fusion = spec["init"]["name"] if isinstance(spec["features"], list) else None
+    features = _fused(spec["features"]) if fusion else read_features(spec["features"])
+    if fusion == "CONCAT":  # the baseline of DVME: one linear probe on the sources side by side
+        features.update({split: (np.concatenate(features[split][0], axis=1), features[split][1])
+                         for split in ("train", "val", "test")})
     task, class_names = features["task"], features["class_names"]
     train_x, train_y = features["train"]
     indices = data.subset_indices(train_y, spec["fraction"], spec["seed"], num_classes=len(class_names),
                                   dataset=spec["dataset"])
-    train = (train_x[indices], train_y[indices])
     start = time.monotonic()
-    if protocol == "linear":
+    if fusion == "DVME":
+        if protocol != "linear":
+            raise ConfigError(f"{spec['run']}: DVME fuses frozen sources under the linear protocol, not {protocol}")
+        train = ([x[indices] for x in train_x], train_y[indices])
+        result = select_dvme(train, features["val"], task=task, num_outputs=len(class_names),
+                             options=spec["dvme"], seed=spec["seed"])
+
+        def scores_of(split):
+            return dvme_scores(result.head, features[split][0], task)
+
+        chosen = {"head": "DVME", "sources": spec["init"]["sources"], "weight_decay": result.weight_decay,
+                  "grid": result.grid, "options": spec["dvme"]}
+    elif protocol == "linear":
+        train = (train_x[indices], train_y[indices])
         options = spec["linear"]
         result = select_probe(train, features["val"], task=task, num_outputs=len(class_names),
                               weight_decays=options["weight_decays"], max_iter=options["max_iter"],
@@ -46,6 +63,7 @@ def probe(spec: dict) -> dict:
 
         chosen = {"weight_decay": result.weight_decay, "grid": result.grid}
     elif protocol == "knn":
+        train = (train_x[indices], train_y[indices])
         options = spec["knn"]
         k = int(options["k"])
         if k > len(indices):
@@ -82,7 +100,7 @@ def probe(spec: dict) -> dict:
         "fraction": float(spec["fraction"]),
         "n_train": int(len(indices)),
         "num_train": int(len(indices)),
-        "feature_dim": int(train_x.shape[1]),
+        "feature_dim": [int(x.shape[1]) for x in train_x] if fusion == "DVME" else int(train_x.shape[1]),
         "fit_seconds": fit_seconds,
         "features_provenance": features["provenance"],
         "provenance": provenance(spec_hash=spec_hash(spec), seed=spec["seed"], device="cpu",
@@ -93,3 +111,16 @@ def probe(spec: dict) -> dict:
     return metrics
 
 
+def _fused(paths: list[str]) -> dict:
+    """The features of several sources on one dataset: per split ([features of each source], labels)."""
+    parts = [read_features(path) for path in paths]
+    first = parts[0]
+    for path, part in zip(paths[1:], parts[1:]):
+        for split in ("train", "val", "test"):
+            if not np.array_equal(part[split][1], first[split][1], equal_nan=True):
+                raise ConfigError(f"{path}: its {split} labels differ from those of {paths[0]}; the fused "
+                                  "features must come from the same dataset cache")
+    fused = {split: ([p[split][0] for p in parts], first[split][1]) for split in ("train", "val", "test")}
+    fused.update(task=first["task"], class_names=first["class_names"], init=[p["init"] for p in parts],
+                 provenance=[p["provenance"] for p in parts])
+    return fused
