@@ -197,6 +197,11 @@ def test_comparison_table_t_tests_each_init_against_the_reference(tmp_path):
                          / (len(mine) + len(ref) - 2))
         t = (mine.mean() - ref.mean()) / (pooled * np.sqrt(1 / len(mine) + 1 / len(ref)))
         assert row.p_value == pytest.approx(2 * stats.t.sf(abs(t), len(mine) + len(ref) - 2), rel=1e-9)
+    # seeds that do not vary on either side (a frozen source at 100 %) are not trials: no p-value
+    constant = frame.assign(test_auc=np.where(frame.init == "RI", frame.test_auc, frame.init.str.len() / 100))
+    table = compare_to_reference(constant, "WT_cifar")
+    assert table.loc[table.init == "WT_cifar-simclr", "p_value"].isna().all()
+    assert table.loc[table.init == "RI", "p_value"].notna().all()
     frame.to_csv(tmp_path / "metrics.csv", index=False)
     comparison_table(tmp_path / "metrics.csv", tmp_path / "c.csv", tmp_path / "c.md", reference="WT_cifar")
     text = (tmp_path / "c.md").read_text()

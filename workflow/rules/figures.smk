@@ -4,6 +4,8 @@
 localrules:
     figure,
     summary_table,
+    comparison_table,
+    pretrain_table,
     collect_metrics,
     collect_history,
     collect_similarity_init_final,

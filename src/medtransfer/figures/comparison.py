@@ -17,12 +17,15 @@ from medtransfer.figures.style import init_sort_key, metric_label
 from medtransfer.protocols import PROTOCOLS
 
 CELL = ("dataset", "arch", "protocol", "fraction")
+#: Seed sd below this (in metric units) counts as no spread at all.
+NO_SPREAD = 1e-9
 
 
 def compare_to_reference(metrics: pd.DataFrame, reference: str, metric: str = "test_auc") -> pd.DataFrame:
     """One row per cell × init: ``n_seeds``, ``mean``, ``sd`` (ddof=1), ``diff`` (mean − the
     reference's mean) and ``p_value`` of the two-sided t-test against the reference's seeds (NaN
-    for the reference itself, and where either side has fewer than 2 seeds or no spread)."""
+    for the reference itself, where either side has fewer than 2 seeds, and where neither side
+    varies over seeds)."""
     metrics = with_protocol(metrics).dropna(subset=[metric])
     rows = []
     for cell, group in metrics.groupby(list(CELL), sort=False):
@@ -30,7 +33,10 @@ def compare_to_reference(metrics: pd.DataFrame, reference: str, metric: str = "t
         for init, runs in group.groupby("init", sort=False):
             values = runs[metric].to_numpy(float)
             p_value = math.nan
-            if init != reference and len(values) > 1 and len(ref) > 1 and (values.std() > 0 or ref.std() > 0):
+            # no test where neither side varies over seeds (a frozen WT source at 100 % gives the same
+            # number for every seed: the seeds are then not repeated trials, and the difference is exact)
+            spread = max(values.std(ddof=1) if len(values) > 1 else 0.0, ref.std(ddof=1) if len(ref) > 1 else 0.0)
+            if init != reference and len(values) > 1 and len(ref) > 1 and spread > NO_SPREAD:
                 p_value = float(stats.ttest_ind(values, ref, equal_var=True).pvalue)
             rows.append({**dict(zip(CELL, cell)), "init": init, "reference": reference, "n_seeds": len(values),
                          "mean": values.mean(), "sd": values.std(ddof=1) if len(values) > 1 else math.nan,
