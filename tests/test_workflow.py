@@ -205,3 +205,17 @@ def test_published_study_dry_runs_with_the_grid_job_count(study, tmp_path):
     assert runs == _grid_size(config)
     assert jobs["finetune"] == runs and jobs["activations"] == runs
     assert jobs["preprocess"] == len(config["datasets"])
+
+
+def test_the_ssl_transfer_study_plans_every_protocol(tmp_path):
+    config = yaml.safe_load((REPO / "workflow" / "studies" / "ssl_transfer.yaml").read_text())
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "8", "--resources", "gpu=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    targets, fractions, seeds = 3, 3, 3
+    singles, fusions = 5, 2  # RI + 4 WT sources; DVME and CONCAT (linear only)
+    assert jobs["finetune"] == targets * singles * fractions * seeds
+    assert jobs["probe"] == targets * fractions * seeds * ((singles + fusions) + singles)  # linear + knn
+    assert jobs["features"] == targets * (seeds + 4)  # RI per seed, each WT once
+    assert jobs["pretrain"] == 4 and jobs["comparison_table"] == jobs["summary_table"] == jobs["pretrain_table"] == 1
