@@ -57,7 +57,7 @@ def comparison_markdown(table: pd.DataFrame, metric: str = "test_auc") -> str:
     out = [f"{metric_label(metric)}, mean ± sd over seeds; p: two-sided two-sample t-test against "
            f"{table['reference'].iloc[0]} (Student's, equal variances).", ""]
     for (dataset, arch), part in table.groupby(["dataset", "arch"], sort=False):
-        inits = list(dict.fromkeys(part["init"]))
+        inits = sorted(dict.fromkeys(part["init"]), key=init_sort_key)
         out += [f"**{dataset}** ({arch})", "", "| protocol | fraction | " + " | ".join(inits) + " |",
                 "|---|---:|" + "---:|" * len(inits)]
         for (protocol, fraction), cell in part.groupby(["protocol", "fraction"], sort=False):
