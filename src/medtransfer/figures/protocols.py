@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import FuncFormatter
 
 from medtransfer.figures.io import RUN_COLUMNS, RUN_KEY, appearance_order, check_unique, read_results, with_protocol
 from medtransfer.figures.panels import mark_no_runs, panel_title
@@ -53,13 +54,16 @@ def plot_protocols(metrics_csv: str | Path, out_pdf: str | Path, metric: str = "
                     ax.plot(x, mean, marker="o", markersize=4, color=palette[init], label=init)
                     ax.fill_between(x, mean - sd, mean + sd, color=palette[init], alpha=0.15, linewidth=0)
                 ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
                 ax.set_title(f"{panel_title(dataset, arch)}\n{PROTOCOL_TITLES.get(protocol, protocol)}")
                 ax.set_xlabel("training labels (%)" if r == len(rows) - 1 else "")
                 ax.set_ylabel(metric_label(metric) if c == 0 else "")
                 if panel.empty:
                     mark_no_runs(ax)
-        handles = [ax_line for ax_line in axes[0, 0].get_lines()] if len(inits) else []
-        legend_outside(fig, [h for h in handles], [h.get_label() for h in handles], "initialisation")
+        # one legend entry per init, from whichever panel drew it (a panel may have no runs)
+        handles = {line.get_label(): line for ax in axes.flat for line in ax.get_lines()}
+        ordered = [init for init in inits if init in handles]
+        legend_outside(fig, [handles[i] for i in ordered], ordered, "initialisation")
         fig.suptitle(title)
         save_figure(fig, out_pdf)
     return Path(out_pdf)

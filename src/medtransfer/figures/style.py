@@ -47,10 +47,12 @@ FAMILY_COLOURS: dict[str, str] = {
     "WT-RI": "#cc78bc",
     "WT-ST": "#029e73",
     "WT": "#0173b2",
+    "CONCAT": "#fbafe4",  # fusions of frozen sources (protocols figure)
+    "DVME": "#d55e00",
 }
 FAMILY_ORDER: tuple[str, ...] = tuple(FAMILY_COLOURS)
 # Families the config may grow later get one of these, by a stable hash of their name.
-_SPARE_COLOURS = ("#d55e00", "#56b4e9", "#949494", "#fbafe4", "#ece133")
+_SPARE_COLOURS = ("#56b4e9", "#949494", "#ece133")
 # (hue shift as a fraction of the colour circle, lightness shift) per source variant.
 _SOURCE_SHIFTS = ((0.0, 0.0), (0.035, -0.08), (-0.035, 0.08), (-0.03, -0.12), (0.03, 0.11), (0.0, 0.17))
 
