@@ -281,3 +281,27 @@ def test_dvme_and_concat_runs_end_to_end_on_cached_features(lesions_cache, tmp_p
         metrics = probe(spec)
         assert 0 <= metrics["test"]["auc"] <= 1 and metrics["n_train"] == 200
     assert metrics["linear"]["head"] == "DVME" and len(metrics["feature_dim"]) == 2
+
+
+def test_augmented_linear_probe_reaches_the_probe_optimum_when_augmentation_is_a_no_op(tmp_path, monkeypatch):
+    from medtransfer.data import build_cache
+    from medtransfer.protocols.features import extract_features
+    from medtransfer.protocols.probe import probe
+
+    monkeypatch.chdir(tmp_path)
+    config = protocol_config(["linear"], linear={"augment": True, "augment_epochs": 60, "augment_lr": 0.05,
+                                                 "weight_decays": [1e-2]})
+    config["train"]["augment"] = {"hflip": False, "crop_padding": 0}  # the views are the images themselves
+    study = Study(config)
+    build_cache("lesions", study.datasets["lesions"], "results/data/lesions.h5")
+    run = next(r for r in study.cells if r.init == "RI" and r.seed == 0)
+    spec = study.probe_spec("linear", run)
+    assert spec["model"]["init"]["name"] == "RI"
+    extract_features(study.features_spec(run.dataset, run.arch, run.init, "s0"), device="cpu")
+    metrics = probe(spec)
+    assert metrics["linear"]["augment"] is True and 0 <= metrics["test"]["auc"] <= 1
+    # with a no-op augmentation it is the cached-feature probe's convex problem, solved by Adam epochs
+    # instead of L-BFGS: the two heads must score the validation split alike
+    plain = probe({**spec, "linear": {**spec["linear"], "augment": False}, "run_dir": str(tmp_path / "plain")})
+    assert plain["linear"]["augment"] is False
+    assert abs(metrics["val"]["auc"] - plain["val"]["auc"]) < 0.02

@@ -541,6 +541,10 @@ class Study:
             "features": self.features_path(run),
             protocol: self.linear if protocol == "linear" else self.knn,
             **({"dvme": self.dvme} if self.init_spec(run.init).name == "DVME" else {}),
+            # linear: {augment: true} trains through the frozen backbone: the job builds it
+            **({"model": self.features_spec(run.dataset, run.arch, run.init, self.feature_key(run.init, run.seed))}
+               if protocol == "linear" and self.linear.get("augment") and not self.init_spec(run.init).fusion
+               else {}),
         }
 
     def activation_spec(self, run: Run) -> dict:

@@ -54,14 +54,19 @@ def probe(spec: dict) -> dict:
     elif protocol == "linear":
         train = (train_x[indices], train_y[indices])
         options = spec["linear"]
-        result = select_probe(train, features["val"], task=task, num_outputs=len(class_names),
-                              weight_decays=options["weight_decays"], max_iter=options["max_iter"],
-                              standardize=options["standardize"])
+        if options.get("augment"):  # the head sees augmented views through the frozen backbone
+            from medtransfer.protocols.augmented import select_augmented_probe
+
+            result = select_augmented_probe(spec, indices, features, task=task, num_outputs=len(class_names))
+        else:
+            result = select_probe(train, features["val"], task=task, num_outputs=len(class_names),
+                                  weight_decays=options["weight_decays"], max_iter=options["max_iter"],
+                                  standardize=options["standardize"])
 
         def scores_of(split):
             return probe_scores(result.probe, features[split][0], task)
 
-        chosen = {"weight_decay": result.weight_decay, "grid": result.grid}
+        chosen = {"weight_decay": result.weight_decay, "grid": result.grid, "augment": bool(options.get("augment"))}
     elif protocol == "knn":
         train = (train_x[indices], train_y[indices])
         options = spec["knn"]
