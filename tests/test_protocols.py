@@ -231,7 +231,7 @@ def test_dvme_fuses_sources_that_are_weak_alone():
     alone = []
     for i in range(2):  # each source by itself, with the linear probe
         probe = select_probe((train[0][i], train[1]), (val[0][i], val[1]), task="binary", num_outputs=2,
-                             weight_decays=[1e-3]).probe
+                             weight_decays=[1e-3]).head
         alone.append(roc_auc_score(test[1], probe_scores(probe, test[0][i], "binary")[:, 1]))
     assert max(alone) < 0.85 < 0.95 < fused, (alone, fused)
 
@@ -265,6 +265,7 @@ def test_fusion_inits_are_checked_and_run_under_the_linear_protocol_only():
 
 
 def test_dvme_and_concat_runs_end_to_end_on_cached_features(lesions_cache, tmp_path):
+    from medtransfer import paths
     from medtransfer.paths import Run
     from medtransfer.protocols.features import extract_features
     from medtransfer.protocols.probe import probe
@@ -274,7 +275,7 @@ def test_dvme_and_concat_runs_end_to_end_on_cached_features(lesions_cache, tmp_p
     for key in ("s0", "s1"):
         extract_features(study.features_spec("lesions", "cbr_tiny", "RI", key), device="cpu")
     spec = study.probe_spec("linear", Run("lesions", "cbr_tiny", "RI", "1", 0))
-    spec["features"] = [f"results/features/lesions/cbr_tiny/RI/{k}.h5" for k in ("s0", "s1")]
+    spec["features"] = [paths.features("lesions", "cbr_tiny", "RI", k) for k in ("s0", "s1")]
     for name in ("CONCAT", "DVME"):
         spec.update(init={**spec["init"], "name": name, "label": f"{name}_a+b", "sources": ["a", "b"]},
                     run_dir=str(tmp_path / name), dvme={**study.dvme, "dim": 16, "heads": 2, "epochs": 5})

@@ -113,34 +113,34 @@ def pairs_spec(wildcards):
 # ---- inputs -----------------------------------------------------------------------------
 
 
+def cache_and_weights(cache, weights, name="source"):
+    """A job's inputs: the dataset cache, and the weights file (as ``name``) when the weights come
+    from our own pretraining or a file on disk (timm hub weights are no file of the workflow).
+    """
+    inputs = {"cache": cache}
+    if weights and weights["kind"] in ("pretrain", "file"):
+        inputs[name] = weights["path"]
+    return inputs
+
+
 def pretrain_inputs(wildcards):
     """The dataset's cache, and the weights a continual pretraining starts from."""
     spec = STUDY.pretrain_spec(wildcards.source, wildcards.arch)
-    inputs = {"cache": spec["cache"]}
-    start = spec.get("from")
-    if start and start["kind"] in ("pretrain", "file"):
-        inputs["start"] = start["path"]
-    return inputs
+    return cache_and_weights(spec["cache"], spec.get("from"), name="start")
 
 
 def finetune_inputs(wildcards):
     """The target's cache, and the source model when the init transfers from our own pretraining."""
     spec = STUDY.run_spec(run_of(wildcards))
-    inputs = {"cache": spec["cache"]}
-    if spec["source"] and spec["source"]["kind"] in ("pretrain", "file"):
-        inputs["source"] = spec["source"]["path"]
-    return inputs
+    return cache_and_weights(spec["cache"], spec["source"])
 
 
 def features_inputs(wildcards):
-    """The dataset's cache, and the source model when the init transfers from a file on disk."""
+    """The dataset's cache, and the source model of the init whose features these are."""
     spec = STUDY.features_spec(
         wildcards.dataset, wildcards.arch, wildcards.init, wildcards.key
     )
-    inputs = {"cache": spec["cache"]}
-    if spec["source"] and spec["source"]["kind"] in ("pretrain", "file"):
-        inputs["source"] = spec["source"]["path"]
-    return inputs
+    return cache_and_weights(spec["cache"], spec["source"])
 
 
 def probe_features(wildcards):

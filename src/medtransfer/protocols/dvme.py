@@ -12,14 +12,12 @@ source (its size and normalisation) happened when its features were computed
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
-from medtransfer.protocols.linear import _labels_tensor, _loss
-from medtransfer.training.metrics import classification_metrics, scores_from_logits
+from medtransfer.protocols.linear import Selection, labels_tensor, select_on_val, standardisation
+from medtransfer.training.metrics import loss_function, scores_from_logits
 
 
 class DVMEHead(nn.Module):
@@ -44,18 +42,13 @@ class DVMEHead(nn.Module):
         return self.classify(self.norm(tokens + attended).mean(dim=1))
 
 
-def _standardisation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = x.mean(0), x.std(0, unbiased=False)
-    return mean, torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
-
-
 def fit_dvme(train: list[np.ndarray], y: np.ndarray, *, task: str, num_outputs: int, weight_decay: float,
              options: dict, seed: int) -> DVMEHead:
     """Train a DVME head on the training features of every source (same rows, same order)."""
     torch.manual_seed(seed)
     xs = [torch.as_tensor(x, dtype=torch.float32) for x in train]
-    targets = _labels_tensor(task, y, torch.float32)
-    stats = [_standardisation(x) for x in xs]
+    targets = labels_tensor(task, y, torch.float32)
+    stats = [standardisation(x) for x in xs]
     head = DVMEHead([m for m, _ in stats], [s for _, s in stats], num_outputs, dim=int(options["dim"]),
                     heads=int(options["heads"]), dropout=float(options["dropout"]))
     optimizer = torch.optim.AdamW(head.parameters(), lr=float(options["lr"]), weight_decay=weight_decay)
@@ -68,7 +61,7 @@ def fit_dvme(train: list[np.ndarray], y: np.ndarray, *, task: str, num_outputs: 
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, batch):
             rows = order[start:start + batch]
-            loss = _loss(task, head([x[rows] for x in xs]), targets[rows])
+            loss = loss_function(task, head([x[rows] for x in xs]), targets[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -82,22 +75,10 @@ def dvme_scores(head: DVMEHead, features: list[np.ndarray], task: str) -> np.nda
     return scores_from_logits(task, logits).double().numpy()
 
 
-@dataclass
-class DVMEResult:
-    head: DVMEHead
-    weight_decay: float
-    grid: list[dict]
-
-
 def select_dvme(train: tuple[list[np.ndarray], np.ndarray], val: tuple[list[np.ndarray], np.ndarray], *,
-                task: str, num_outputs: int, options: dict, seed: int) -> DVMEResult:
-    """One head per weight decay of ``options["weight_decays"]``; keep the best validation AUC."""
-    rows, best = [], None
-    for wd in sorted(options["weight_decays"], reverse=True):
-        head = fit_dvme(*train, task=task, num_outputs=num_outputs, weight_decay=wd, options=options, seed=seed)
-        auc = classification_metrics(task, val[1], dvme_scores(head, val[0], task))["auc"]
-        rows.append({"weight_decay": wd, "val_auc": auc})
-        key = auc if np.isfinite(auc) else -np.inf
-        if best is None or key > best[0]:
-            best = (key, head, wd)
-    return DVMEResult(best[1], best[2], sorted(rows, key=lambda r: r["weight_decay"]))
+                task: str, num_outputs: int, options: dict, seed: int) -> Selection:
+    """The DVME head of the validation-chosen weight decay of ``options["weight_decays"]`` (``.head``)."""
+    return select_on_val(
+        options["weight_decays"],
+        lambda wd: fit_dvme(*train, task=task, num_outputs=num_outputs, weight_decay=wd, options=options, seed=seed),
+        lambda head: dvme_scores(head, val[0], task), val[1], task)

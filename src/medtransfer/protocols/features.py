@@ -15,29 +15,16 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 
-from medtransfer import data, init, models
+from medtransfer import data
 from medtransfer.atomic import atomic_path
 from medtransfer.devices import select_device
 from medtransfer.grid import spec_hash
 from medtransfer.models.embedding import embed_loader
 from medtransfer.provenance import git_commit, provenance
-from medtransfer.training.finetune import input_size, seed_everything
+from medtransfer.training.finetune import initialised_model, seed_everything, spec_loader
 
 SPLITS = ("train", "val", "test")
-
-
-def initialised_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, dict]:
-    """The model of ``spec["init"]`` as fine-tuning would start it (same create and init calls)."""
-    init_spec = spec["init"]
-    create_kwargs = {**spec["arch_options"],
-                     **init.create_kwargs(init_spec["name"], k=init_spec["k"], slim=init_spec.get("slim"))}
-    model = models.create(spec["arch"], max(1, num_classes), in_chans=3, **create_kwargs)
-    source = models.load_source_state_dict(spec["source"]) if spec.get("source") else None
-    record = init.apply(model, init_spec["name"], source=source, k=init_spec["k"], seed=spec["seed"],
-                        **({"slim": init_spec["slim"]} if init_spec.get("slim") else {}))
-    return model, record
 
 
 def extract_features(spec: dict, *, device: str | None = None) -> dict:
@@ -47,20 +34,14 @@ def extract_features(spec: dict, *, device: str | None = None) -> dict:
     torch_device = select_device(device)
     seed_everything(spec["seed"], True)
     info = data.read_info(spec["cache"])
-    model, record = initialised_model(spec, info.num_classes)
+    model, record, _ = initialised_model(spec, max(1, info.num_classes))
     model.to(torch_device).eval()
-    training = spec["training"]
     summary: dict = {"splits": {}}
     out = Path(spec["out"])
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out, suffix=".h5") as tmp, h5py.File(tmp, "w") as handle:
         for split in SPLITS:
-            loader = data.make_loader(
-                spec["cache"], split, batch_size=training["eval_batch_size"], shuffle=False, device=torch_device,
-                channels=3, normalize=training["normalize"], image_size=input_size(spec),
-                resize_mode=training["resize_mode"], max_memory_mb=training["max_memory_mb"],
-                num_workers=training["num_workers"], seed=spec["seed"])
-            features, labels = embed_loader(model, loader, torch_device)
+            features, labels = embed_loader(model, spec_loader(spec, split, torch_device), torch_device)
             group = handle.create_group(split)
             group.create_dataset("features", data=features.numpy().astype(np.float32))
             group.create_dataset("labels", data=labels.numpy())

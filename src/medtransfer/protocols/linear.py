@@ -12,13 +12,14 @@ multi-class and ordinal tasks, masked BCE for multi-label) plus ``weight_decay /
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from medtransfer.training.metrics import classification_metrics, scores_from_logits
+from medtransfer.training.metrics import classification_metrics, loss_function, scores_from_logits
 
 #: Above this many feature entries the fit runs in float32 (a CheXpert-sized train split), else float64.
 FLOAT64_MAX_ENTRIES = 50_000_000
@@ -39,10 +40,24 @@ class LinearProbe(nn.Module):
         return self.linear((x - self.mean) / self.std)
 
 
-def _labels_tensor(task: str, labels: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+def labels_tensor(task: str, labels, dtype: torch.dtype) -> torch.Tensor:
+    """Labels as the task loss takes them: float [N, K] (NaN = unknown) for multi-label, else long [N]."""
     if task == "multilabel":
         return torch.as_tensor(labels, dtype=dtype)
     return torch.as_tensor(labels, dtype=torch.long).view(-1)
+
+
+def standardisation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and std of ``x`` [N, D]. A dimension constant on the training subset (e.g.
+    a ReLU unit silent on 5 images) keeps std 1: left unscaled rather than divided by ~0."""
+    mean, std = x.mean(0), x.std(0, unbiased=False)
+    return mean, torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
+
+
+def penalised_loss(task: str, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,
+                   weight_decay: float) -> torch.Tensor:
+    """The probe's objective: the task loss + ``weight_decay / 2 * ||W||^2``."""
+    return loss_function(task, logits, targets) + 0.5 * weight_decay * weight.pow(2).sum()
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, *, task: str, num_outputs: int, weight_decay: float,
@@ -50,12 +65,9 @@ def fit_probe(x: np.ndarray, y: np.ndarray, *, task: str, num_outputs: int, weig
     """The minimiser of mean task loss + ``weight_decay / 2 * ||W||^2`` on features ``x`` [N, D]."""
     dtype = torch.float64 if x.size <= FLOAT64_MAX_ENTRIES else torch.float32
     features = torch.as_tensor(x, dtype=dtype)
-    targets = _labels_tensor(task, y, dtype)
+    targets = labels_tensor(task, y, dtype)
     if standardize:
-        mean, std = features.mean(0), features.std(0, unbiased=False)
-        # a dimension constant on the training subset (e.g. a ReLU unit silent on 5 images) is left
-        # unscaled rather than divided by ~0
-        std = torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
+        mean, std = standardisation(features)
     else:
         mean, std = torch.zeros(features.shape[1], dtype=dtype), torch.ones(features.shape[1], dtype=dtype)
     probe = LinearProbe(mean, std, num_outputs)
@@ -64,23 +76,12 @@ def fit_probe(x: np.ndarray, y: np.ndarray, *, task: str, num_outputs: int, weig
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        logits = probe(features)
-        loss = _loss(task, logits, targets) + 0.5 * weight_decay * probe.linear.weight.pow(2).sum()
+        loss = penalised_loss(task, probe(features), targets, probe.linear.weight, weight_decay)
         loss.backward()
         return loss
 
     optimizer.step(closure)
     return probe
-
-
-def _loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    # medtransfer.training.metrics.loss_function in the probe's own dtype (it casts to float32)
-    if task == "multilabel":
-        known = ~torch.isnan(targets)
-        per_entry = nn.functional.binary_cross_entropy_with_logits(
-            logits, torch.where(known, targets, torch.zeros_like(targets)), reduction="none")
-        return (per_entry * known).sum() / known.sum().clamp(min=1)
-    return nn.functional.cross_entropy(logits, targets)
 
 
 @torch.no_grad()
@@ -91,27 +92,36 @@ def probe_scores(probe: LinearProbe, x: np.ndarray, task: str) -> np.ndarray:
 
 
 @dataclass
-class LinearResult:
-    probe: LinearProbe
+class Selection:
+    """The head a validation-chosen weight decay gave, and every candidate's validation AUC."""
+
+    head: nn.Module
     weight_decay: float
-    grid: list[dict]  # one row per weight decay: {"weight_decay", "val_auc", "val_loss"}
+    grid: list[dict]  # one row per weight decay: {"weight_decay", "val_auc"}
+
+
+def select_on_val(weight_decays: list[float], fit: Callable[[float], nn.Module],
+                  val_scores: Callable[[nn.Module], np.ndarray], val_labels: np.ndarray, task: str) -> Selection:
+    """Fit one head per weight decay and keep the best validation AUC; candidates are tried from
+    the strongest penalty down, so a tie keeps the more regularised head. Shared by the linear
+    probe, its augmented variant and DVME."""
+    rows, best = [], None
+    for wd in sorted(weight_decays, reverse=True):
+        head = fit(wd)
+        auc = classification_metrics(task, val_labels, val_scores(head))["auc"]
+        rows.append({"weight_decay": wd, "val_auc": auc})
+        key = auc if np.isfinite(auc) else -np.inf
+        if best is None or key > best[0]:
+            best = (key, head, wd)
+    return Selection(best[1], best[2], sorted(rows, key=lambda r: r["weight_decay"]))
 
 
 def select_probe(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *, task: str,
                  num_outputs: int, weight_decays: list[float], max_iter: int = 500,
-                 standardize: bool = True) -> LinearResult:
-    """Fit one probe per weight decay; keep the best validation AUC (ties: the stronger penalty)."""
-    rows, best = [], None
-    for wd in sorted(weight_decays, reverse=True):
-        probe = fit_probe(*train, task=task, num_outputs=num_outputs, weight_decay=wd, max_iter=max_iter,
-                          standardize=standardize)
-        scores = probe_scores(probe, val[0], task)
-        auc = classification_metrics(task, val[1], scores)["auc"]
-        with torch.no_grad():
-            val_loss = float(_loss(task, probe(torch.as_tensor(val[0], dtype=probe.mean.dtype)),
-                                   _labels_tensor(task, val[1], probe.mean.dtype)))
-        rows.append({"weight_decay": wd, "val_auc": auc, "val_loss": val_loss})
-        key = (auc if np.isfinite(auc) else -np.inf, -val_loss)
-        if best is None or key > best[0]:
-            best = (key, probe, wd)
-    return LinearResult(best[1], best[2], sorted(rows, key=lambda r: r["weight_decay"]))
+                 standardize: bool = True) -> Selection:
+    """The L-BFGS probe of the validation-chosen weight decay (``.head``)."""
+    return select_on_val(
+        weight_decays,
+        lambda wd: fit_probe(*train, task=task, num_outputs=num_outputs, weight_decay=wd, max_iter=max_iter,
+                             standardize=standardize),
+        lambda head: probe_scores(head, val[0], task), val[1], task)

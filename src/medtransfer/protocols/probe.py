@@ -64,7 +64,7 @@ def probe(spec: dict) -> dict:
                                   standardize=options["standardize"])
 
         def scores_of(split):
-            return probe_scores(result.probe, features[split][0], task)
+            return probe_scores(result.head, features[split][0], task)
 
         chosen = {"weight_decay": result.weight_decay, "grid": result.grid, "augment": bool(options.get("augment"))}
     elif protocol == "knn":

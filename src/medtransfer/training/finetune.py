@@ -48,22 +48,43 @@ def input_size(spec: dict) -> int | None:
     return spec["training"].get("image_size") or models.default_input_size(spec["arch"], **spec.get("arch_options", {}))
 
 
+def spec_loader(spec: dict, split: str, device: torch.device, *, batch_size: int | None = None,
+                shuffle: bool = False, **overrides: Any):
+    """A loader over ``split`` of ``spec["cache"]`` with the spec's training settings (normalisation,
+    input size, resize mode, memory, workers, seed); ``batch_size`` defaults to the evaluation
+    batch size, and ``overrides`` (``indices``, ``augment``, ``normalize``, ``drop_last``) go to
+    :func:`medtransfer.data.make_loader`. Fine-tuning, pretraining, frozen features and the
+    augmented linear probe all read their batches through this one function."""
+    training = spec["training"]
+    settings = dict(normalize=training["normalize"], image_size=input_size(spec), resize_mode=training["resize_mode"],
+                    max_memory_mb=training["max_memory_mb"], num_workers=training["num_workers"], seed=spec["seed"])
+    settings.update(overrides)
+    return data.make_loader(spec["cache"], split, batch_size=batch_size or training["eval_batch_size"],
+                            shuffle=shuffle, device=device, channels=3, **settings)
+
+
 def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | None) -> dict[str, Any]:
     """Train (shuffled, augmented, subset), val and test loaders for a run or a pretraining."""
-    training = spec["training"]
-    common = dict(
-        device=device, channels=3, normalize=training["normalize"],
-        image_size=input_size(spec), resize_mode=training["resize_mode"],
-        max_memory_mb=training["max_memory_mb"], num_workers=training["num_workers"], seed=spec["seed"],
-    )
     return {
-        "train": data.make_loader(spec["cache"], "train", batch_size=training["batch_size"], shuffle=True,
-                                  indices=train_indices, augment=training["augment"], **common),
-        "val": data.make_loader(spec["cache"], "val", batch_size=training["eval_batch_size"], shuffle=False,
-                                **common),
-        "test": data.make_loader(spec["cache"], "test", batch_size=training["eval_batch_size"], shuffle=False,
-                                 **common),
+        "train": spec_loader(spec, "train", device, batch_size=spec["training"]["batch_size"], shuffle=True,
+                             indices=train_indices, augment=spec["training"]["augment"]),
+        "val": spec_loader(spec, "val", device),
+        "test": spec_loader(spec, "test", device),
     }
+
+
+def initialised_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, dict, dict]:
+    """The model of ``spec`` (``arch``, ``arch_options``, ``init``, ``source``, ``seed``) right after
+    its initialisation, the init record (init.json) and the ``create_kwargs`` that rebuild it."""
+    init_spec = spec["init"]
+    # create_kwargs: a slim top (WT-RI with slim) changes the architecture itself
+    create_kwargs = {**spec["arch_options"],
+                     **init.create_kwargs(init_spec["name"], k=init_spec["k"], slim=init_spec.get("slim"))}
+    model = models.create(spec["arch"], num_classes, in_chans=3, **create_kwargs)
+    source = models.load_source_state_dict(spec["source"]) if spec.get("source") else None
+    record = init.apply(model, init_spec["name"], source=source, k=init_spec["k"], seed=spec["seed"],
+                        **({"slim": init_spec["slim"]} if init_spec.get("slim") else {}))
+    return model, record, create_kwargs
 
 
 def write_predictions(path: Path, evaluations: dict[str, Any], task: str, class_names: list[str]) -> None:
@@ -89,16 +110,9 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
     seed_everything(spec["seed"], training["deterministic"])
 
     info = data.read_info(spec["cache"])
-    init_spec = spec["init"]
-    # create_kwargs: a slim top (WT-RI with slim) changes the architecture itself
-    create_kwargs = {**spec["arch_options"],
-                     **init.create_kwargs(init_spec["name"], k=init_spec["k"], slim=init_spec.get("slim"))}
-    model = models.create(spec["arch"], info.num_classes, in_chans=3, **create_kwargs)
-    source = models.load_source_state_dict(spec["source"]) if spec["source"] else None
-    record = init.apply(model, init_spec["name"], source=source, k=init_spec["k"], seed=spec["seed"],
-                        **({"slim": init_spec["slim"]} if init_spec.get("slim") else {}))
+    model, record, create_kwargs = initialised_model(spec, info.num_classes)
     saved = {"arch": spec["arch"], "num_classes": info.num_classes, "create_kwargs": create_kwargs,
-             "init": init_spec}
+             "init": spec["init"]}
     torch_save({"state_dict": model.state_dict(), **saved}, run_dir / "init.pt")
     write_json(run_dir / "init.json", {"run": spec["run"], **record})
 

@@ -25,13 +25,18 @@ def scores_from_logits(task: str, logits: torch.Tensor) -> torch.Tensor:
 
 
 def loss_function(task: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for single-label tasks; BCE-with-logits for multi-label, NaN labels masked."""
+    """Cross-entropy for single-label tasks; BCE-with-logits for multi-label, NaN labels masked.
+
+    Computed in float32 at least: autocast's bf16/fp16 logits are upcast, float64 ones (the
+    linear probe's L-BFGS fit) stay float64."""
+    if logits.dtype != torch.float64:
+        logits = logits.float()
     if task == "multilabel":
         known = ~torch.isnan(labels)
-        targets = torch.where(known, labels, torch.zeros_like(labels))
-        per_entry = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+        targets = torch.where(known, labels, torch.zeros_like(labels)).to(logits.dtype)
+        per_entry = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         return (per_entry * known).sum() / known.sum().clamp(min=1)
-    return torch.nn.functional.cross_entropy(logits.float(), labels)
+    return torch.nn.functional.cross_entropy(logits, labels)
 
 
 def _mean_auc(columns: list[tuple[np.ndarray, np.ndarray]]) -> float:

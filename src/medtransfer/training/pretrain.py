@@ -32,7 +32,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.grid import spec_hash
 from medtransfer.models.embedding import embed_loader, embedding_spread, knn_accuracy
 from medtransfer.provenance import git_commit, provenance
-from medtransfer.training.finetune import input_size, make_loaders, seed_everything
+from medtransfer.training.finetune import input_size, make_loaders, seed_everything, spec_loader
 from medtransfer.training.loop import train_epochs
 from medtransfer.training.precision import precision_for
 from medtransfer.training.ssl.objective import COLLAPSE_SPREAD
@@ -46,23 +46,13 @@ EVAL_K, EVAL_TEMPERATURE = 200, 0.07
 MONITOR_MEMORY = 5000
 
 
-def _loader(spec: dict, split: str, device: torch.device, *, indices=None, normalize=None, **kwargs):
-    training = spec["training"]
-    return data.make_loader(
-        spec["cache"], split, batch_size=kwargs.pop("batch_size", training["eval_batch_size"]),
-        shuffle=kwargs.pop("shuffle", False), indices=indices, device=device, channels=3,
-        normalize=training["normalize"] if normalize is None else normalize, image_size=input_size(spec),
-        resize_mode=training["resize_mode"], max_memory_mb=training["max_memory_mb"],
-        num_workers=training["num_workers"], seed=spec["seed"], **kwargs)
-
-
 def _labelled(info) -> bool:
     return info.task in ("binary", "multiclass", "ordinal")
 
 
 def _knn_test(backbone: torch.nn.Module, spec: dict, info, device: torch.device, channels_last: bool) -> float:
-    memory, memory_labels = embed_loader(backbone, _loader(spec, "train", device), device, channels_last)
-    queries, query_labels = embed_loader(backbone, _loader(spec, "test", device), device, channels_last)
+    memory, memory_labels = embed_loader(backbone, spec_loader(spec, "train", device), device, channels_last)
+    queries, query_labels = embed_loader(backbone, spec_loader(spec, "test", device), device, channels_last)
     return knn_accuracy(memory, memory_labels, queries, query_labels, num_classes=info.num_classes, k=EVAL_K,
                         temperature=EVAL_TEMPERATURE)
 
@@ -122,7 +112,7 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
         extra = {"test": evaluate(model, loaders["test"], info.task, torch_device, precision).metrics,
                  "best_epoch": result.best_epoch}
     else:
-        train_loader = _loader(spec, "train", torch_device, batch_size=training["batch_size"], shuffle=True,
+        train_loader = spec_loader(spec, "train", torch_device, batch_size=training["batch_size"], shuffle=True,
                                drop_last=True, normalize={"mean": 0.0, "std": 1.0})
         mean, std = data.normalisation(training["normalize"], info, 3)
         views = ssl.Views(options, size=input_size(spec) or info.image_size, gray=info.channels == 1,
@@ -130,8 +120,8 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
         monitor = None
         if _labelled(info):
             rows = np.random.default_rng(spec["seed"]).permutation(info.split_sizes["train"])[:MONITOR_MEMORY]
-            monitor = (_loader(spec, "train", torch_device, indices=np.sort(rows)),
-                       _loader(spec, "val", torch_device), info.num_classes)
+            monitor = (spec_loader(spec, "train", torch_device, indices=np.sort(rows)),
+                       spec_loader(spec, "val", torch_device), info.num_classes)
         method_module = ssl.build(method, model, options, steps_per_epoch=len(train_loader),
                                   epochs=int(training["epochs"]))
         objective = ssl.SSLObjective(method_module, views, device=torch_device, precision=precision, monitor=monitor)
@@ -155,7 +145,7 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
         if spec.get("from"):
             start, _ = _starting_model(spec, info)
             knn["start_acc"] = _knn_test(start.to(torch_device), spec, info, torch_device, False)
-        test_features, _ = embed_loader(backbone, _loader(spec, "test", torch_device), torch_device)
+        test_features, _ = embed_loader(backbone, spec_loader(spec, "test", torch_device), torch_device)
         knn["embedding_spread"] = embedding_spread(test_features)
     meta = {
         "source": spec["source"],
