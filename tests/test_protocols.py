@@ -4,8 +4,11 @@ protocol its runs with finetune runs untouched."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -306,3 +309,118 @@ def test_augmented_linear_probe_reaches_the_probe_optimum_when_augmentation_is_a
     plain = probe({**spec, "linear": {**spec["linear"], "augment": False}, "run_dir": str(tmp_path / "plain")})
     assert plain["linear"]["augment"] is False
     assert abs(metrics["val"]["auc"] - plain["val"]["auc"]) < 0.02
+
+
+def fusion_finetune_config() -> dict:
+    """RI plus DVME and CONCAT of a pretrained source and a weights file of another architecture."""
+    config = protocol_config(["finetune", "linear"])
+    config["sources"]["other"] = {"file": "weights/other-{arch}.pt"}
+    config["architectures"]["resnet18_28"] = {"width": 0.125}
+    config["study"]["inits"] = ["RI", {"DVME": ["natural", "other@resnet18_28"], "finetune": True},
+                                {"CONCAT": ["natural", "other@resnet18_28"], "finetune": True}]
+    config["analysis"]["pairs"] = []
+    return config
+
+
+def test_fine_tuned_fusions_are_planned_only_when_asked_and_not_analysed_block_by_block():
+    config = fusion_finetune_config()
+    study = Study(config)
+    dvme_label = "DVME_natural+other@resnet18_28"
+    assert {r.init for r in study.runs} == {"RI", dvme_label, "CONCAT_natural+other@resnet18_28"}
+    assert {r.init for r in study.single_backbone_runs()} == {"RI"}
+    assert {r.init for group in study.run_groups().values() for r in group} == {"RI"}
+    dvme = next(r for r in study.runs if r.init == dvme_label)
+    spec = study.run_spec(dvme)
+    assert [(m["source"], m["arch"]) for m in spec["members"]] == [("natural", "cbr_tiny"), ("other", "resnet18_28")]
+    assert spec["members"][1]["weights"] == {"kind": "file", "path": "weights/other-resnet18_28.pt"}
+    assert spec["dvme"]["dim"] == 512 and spec["source"] is None
+    # the same fusion under the linear protocol reads each member's features at its architecture
+    assert study.features_path(dvme) == ["results/features/lesions/cbr_tiny/WT_natural/shared.h5",
+                                         "results/features/lesions/resnet18_28/WT_other/shared.h5"]
+    # RI's spec (and so its results) does not move when fine-tuned fusions join the study
+    plain = Study(protocol_config(["finetune", "linear"]))
+    ri = next(r for r in study.runs if r.init == "RI")
+    assert study.run_spec(ri) == plain.run_spec(ri)
+    # without finetune: true a fusion stays under the linear protocol
+    config["study"]["inits"][1] = {"DVME": ["natural", "other@resnet18_28"]}
+    assert "DVME_natural+other@resnet18_28" not in {r.init for r in Study(config).runs}
+    config["study"]["protocols"] = ["linear"]
+    config["study"]["inits"][1]["finetune"] = True
+    with pytest.raises(ConfigError, match="asks for finetune: true, but finetune is not in study.protocols"):
+        Study(config)
+    config["study"]["protocols"] = ["finetune"]
+    config["study"]["inits"] = ["RI", {"DVME": ["natural", "other"], "finetune": "yes"}]
+    with pytest.raises(ConfigError, match=r"study.inits\[1\].finetune: true or false"):
+        Study(config)
+    config["study"]["inits"] = ["RI", {"DVME": ["natural", "other"], "CONCAT": ["natural", "other"]}]
+    with pytest.raises(ConfigError, match="names one fusion"):
+        Study(config)
+    config["study"]["inits"] = ["RI", {"DVME": ["natural", "other@no_such_net"], "finetune": True}]
+    with pytest.raises(ConfigError, match=r"DVME_natural\+other@no_such_net"):
+        Study(config).check_architectures()
+
+
+def test_fusion_network_feeds_each_backbone_at_its_size_and_calibrates_like_the_linear_probe():
+    import torch.nn.functional as F
+
+    from medtransfer import models
+    from medtransfer.models.embedding import pooled_features
+    from medtransfer.models.fusion import FusionNetwork, calibrate, fusion_head
+
+    torch.manual_seed(0)
+    a, b = models.create("cbr_tiny", 2, width=0.125), models.create("resnet18_28", 2, width=0.125)
+    network = FusionNetwork([a, b], [None, 12], fusion_head("CONCAT", [a.num_features, b.num_features], 2)).eval()
+    x = torch.randn(40, 3, 16, 16)
+    with torch.no_grad():
+        got = network.embeddings(x)
+        want_b = pooled_features(b.eval(), F.interpolate(x, size=(12, 12), mode="bilinear", align_corners=False,
+                                                         antialias=True))
+    assert torch.allclose(got[0], pooled_features(a.eval(), x), atol=1e-6)
+    assert torch.allclose(got[1], want_b, atol=1e-6)
+    calibrate(network, [(x[:16], None), (x[16:], None)], torch.device("cpu"))  # two batches, one statistic
+    for i, feats in enumerate(got):
+        standardised = network.head.standardise(i, feats).double()
+        live = feats.std(0) > 1e-5  # dimensions silent on these images keep std 1 (as the probe does)
+        assert torch.allclose(standardised.mean(0), torch.zeros(()).double(), atol=1e-4)
+        assert torch.allclose(standardised[:, live].std(0, unbiased=False), torch.ones(()).double(), atol=1e-4)
+
+
+def test_a_fine_tuned_fusion_starts_from_its_sources_and_trains_end_to_end(tmp_path, monkeypatch):
+    import json
+
+    from medtransfer import models
+    from medtransfer.analysis.activations import load_state
+    from medtransfer.data import build_cache
+    from medtransfer.models.weights import load_source_state_dict
+    from medtransfer.training.finetune import finetune
+
+    monkeypatch.chdir(tmp_path)
+    config = fusion_finetune_config()
+    config["study"]["protocols"] = ["finetune"]
+    for init in config["study"]["inits"][1:]:
+        init[next(iter(init))] = ["other@cbr_tiny", "other@resnet18_28"]  # two weights files: no pretraining
+    study = Study(config)
+    build_cache("lesions", study.datasets["lesions"], "results/data/lesions.h5")
+    Path("weights").mkdir()
+    for arch in ("cbr_tiny", "resnet18_28"):
+        torch.manual_seed(7)
+        torch.save(models.create(arch, 5, width=0.125).state_dict(), f"weights/other-{arch}.pt")
+    for name in ("DVME", "CONCAT"):
+        run = next(r for r in study.runs if r.init.startswith(name) and r.seed == 0)
+        spec = study.run_spec(run)
+        if name == "DVME":
+            spec["dvme"] = {**spec["dvme"], "dim": 16, "heads": 2}
+        metrics = finetune(spec, device="cpu", progress=False)
+        assert 0 <= metrics["test"]["auc"] <= 1 and metrics["n_train"] == 200
+        saved = torch.load(f"{spec['run_dir']}/init.pt", weights_only=False)
+        for i, arch in enumerate(("cbr_tiny", "resnet18_28")):  # WT: every member tensor is its file's
+            source = load_source_state_dict({"kind": "file", "path": f"weights/other-{arch}.pt"})
+            for key, value in source.items():
+                if not key.startswith(("head.", "fc.")) and value.dtype.is_floating_point:
+                    assert torch.equal(saved["state_dict"][f"backbones.{i}.{key}"], value), (arch, key)
+        final = torch.load(f"{spec['run_dir']}/final.pt", weights_only=False)["state_dict"]
+        assert any(not torch.equal(final[k], saved["state_dict"][k]) for k in final if k.startswith("backbones.0."))
+        record = json.loads(Path(spec["run_dir"], "init.json").read_text())
+        assert [m["arch"] for m in record["members"]] == ["cbr_tiny", "resnet18_28"]
+        with pytest.raises(ConfigError, match="fusion of several backbones"):
+            load_state(f"{spec['run_dir']}/init.pt")

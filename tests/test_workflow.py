@@ -219,3 +219,12 @@ def test_the_ssl_transfer_study_plans_every_protocol(tmp_path):
     assert jobs["probe"] == targets * fractions * seeds * ((singles + fusions) + singles)  # linear + knn
     assert jobs["features"] == targets * (seeds + 4)  # RI per seed, each WT once
     assert jobs["pretrain"] == 4 and jobs["comparison_table"] == jobs["summary_table"] == jobs["pretrain_table"] == 1
+    # DVME fine-tuned too, one member at another architecture: its pretraining and its features
+    config["study"]["inits"][5] = {"DVME": ["cifar-simclr", "cifar-byol@resnet50_28"], "finetune": True}
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "8", "--resources", "gpu=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    assert jobs["finetune"] == targets * (singles + 1) * fractions * seeds
+    assert jobs["pretrain"] == 5 and jobs["features"] == targets * (seeds + 5)
+    assert "results/pretrain/cifar-byol/resnet50_28/model.pt" in result.stdout

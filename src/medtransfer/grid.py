@@ -37,9 +37,12 @@ INITS_WITH_SOURCE = ("WT", "ST", "WT-ST", "WT-RI")
 INITS_WITHOUT_SOURCE = ("RI", "Gabor")
 INITS_WITH_K = ("WT-ST", "WT-RI")
 INIT_OPTIONS = ("k", "slim", "architectures")
-# Fusions of several frozen sources (Truong et al. 2021), evaluated with the linear protocol only:
-# DVME (projection + self-attention across sources) and plain concatenation, its baseline.
+# Fusions of several sources (Truong et al. 2021): DVME (projection + self-attention across
+# sources) and plain concatenation, its baseline; evaluated with the linear protocol on frozen
+# features and, with `finetune: true` in the init entry, fine-tuned end to end. A fused source is
+# a source name (at the run's architecture) or `name@arch` (that source at another architecture).
 FUSION_INITS = ("DVME", "CONCAT")
+FUSION_OPTIONS = ("finetune",)
 # Names of medtransfer.analysis.similarity.MEASURES (which imports torch); kept equal by a test.
 MEASURE_NAMES = ("linear_cka", "linear_cka_debiased", "rbf_cka", "cca_mean", "svcca", "pwcca")
 
@@ -151,7 +154,8 @@ class InitSpec:
     k: int | None = None
     slim: float | None = None
     architectures: tuple[str, ...] | None = None  # None: every architecture of the study
-    sources: tuple[str, ...] | None = None  # the fused sources of DVME / CONCAT
+    sources: tuple[str, ...] | None = None  # the fused sources of DVME / CONCAT ("name" or "name@arch")
+    finetune: bool = False  # a fusion that is also fine-tuned end to end
 
     @property
     def fusion(self) -> bool:
@@ -181,13 +185,20 @@ def expand_init(entry: str | dict, index: int) -> list[InitSpec]:
     """One config entry of ``study.inits`` -> one InitSpec per k (a list of k is a sweep)."""
     key = f"study.inits[{index}]"
     allowed = ", ".join(INITS_WITHOUT_SOURCE + INITS_WITH_SOURCE + FUSION_INITS)
-    if isinstance(entry, dict) and len(entry) == 1 and next(iter(entry)) in FUSION_INITS:
-        name, sources = next(iter(entry.items()))
+    if isinstance(entry, dict) and any(name in FUSION_INITS for name in entry):
+        names = [k for k in entry if k not in FUSION_OPTIONS]
+        if len(names) != 1:
+            raise ConfigError(f"config key {key}: a fusion entry names one fusion and its options "
+                              f"({', '.join(FUSION_OPTIONS)}), got {list(entry)}")
+        name, sources = names[0], entry[names[0]]
         if (not isinstance(sources, list) or len(sources) < 2 or not all(isinstance(s, str) for s in sources)
                 or len(set(sources)) != len(sources)):
             raise ConfigError(f"config key {key}.{name}: give a list of two or more different source names "
                               f"(e.g. {{{name}: [cifar-simclr, cifar-dino]}}), got {sources!r}")
-        return [InitSpec(name, sources=tuple(sources))]
+        finetune = entry.get("finetune", False)
+        if not isinstance(finetune, bool):
+            raise ConfigError(f"config key {key}.finetune: true or false, got {finetune!r}")
+        return [InitSpec(name, sources=tuple(sources), finetune=finetune)]
     if isinstance(entry, str) and entry in FUSION_INITS:
         raise ConfigError(f"config key {key}: {entry} fuses sources, write {{{entry}: [source, source, ...]}}")
     if isinstance(entry, str):
@@ -220,6 +231,18 @@ def expand_init(entry: str | dict, index: int) -> list[InitSpec]:
 
 
 RUN_COLUMNS = ("dataset", "arch", "protocol", "init", "init_name", "source", "k", "fraction", "seed")
+
+
+def fusion_member(member: str, arch: str) -> tuple[str, str]:
+    """A fused source entry ("name" or "name@arch") -> (source name, its architecture; ``arch``
+    when the entry names none)."""
+    name, _, member_arch = member.partition("@")
+    return name, member_arch or arch
+
+
+def fused_names(spec: InitSpec) -> list[str]:
+    """The source names a fusion init fuses (none for any other init)."""
+    return [fusion_member(member, "")[0] for member in spec.sources or ()]
 
 
 def run_columns(run_spec: dict) -> dict:
@@ -286,7 +309,7 @@ class Study:
         self._check_from_cycles()
         self.inits = [spec for i, entry in enumerate(study["inits"]) for spec in expand_init(entry, i)]
         for i, spec in enumerate(self.inits):
-            for source in ([spec.source] if spec.source is not None else []) + list(spec.sources or ()):
+            for source in ([spec.source] if spec.source is not None else []) + fused_names(spec):
                 if source not in self.sources:
                     known = ", ".join(self.sources) or "none defined"
                     raise ConfigError(
@@ -323,11 +346,18 @@ class Study:
             if spec.architectures is None or arch in spec.architectures
         ]
         fused = {spec.label for spec in self.inits if spec.fusion}
-        if fused and "linear" not in self.protocols:
-            raise ConfigError(f"config key study.inits: {', '.join(sorted(fused))} fuse frozen sources and are "
-                              "evaluated with the linear protocol; add linear to study.protocols")
-        #: the fine-tuning runs (the study's runs before protocols existed: their paths are unchanged)
-        self.runs = [run for run in self.cells if run.init not in fused] if "finetune" in self.protocols else []
+        finetuned_fusions = {spec.label for spec in self.inits if spec.fusion and spec.finetune}
+        if finetuned_fusions and "finetune" not in self.protocols:
+            raise ConfigError(f"config key study.inits: {', '.join(sorted(finetuned_fusions))} asks for "
+                              "finetune: true, but finetune is not in study.protocols; add it there")
+        if fused - finetuned_fusions and "linear" not in self.protocols:
+            raise ConfigError(f"config key study.inits: {', '.join(sorted(fused - finetuned_fusions))} fuse "
+                              "frozen sources and are evaluated with the linear protocol; add linear to "
+                              "study.protocols (or finetune: true to the entry to fine-tune the fusion)")
+        #: the fine-tuning runs (the study's runs before protocols existed: their paths are unchanged);
+        #: fusions only where their entry asks for it (S backbones: S times the cost of a run)
+        self.runs = ([run for run in self.cells if run.init not in fused or run.init in finetuned_fusions]
+                     if "finetune" in self.protocols else [])
         #: (protocol, cell) of the frozen-feature protocols; fusions under the linear protocol only
         self.probe_runs = [(protocol, run) for protocol in self.protocols if protocol in FROZEN_PROTOCOLS
                            for run in self.cells if protocol == "linear" or run.init not in fused]
@@ -407,13 +437,14 @@ class Study:
         """(source, arch) pairs that the workflow must pretrain itself."""
         jobs = set()
         for spec in self.inits:
-            for first in ([spec.source] if spec.source else []) + list(spec.sources or ()):
-                for arch in spec.architectures or self.architectures:
+            for arch in spec.architectures or self.architectures:
+                firsts = ([(spec.source, arch)] if spec.source else []) + self.fusion_members(spec, arch)
+                for first, source_arch in firsts:
                     source = first
                     while source is not None:  # and every source it continues from
-                        if "pretrain" in self.source_entry(source, arch):
-                            jobs.add((source, arch))
-                        source = self._from_of(source, arch)
+                        if "pretrain" in self.source_entry(source, source_arch):
+                            jobs.add((source, source_arch))
+                        source = self._from_of(source, source_arch)
         return sorted(jobs)
 
     def datasets_needed(self) -> list[str]:
@@ -421,10 +452,19 @@ class Study:
         names |= {self.source_entry(s, a)["pretrain"]["dataset"] for s, a in self.pretrain_jobs()}
         return sorted(names)
 
+    def single_backbone_runs(self) -> list[Run]:
+        """The fine-tuning runs of one network (not a fusion of several backbones): those the
+        block-wise analyses (activations, similarity, weight drift, ...) read."""
+        return [run for run in self.runs if not self.init_spec(run.init).fusion]
+
+    def fusion_members(self, spec: InitSpec, arch: str) -> list[tuple[str, str]]:
+        """(source, architecture) of every backbone a fusion init fuses at the run architecture ``arch``."""
+        return [fusion_member(member, arch) for member in spec.sources or ()]
+
     def run_groups(self) -> dict[tuple[str, str, str], list[Run]]:
         """Runs grouped by (dataset, arch, fraction): the unit of cross-run comparisons."""
         groups: dict[tuple[str, str, str], list[Run]] = {}
-        for run in self.runs:
+        for run in self.single_backbone_runs():
             groups.setdefault((run.dataset, run.arch, run.fraction), []).append(run)
         return groups
 
@@ -478,7 +518,15 @@ class Study:
             "fraction": float(run.fraction),
             "seed": int(run.seed),
             "training": self.train,
+            **({"members": self.member_specs(init, run.arch)} if init.fusion else {}),
+            **({"dvme": self.dvme} if init.name == "DVME" else {}),
         }
+
+    def member_specs(self, init: InitSpec, arch: str) -> list[dict]:
+        """The backbones of a fusion run: each fused source's WT at its architecture."""
+        return [{"source": source, "arch": member_arch, "arch_options": self.arch_options.get(member_arch, {}),
+                 "weights": self.source_spec(source, member_arch)}
+                for source, member_arch in self.fusion_members(init, arch)]
 
     # ---- frozen-feature protocols ------------------------------------------------------------
 
@@ -501,7 +549,8 @@ class Study:
         """The features file of a run; for a fusion (DVME, CONCAT), one per fused source (their WT)."""
         spec = self.init_spec(run.init)
         if spec.fusion:
-            return [paths.features(run.dataset, run.arch, f"WT_{source}", "shared") for source in spec.sources]
+            return [paths.features(run.dataset, arch, f"WT_{source}", "shared")
+                    for source, arch in self.fusion_members(spec, run.arch)]
         return paths.features(run.dataset, run.arch, run.init, self.feature_key(run.init, run.seed))
 
     def feature_jobs(self) -> list[str]:
@@ -647,6 +696,8 @@ class Study:
 
         named = [(f"study.architectures[{i}]", arch) for i, arch in enumerate(self.architectures)]
         named += [(f"architectures.{arch}", arch) for arch in self.arch_options]
+        named += [(f"study.inits ({spec.label})", arch) for spec in self.inits if spec.fusion
+                  for arch in {a for _, a in self.fusion_members(spec, "")} if arch]
         for key, arch in named:
             if not is_known_arch(arch):
                 raise ConfigError(f"config key {key}: {unknown_arch_message(arch)}")

@@ -130,9 +130,13 @@ def pretrain_inputs(wildcards):
 
 
 def finetune_inputs(wildcards):
-    """The target's cache, and the source model when the init transfers from our own pretraining."""
+    """The target's cache, and the source model when the init transfers from our own pretraining
+    (every fused source's, for a fine-tuned fusion)."""
     spec = STUDY.run_spec(run_of(wildcards))
-    return cache_and_weights(spec["cache"], spec["source"])
+    inputs = cache_and_weights(spec["cache"], spec["source"])
+    for i, member in enumerate(spec.get("members", [])):  # the backbones of a fine-tuned fusion
+        inputs.update(cache_and_weights(spec["cache"], member["weights"], name=f"member{i}"))
+    return inputs
 
 
 def features_inputs(wildcards):

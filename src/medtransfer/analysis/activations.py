@@ -18,6 +18,7 @@ import torch
 
 from medtransfer import data, models
 from medtransfer.atomic import atomic_path
+from medtransfer.errors import ConfigError
 from medtransfer.training.finetune import input_size
 
 
@@ -83,6 +84,9 @@ def block_activations(model: torch.nn.Module, loader, pool: int, device: torch.d
 def load_state(path: str | Path) -> torch.nn.Module:
     """Rebuild the model saved by fine-tuning (init.pt / final.pt) with its weights."""
     saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved.get("fusion"):
+        raise ConfigError(f"{path}: the weights of a fusion of several backbones (init "
+                          f"{saved['init']['label']}); block-wise analyses read runs of one network")
     model = models.create(saved["arch"], saved["num_classes"], in_chans=3, **saved["create_kwargs"])
     model.load_state_dict(saved["state_dict"])
     return model

@@ -1,7 +1,6 @@
-"""DVME (Truong et al. 2021, "deep visual multi-embedding"): several frozen sources fused by a
-small trained head. Each source's embedding [N, D_s] is standardised and projected to ``dim``;
-the S projected embeddings of an image attend to each other (multi-head self-attention across
-the sources, a residual and LayerNorm), are averaged over the sources and classified.
+"""DVME (Truong et al. 2021, "deep visual multi-embedding") under the linear protocol: the head of
+:class:`medtransfer.models.fusion.DVMEHead` trained on the cached frozen features of its sources
+(standardised with their training-subset statistics).
 
 The head is non-convex, so unlike the linear probe it trains by AdamW epochs (cosine schedule) on
 the cached features; the weight decay is chosen on the validation split. Input handling per
@@ -12,34 +11,13 @@ source (its size and normalisation) happened when its features were computed
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
-from torch import nn
 
+from medtransfer.models.fusion import DVMEHead, fusion_head
 from medtransfer.protocols.linear import Selection, labels_tensor, select_on_val, standardisation
 from medtransfer.training.metrics import loss_function, scores_from_logits
-
-
-class DVMEHead(nn.Module):
-    """A list of S feature tensors [N, D_s] -> logits [N, K]."""
-
-    def __init__(self, means: list[torch.Tensor], stds: list[torch.Tensor], num_outputs: int, *, dim: int = 512,
-                 heads: int = 8, dropout: float = 0.0) -> None:
-        super().__init__()
-        for i, (mean, std) in enumerate(zip(means, stds)):
-            self.register_buffer(f"mean{i}", mean)
-            self.register_buffer(f"std{i}", std)
-        self.n_sources = len(means)
-        self.project = nn.ModuleList(nn.Linear(m.numel(), dim) for m in means)
-        self.attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.norm = nn.LayerNorm(dim)
-        self.classify = nn.Linear(dim, num_outputs)
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        tokens = torch.stack([project((x - getattr(self, f"mean{i}")) / getattr(self, f"std{i}"))
-                              for i, (project, x) in enumerate(zip(self.project, features))], dim=1)  # [N, S, dim]
-        attended, _ = self.attention(tokens, tokens, tokens, need_weights=False)
-        return self.classify(self.norm(tokens + attended).mean(dim=1))
 
 
 def fit_dvme(train: list[np.ndarray], y: np.ndarray, *, task: str, num_outputs: int, weight_decay: float,
@@ -49,8 +27,8 @@ def fit_dvme(train: list[np.ndarray], y: np.ndarray, *, task: str, num_outputs: 
     xs = [torch.as_tensor(x, dtype=torch.float32) for x in train]
     targets = labels_tensor(task, y, torch.float32)
     stats = [standardisation(x) for x in xs]
-    head = DVMEHead([m for m, _ in stats], [s for _, s in stats], num_outputs, dim=int(options["dim"]),
-                    heads=int(options["heads"]), dropout=float(options["dropout"]))
+    head = fusion_head("DVME", [x.shape[1] for x in xs], num_outputs, **options)
+    head.set_standardisation([m for m, _ in stats], [s for _, s in stats])
     optimizer = torch.optim.AdamW(head.parameters(), lr=float(options["lr"]), weight_decay=weight_decay)
     n, batch = len(targets), int(options["batch_size"])
     steps = int(options["epochs"]) * math.ceil(n / batch)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtransfer.models.fusion import usable_std
 from medtransfer.training.metrics import classification_metrics, loss_function, scores_from_logits
 
 #: Above this many feature entries the fit runs in float32 (a CheXpert-sized train split), else float64.
@@ -48,10 +49,9 @@ def labels_tensor(task: str, labels, dtype: torch.dtype) -> torch.Tensor:
 
 
 def standardisation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and std of ``x`` [N, D]. A dimension constant on the training subset (e.g.
-    a ReLU unit silent on 5 images) keeps std 1: left unscaled rather than divided by ~0."""
-    mean, std = x.mean(0), x.std(0, unbiased=False)
-    return mean, torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
+    """Per-feature mean and std of ``x`` [N, D] (a dimension constant on the training subset keeps
+    std 1: :func:`medtransfer.models.fusion.usable_std`)."""
+    return x.mean(0), usable_std(x.std(0, unbiased=False))
 
 
 def penalised_loss(task: str, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor,

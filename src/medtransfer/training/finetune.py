@@ -24,6 +24,7 @@ from medtransfer import data, init, models
 from medtransfer.atomic import atomic_path, torch_save, write_json
 from medtransfer.devices import select_device
 from medtransfer.grid import spec_hash
+from medtransfer.models.fusion import FusionNetwork, calibrate, fusion_head
 from medtransfer.provenance import git_commit, provenance
 from medtransfer.training.trainer import evaluate, fit, precision_for
 
@@ -75,7 +76,11 @@ def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | N
 
 def initialised_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, dict, dict]:
     """The model of ``spec`` (``arch``, ``arch_options``, ``init``, ``source``, ``seed``) right after
-    its initialisation, the init record (init.json) and the ``create_kwargs`` that rebuild it."""
+    its initialisation, the init record (init.json) and the ``create_kwargs`` that rebuild it.
+    A fusion spec (``members``) gives a :class:`~medtransfer.models.fusion.FusionNetwork` whose
+    head standardisation is still the identity (:func:`~medtransfer.models.fusion.calibrate`)."""
+    if spec.get("members"):
+        return fusion_model(spec, num_classes)
     init_spec = spec["init"]
     # create_kwargs: a slim top (WT-RI with slim) changes the architecture itself
     create_kwargs = {**spec["arch_options"],
@@ -85,6 +90,33 @@ def initialised_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, di
     record = init.apply(model, init_spec["name"], source=source, k=init_spec["k"], seed=spec["seed"],
                         **({"slim": init_spec["slim"]} if init_spec.get("slim") else {}))
     return model, record, create_kwargs
+
+
+def fusion_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, dict, dict]:
+    """The fusion network of ``spec["members"]`` (each its source's WT at its architecture, fed at
+    that architecture's input size) under a new DVME or CONCAT head, the init record and the
+    ``create_kwargs`` (one per member)."""
+    backbones, sizes, records, kwargs = [], [], [], []
+    for member in spec["members"]:
+        member_spec = {"arch": member["arch"], "arch_options": member["arch_options"], "seed": spec["seed"],
+                       "init": {"name": "WT", "k": None}, "source": member["weights"]}
+        backbone, record, create_kwargs = initialised_model(member_spec, num_classes)
+        backbones.append(backbone)
+        sizes.append(spec["training"].get("image_size") or models.default_input_size(member["arch"],
+                                                                                      **member["arch_options"]))
+        records.append({"source": member["source"], "arch": member["arch"], **record})
+        kwargs.append(create_kwargs)
+    # timm's pre-logits width (head_hidden_size) differs from num_features where a model has a
+    # pre-logits layer; ours have neither, and then the two agree
+    widths = [int(getattr(backbone, "head_hidden_size", None) or backbone.num_features) for backbone in backbones]
+    name = spec["init"]["name"]
+    torch.manual_seed(spec["seed"])
+    head = fusion_head(name, widths, num_classes, **(spec.get("dvme") or {}))
+    network = FusionNetwork(backbones, sizes, head)
+    record = {"init": name, "seed": spec["seed"], "members": records,
+              "head": {"name": name, "widths": widths, "origin": "random (standardised with the members' "
+                       "initial embeddings of the training subset)"}}
+    return network, record, {"members": kwargs, "input_sizes": sizes, "widths": widths}
 
 
 def write_predictions(path: Path, evaluations: dict[str, Any], task: str, class_names: list[str]) -> None:
@@ -111,15 +143,18 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
 
     info = data.read_info(spec["cache"])
     model, record, create_kwargs = initialised_model(spec, info.num_classes)
-    saved = {"arch": spec["arch"], "num_classes": info.num_classes, "create_kwargs": create_kwargs,
-             "init": spec["init"]}
-    torch_save({"state_dict": model.state_dict(), **saved}, run_dir / "init.pt")
-    write_json(run_dir / "init.json", {"run": spec["run"], **record})
-
     train_labels = data.read_labels(spec["cache"], "train")
     train_indices = data.subset_indices(train_labels, spec["fraction"], spec["seed"],
                                         num_classes=info.num_classes, dataset=spec["dataset"])
     loaders = make_loaders(spec, torch_device, train_indices)
+    if isinstance(model, FusionNetwork):  # the linear protocol's standardisation, from the start weights
+        calibrate(model.to(torch_device), spec_loader(spec, "train", torch_device, indices=train_indices),
+                  torch_device)
+    saved = {"arch": spec["arch"], "num_classes": info.num_classes, "create_kwargs": create_kwargs,
+             "init": spec["init"], **({"fusion": True} if isinstance(model, FusionNetwork) else {})}
+    torch_save({"state_dict": model.state_dict(), **saved}, run_dir / "init.pt")
+    write_json(run_dir / "init.json", {"run": spec["run"], **record})
+
     precision = precision_for(torch_device, training)
     result = fit(model, loaders["train"], loaders["val"], task=info.task, training=training,
                  device=torch_device, checkpoint_path=run_dir / "checkpoint.pt", spec_hash=job_hash,
