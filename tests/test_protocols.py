@@ -364,12 +364,14 @@ def test_fusion_network_feeds_each_backbone_at_its_size_and_calibrates_like_the_
     import torch.nn.functional as F
 
     from medtransfer import models
+    from medtransfer.data.cache import interpolate
     from medtransfer.models.embedding import pooled_features
     from medtransfer.models.fusion import FusionNetwork, calibrate, fusion_head
 
     torch.manual_seed(0)
     a, b = models.create("cbr_tiny", 2, width=0.125), models.create("resnet18_28", 2, width=0.125)
-    network = FusionNetwork([a, b], [None, 12], fusion_head("CONCAT", [a.num_features, b.num_features], 2)).eval()
+    network = FusionNetwork([a, b], [None, 12], fusion_head("CONCAT", [a.num_features, b.num_features], 2),
+                            resize=lambda x, size: interpolate(x, size, "bilinear")).eval()
     x = torch.randn(40, 3, 16, 16)
     with torch.no_grad():
         got = network.embeddings(x)

@@ -233,16 +233,11 @@ def expand_init(entry: str | dict, index: int) -> list[InitSpec]:
 RUN_COLUMNS = ("dataset", "arch", "protocol", "init", "init_name", "source", "k", "fraction", "seed")
 
 
-def fusion_member(member: str, arch: str) -> tuple[str, str]:
-    """A fused source entry ("name" or "name@arch") -> (source name, its architecture; ``arch``
-    when the entry names none)."""
-    name, _, member_arch = member.partition("@")
-    return name, member_arch or arch
-
-
-def fused_names(spec: InitSpec) -> list[str]:
-    """The source names a fusion init fuses (none for any other init)."""
-    return [fusion_member(member, "")[0] for member in spec.sources or ()]
+def fusion_members(spec: InitSpec, arch: str) -> list[tuple[str, str]]:
+    """(source, architecture) of every backbone a fusion init fuses, from its entries ("name" or
+    "name@arch"): ``arch`` (the run's) where an entry names none; none for any other init."""
+    return [(name, member_arch or arch)
+            for name, _, member_arch in (member.partition("@") for member in spec.sources or ())]
 
 
 def run_columns(run_spec: dict) -> dict:
@@ -309,7 +304,8 @@ class Study:
         self._check_from_cycles()
         self.inits = [spec for i, entry in enumerate(study["inits"]) for spec in expand_init(entry, i)]
         for i, spec in enumerate(self.inits):
-            for source in ([spec.source] if spec.source is not None else []) + fused_names(spec):
+            named = ([spec.source] if spec.source is not None else []) + [s for s, _ in fusion_members(spec, "")]
+            for source in named:
                 if source not in self.sources:
                     known = ", ".join(self.sources) or "none defined"
                     raise ConfigError(
@@ -438,7 +434,7 @@ class Study:
         jobs = set()
         for spec in self.inits:
             for arch in spec.architectures or self.architectures:
-                firsts = ([(spec.source, arch)] if spec.source else []) + self.fusion_members(spec, arch)
+                firsts = ([(spec.source, arch)] if spec.source else []) + fusion_members(spec, arch)
                 for first, source_arch in firsts:
                     source = first
                     while source is not None:  # and every source it continues from
@@ -456,10 +452,6 @@ class Study:
         """The fine-tuning runs of one network (not a fusion of several backbones): those the
         block-wise analyses (activations, similarity, weight drift, ...) read."""
         return [run for run in self.runs if not self.init_spec(run.init).fusion]
-
-    def fusion_members(self, spec: InitSpec, arch: str) -> list[tuple[str, str]]:
-        """(source, architecture) of every backbone a fusion init fuses at the run architecture ``arch``."""
-        return [fusion_member(member, arch) for member in spec.sources or ()]
 
     def run_groups(self) -> dict[tuple[str, str, str], list[Run]]:
         """Runs grouped by (dataset, arch, fraction): the unit of cross-run comparisons."""
@@ -526,7 +518,7 @@ class Study:
         """The backbones of a fusion run: each fused source's WT at its architecture."""
         return [{"source": source, "arch": member_arch, "arch_options": self.arch_options.get(member_arch, {}),
                  "weights": self.source_spec(source, member_arch)}
-                for source, member_arch in self.fusion_members(init, arch)]
+                for source, member_arch in fusion_members(init, arch)]
 
     # ---- frozen-feature protocols ------------------------------------------------------------
 
@@ -550,7 +542,7 @@ class Study:
         spec = self.init_spec(run.init)
         if spec.fusion:
             return [paths.features(run.dataset, arch, f"WT_{source}", "shared")
-                    for source, arch in self.fusion_members(spec, run.arch)]
+                    for source, arch in fusion_members(spec, run.arch)]
         return paths.features(run.dataset, run.arch, run.init, self.feature_key(run.init, run.seed))
 
     def feature_jobs(self) -> list[str]:
@@ -697,7 +689,7 @@ class Study:
         named = [(f"study.architectures[{i}]", arch) for i, arch in enumerate(self.architectures)]
         named += [(f"architectures.{arch}", arch) for arch in self.arch_options]
         named += [(f"study.inits ({spec.label})", arch) for spec in self.inits if spec.fusion
-                  for arch in {a for _, a in self.fusion_members(spec, "")} if arch]
+                  for arch in sorted({a for _, a in fusion_members(spec, "")} - {""})]
         for key, arch in named:
             if not is_known_arch(arch):
                 raise ConfigError(f"config key {key}: {unknown_arch_message(arch)}")

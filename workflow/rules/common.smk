@@ -134,9 +134,8 @@ def finetune_inputs(wildcards):
     (every fused source's, for a fine-tuned fusion)."""
     spec = STUDY.run_spec(run_of(wildcards))
     inputs = cache_and_weights(spec["cache"], spec["source"])
-    for i, member in enumerate(
-        spec.get("members", [])
-    ):  # the backbones of a fine-tuned fusion
+    members = spec.get("members", [])  # the backbones of a fine-tuned fusion
+    for i, member in enumerate(members):
         inputs.update(
             cache_and_weights(spec["cache"], member["weights"], name=f"member{i}")
         )

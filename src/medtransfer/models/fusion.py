@@ -17,8 +17,9 @@ whole network trains end to end, each backbone fed the batch at its own input si
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medtransfer.models.embedding import pooled_features
@@ -87,24 +88,26 @@ class FusionNetwork(nn.Module):
     """S backbones (our classifiers; their own heads unused) and a fusion head: [B, C, H, W] -> [B, K].
 
     ``input_sizes[i]`` is the square size backbone i is fed (None: the batch as it comes), so
-    sources of different architectures (a 28 px ResNet and a 224 px ViT) share one batch.
+    sources of different architectures (a 28 px ResNet and a 224 px ViT) share one batch;
+    ``resize(x, size)`` makes it (the study's resize, :func:`medtransfer.data.cache.interpolate`
+    with ``train.resize_mode``, as the loader resizes for a single-source run).
     """
 
-    def __init__(self, backbones: list[nn.Module], input_sizes: list[int | None], head: nn.Module) -> None:
+    def __init__(self, backbones: list[nn.Module], input_sizes: list[int | None], head: nn.Module, *,
+                 resize: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
         super().__init__()
         if len(backbones) != len(input_sizes):
             raise ValueError("one input size per backbone")
         self.backbones = nn.ModuleList(backbones)
         self.input_sizes = list(input_sizes)
         self.head = head
+        self.resize = resize
 
     def embeddings(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The pooled embedding [B, D_s] of every backbone."""
         out = []
         for backbone, size in zip(self.backbones, self.input_sizes):
-            view = x if size is None or tuple(x.shape[-2:]) == (size, size) else F.interpolate(
-                x, size=(size, size), mode="bilinear", align_corners=False, antialias=size < x.shape[-1])
-            out.append(pooled_features(backbone, view))
+            out.append(pooled_features(backbone, x if size is None else self.resize(x, size)))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ test scores) and ``metrics.json`` (test metrics with provenance). Training state
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 
 from medtransfer import data, init, models
 from medtransfer.atomic import atomic_path, torch_save, write_json
+from medtransfer.data.cache import interpolate
 from medtransfer.devices import select_device
 from medtransfer.grid import spec_hash
 from medtransfer.models.fusion import FusionNetwork, calibrate, fusion_head
@@ -99,11 +101,10 @@ def fusion_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, dict, d
     backbones, sizes, records, kwargs = [], [], [], []
     for member in spec["members"]:
         member_spec = {"arch": member["arch"], "arch_options": member["arch_options"], "seed": spec["seed"],
-                       "init": {"name": "WT", "k": None}, "source": member["weights"]}
+                       "init": {"name": "WT", "k": None}, "source": member["weights"], "training": spec["training"]}
         backbone, record, create_kwargs = initialised_model(member_spec, num_classes)
         backbones.append(backbone)
-        sizes.append(spec["training"].get("image_size") or models.default_input_size(member["arch"],
-                                                                                      **member["arch_options"]))
+        sizes.append(input_size(member_spec))
         records.append({"source": member["source"], "arch": member["arch"], **record})
         kwargs.append(create_kwargs)
     # timm's pre-logits width (head_hidden_size) differs from num_features where a model has a
@@ -112,7 +113,8 @@ def fusion_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, dict, d
     name = spec["init"]["name"]
     torch.manual_seed(spec["seed"])
     head = fusion_head(name, widths, num_classes, **(spec.get("dvme") or {}))
-    network = FusionNetwork(backbones, sizes, head)
+    network = FusionNetwork(backbones, sizes, head,
+                            resize=functools.partial(interpolate, mode=spec["training"]["resize_mode"]))
     record = {"init": name, "seed": spec["seed"], "members": records,
               "head": {"name": name, "widths": widths, "origin": "random (standardised with the members' "
                        "initial embeddings of the training subset)"}}
