@@ -217,6 +217,20 @@ def test_reinit_of_a_block_that_did_not_move_costs_nothing(study, tmp_path):
         assert frame.loc[("block3", metric), "value"] == frame.loc[("none", metric), "value"]
 
 
+def test_a_group_job_gives_the_rows_of_its_runs(study):
+    from medtransfer.analysis.layer_knn import layer_knn_table, run_layer_knn
+    from medtransfer.analysis.reinit import reinit_table, run_reinit
+
+    cpu = torch.device("cpu")
+    for name, table, one in (("reinit", reinit_table, run_reinit), ("layer_knn", layer_knn_table, run_layer_knn)):
+        spec = study.reuse_group_spec(name, "lesions", "cbr_tiny", "1")
+        assert spec["out"] == paths.group_analysis(name, "lesions", "cbr_tiny", "1") and len(spec["runs"]) == 2
+        runs = study.reuse_group_runs("lesions", "cbr_tiny", "1")
+        single = {"reinit": study.reinit_spec, "layer_knn": study.layer_knn_spec}[name]
+        expected = pd.concat([one(single(run), cpu) for run in runs], ignore_index=True)
+        pd.testing.assert_frame_equal(table(spec, cpu), expected)
+
+
 # --------------------------------------------------------------------------- layer-wise k-NN
 
 
@@ -363,11 +377,11 @@ def test_a_run_lacking_a_file_names_the_run_and_the_file(study, tmp_path, capsys
     spec = {**study.reinit_spec(run), "run_dir": str(copied), "out": str(tmp_path / "out.csv")}
     with pytest.raises(DataError, match=rf"run {run.id}: .*final.pt is missing.*Fine-tune the run first"):
         run_reinit(spec, torch.device("cpu"))
-    entry = {"run": run.id, "run_dir": str(copied), "columns": study.run_columns(run)}
-    for command, extra in (("weight-drift", {}), ("filters", {}), ("layer-knn", {
-            key: value for key, value in study.layer_knn_spec(run).items() if key not in ("run_dir", "out")})):
-        job = {**extra, "runs": [entry], "run": run.id, "run_dir": str(copied), "columns": entry["columns"],
-               "out": str(tmp_path / "out.csv")}
+    out = {"out": str(tmp_path / "out.csv")}
+    group = {"runs": [{"run": run.id, "run_dir": str(copied), "columns": study.run_columns(run)}], **out}
+    jobs = {"weight-drift": group, "filters": group, "filter-kernels": {**group, "max_filters": 4},
+            "reinit": spec, "layer-knn": {**study.layer_knn_spec(run), "run_dir": str(copied), **out}}
+    for command, job in jobs.items():
         assert main([command, "--spec", json.dumps(job)]) == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and f"run {run.id}" in error and "Traceback" not in error
@@ -394,7 +408,18 @@ def test_every_analysis_is_on_by_default_and_each_can_be_turned_off():
         assert len(off.reuse_figure_names()) == 3
     config = reuse_config()
     config["analysis"]["reinit"] = True
-    assert Study(config).reuse["reinit"] == {"split": "test"}
+    assert Study(config).reuse["reinit"] == {"split": "test", "job": "run"}
+
+
+def test_parts_are_per_run_or_per_group_as_the_job_option_says():
+    study = Study(reuse_config())
+    assert study.reuse_parts("reinit") == [paths.run_analysis("reinit", run) for run in study.reuse_runs]
+    assert study.reuse_parts("weight_drift") == [paths.group_analysis("weight_drift", *g) for g in study.reuse_groups()]
+    config = reuse_config()
+    config["analysis"]["layer_knn"] = {"job": "group"}
+    grouped = Study(config)
+    assert grouped.reuse_parts("layer_knn") == [paths.group_analysis("layer_knn", *g) for g in grouped.reuse_groups()]
+    assert len(grouped.reuse_parts("layer_knn")) == 2 and len(grouped.reuse_parts("reinit")) == 4
 
 
 def test_layer_knn_takes_the_k_nn_protocols_settings_unless_given():
@@ -426,7 +451,8 @@ def test_the_filters_cell_defaults_to_the_first_target_and_largest_fraction():
                                             "states from init, final"),
     ({"layer_knn": {"k": 0}}, "analysis.layer_knn.k: 0; give an integer >= 1"),
     ({"reinit": {"split": "train"}}, "analysis.reinit.split: 'train'; allowed: test, val"),
-    ({"reinit": {"blocks": 2}}, "analysis.reinit: unknown option\\(s\\) blocks; allowed: split"),
+    ({"layer_knn": {"job": "study"}}, "analysis.layer_knn.job: 'study'; allowed: run, group"),
+    ({"reinit": {"blocks": 2}}, "analysis.reinit: unknown option\\(s\\) blocks; allowed: split, job"),
     ({"weight_drift": "yes"}, "analysis.weight_drift: give false \\(off\\), true"),
 ])
 def test_bad_analysis_options_name_the_key_and_the_allowed_values(analysis, message):

@@ -153,21 +153,21 @@ def cmd_weight_drift(args: argparse.Namespace) -> None:
 
 
 def cmd_reinit(args: argparse.Namespace) -> None:
-    from medtransfer.analysis.reinit import run_reinit
+    from medtransfer.analysis.reinit import reinit_table
     from medtransfer.devices import configure_threads, select_device
 
     configure_threads(args.threads)
     spec = _spec(args.spec)
-    _write_csv(run_reinit(spec, select_device(args.device)), spec["out"])
+    _write_csv(reinit_table(spec, select_device(args.device)), spec["out"])
 
 
 def cmd_layer_knn(args: argparse.Namespace) -> None:
-    from medtransfer.analysis.layer_knn import run_layer_knn
+    from medtransfer.analysis.layer_knn import layer_knn_table
     from medtransfer.devices import configure_threads, select_device
 
     configure_threads(args.threads)
     spec = _spec(args.spec)
-    _write_csv(run_layer_knn(spec, select_device(args.device)), spec["out"])
+    _write_csv(layer_knn_table(spec, select_device(args.device)), spec["out"])
 
 
 def cmd_filters(args: argparse.Namespace) -> None:
@@ -208,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("similarity", cmd_similarity, "similarity(init, final) per block for the runs of one group")
     add("similarity-pairs", cmd_similarity_pairs, "block × block similarity between runs, with the seed noise floor")
     add("weight-drift", cmd_weight_drift, "L2 distance of each block's weights from init, for the runs of one group")
-    add("reinit", cmd_reinit, "test metrics of one run with each block reset to its init weights")
-    add("layer-knn", cmd_layer_knn, "weighted k-NN test metrics on each block's pooled features, init and final")
+    add("reinit", cmd_reinit, "test metrics with each block reset to its init weights (one run or a group)")
+    add("layer-knn", cmd_layer_knn, "weighted k-NN test metrics on each block's features, init and final")
     add("filters", cmd_filters, "mean absolute change of the first convolution, for the runs of one group")
     add("filter-kernels", cmd_filter_kernels, "init and final first-layer kernels of the runs of one cell")
     sub = add("collect", cmd_collect, "gather per-run results into one tidy CSV", job=False)

@@ -46,6 +46,8 @@ MEASURE_NAMES = ("linear_cka", "linear_cka_debiased", "rbf_cka", "cca_mean", "sv
 # splits their test metrics may be computed on.
 REUSE_ANALYSES = ("weight_drift", "reinit", "layer_knn", "filters")
 REUSE_SPLITS = ("test", "val")
+# The job unit of the analyses that run the network: a run, or a (dataset, arch, fraction) group.
+REUSE_JOBS = ("run", "group")
 
 DEFAULT_TRAINING: dict[str, Any] = {
     "epochs": 10,
@@ -77,10 +79,12 @@ DEFAULT_ANALYSIS: dict[str, Any] = {
     # The feature-reuse analyses (README "Feature reuse"): each on by default, `false` turns it off.
     # layer_knn's k / temperature / cap_k left None are the study's `knn:` settings; filters'
     # cell left None is the first target and architecture, the largest fraction, the first seed.
+    # job: one job per run (parallel over GPUs) or per (dataset, arch, fraction) group (one process
+    # start, ~4 s of imports, for all its runs: the cheaper choice for small models and CPUs).
     "weight_drift": {},
-    "reinit": {"split": "test"},
+    "reinit": {"split": "test", "job": "run"},
     "layer_knn": {"k": None, "temperature": None, "cap_k": None, "states": ["init", "final"], "split": "test",
-                  "max_memory_mb": 2048},
+                  "max_memory_mb": 2048, "job": "run"},
     "filters": {"dataset": None, "arch": None, "fraction": None, "seed": None, "max_filters": 64},
 }
 
@@ -712,6 +716,9 @@ class Study:
             if options is not None and options["split"] not in REUSE_SPLITS:
                 raise ConfigError(f"config key analysis.{name}.split: {options['split']!r}; allowed: "
                                   f"{', '.join(REUSE_SPLITS)}")
+            if options is not None and options["job"] not in REUSE_JOBS:
+                raise ConfigError(f"config key analysis.{name}.job: {options['job']!r}; allowed: "
+                                  f"{', '.join(REUSE_JOBS)}")
         knn = self.reuse["layer_knn"]
         if knn is not None:
             for key in ("k", "temperature", "cap_k"):  # None: the k-NN protocol's setting
@@ -806,6 +813,19 @@ class Study:
         keys = ("states", "split", "k", "temperature", "cap_k", "max_memory_mb")
         return {"run": run.id, "run_dir": paths.run_dir(run), "columns": self.run_columns(run),
                 **{key: options[key] for key in keys}, "out": paths.run_analysis("layer_knn", run)}
+
+    def reuse_group_spec(self, name: str, dataset: str, arch: str, fraction: str) -> dict:
+        """``analysis.{name}.job: group`` (reinit, layer_knn): the run specs of one group, one output."""
+        run_spec = {"reinit": self.reinit_spec, "layer_knn": self.layer_knn_spec}[name]
+        runs = [{k: v for k, v in run_spec(run).items() if k != "out"}
+                for run in self.reuse_group_runs(dataset, arch, fraction)]
+        return {"runs": runs, "out": paths.group_analysis(name, dataset, arch, fraction)}
+
+    def reuse_parts(self, kind: str) -> list[str]:
+        """The per-run or per-group CSVs that ``analysis_table(kind)`` is collected from."""
+        if kind in ("reinit", "layer_knn") and self.reuse[kind]["job"] == "run":
+            return [paths.run_analysis(kind, run) for run in self.reuse_runs]
+        return [paths.group_analysis(kind, *group) for group in self.reuse_groups()]
 
     def reuse_tables(self) -> list[str]:
         """The study-wide CSVs (``paths.analysis_table`` kinds) of the feature-reuse analyses that run."""

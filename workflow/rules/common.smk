@@ -250,12 +250,35 @@ def filter_cell_weights(wildcards):
     return weights_of(STUDY.filters_cell_runs())
 
 
-def reuse_group_parts(kind):
-    return [paths.group_analysis(kind, *group) for group in STUDY.reuse_groups()]
+def reinit_group_spec(wildcards):
+    return as_json(
+        STUDY.reuse_group_spec(
+            "reinit", wildcards.dataset, wildcards.arch, wildcards.fraction
+        )
+    )
 
 
-def reuse_run_parts(kind):
-    return [paths.run_analysis(kind, run) for run in STUDY.reuse_runs]
+def layer_knn_group_spec(wildcards):
+    return as_json(
+        STUDY.reuse_group_spec(
+            "layer_knn", wildcards.dataset, wildcards.arch, wildcards.fraction
+        )
+    )
+
+
+def group_network_inputs(wildcards):
+    """What a group job that runs the network reads: the runs' weights and metrics, the cache."""
+    runs = STUDY.reuse_group_runs(wildcards.dataset, wildcards.arch, wildcards.fraction)
+    return {
+        "weights": weights_of(runs),
+        "metrics": [paths.run_file(run, "metrics.json") for run in runs],
+        "cache": paths.dataset_cache(wildcards.dataset),
+    }
+
+
+def reuse_parts(kind):
+    """The per-run or per-group parts of results/analysis/{kind}.csv."""
+    return STUDY.reuse_parts(kind)
 
 
 def reuse_targets():

@@ -1,8 +1,9 @@
 # The feature-reuse analyses of the fine-tuning runs (README "Feature reuse"): weight drift and
 # first-layer filters per (dataset, arch, fraction) group (cheap: no forward pass), and
-# re-initialisation robustness and layer-wise k-NN per run (they run the network). Per-group and
-# per-run parts are gathered into results/analysis/{kind}.csv by `medtransfer collect similarity`,
-# the collector that concatenates tidy CSV parts.
+# re-initialisation robustness and layer-wise k-NN per run (they run the network), or per group
+# with `analysis.{reinit,layer_knn}.job: group`. The parts are gathered into
+# results/analysis/{kind}.csv by `medtransfer collect similarity`, the collector that
+# concatenates tidy CSV parts.
 
 
 localrules:
@@ -34,7 +35,7 @@ rule weight_drift:
 
 rule collect_weight_drift:
     input:
-        reuse_group_parts("weight_drift"),
+        reuse_parts("weight_drift"),
     output:
         paths.analysis_table("weight_drift"),
     log:
@@ -72,7 +73,7 @@ rule filters:
 
 rule collect_filters:
     input:
-        reuse_group_parts("filters"),
+        reuse_parts("filters"),
     output:
         paths.analysis_table("filters"),
     log:
@@ -131,9 +132,29 @@ rule reinit:
         "medtransfer reinit --spec {params.spec:q} --threads {threads} > {log} 2>&1"
 
 
+rule reinit_group:
+    input:
+        unpack(group_network_inputs),
+    output:
+        paths.group_analysis("reinit", "{dataset}", "{arch}", "{fraction}"),
+    log:
+        paths.log("reinit", "{dataset}/{arch}/f{fraction}"),
+    conda:
+        ENV
+    threads: resource("reinit", "threads")
+    resources:
+        mem_mb=per_attempt("reinit", "mem_mb"),
+        runtime=per_attempt("reinit", "runtime"),
+        gpu=1,
+    params:
+        spec=reinit_group_spec,
+    shell:
+        "medtransfer reinit --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+
+
 rule collect_reinit:
     input:
-        reuse_run_parts("reinit"),
+        reuse_parts("reinit"),
     output:
         paths.analysis_table("reinit"),
     log:
@@ -172,9 +193,29 @@ rule layer_knn:
         "medtransfer layer-knn --spec {params.spec:q} --threads {threads} > {log} 2>&1"
 
 
+rule layer_knn_group:
+    input:
+        unpack(group_network_inputs),
+    output:
+        paths.group_analysis("layer_knn", "{dataset}", "{arch}", "{fraction}"),
+    log:
+        paths.log("layer_knn", "{dataset}/{arch}/f{fraction}"),
+    conda:
+        ENV
+    threads: resource("layer_knn", "threads")
+    resources:
+        mem_mb=per_attempt("layer_knn", "mem_mb"),
+        runtime=per_attempt("layer_knn", "runtime"),
+        gpu=1,
+    params:
+        spec=layer_knn_group_spec,
+    shell:
+        "medtransfer layer-knn --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+
+
 rule collect_layer_knn:
     input:
-        reuse_run_parts("layer_knn"),
+        reuse_parts("layer_knn"),
     output:
         paths.analysis_table("layer_knn"),
     log:

@@ -175,3 +175,8 @@ def run_layer_knn(spec: dict, device: torch.device) -> pd.DataFrame:
                           "n_features": int(widths[block])} for metric, value in metrics.items()]
             del memory, queries
     return pd.DataFrame(rows)
+
+
+def layer_knn_table(spec: dict, device: torch.device) -> pd.DataFrame:
+    """The rows of one run's spec, or of every run spec in ``spec["runs"]`` (a group job)."""
+    return pd.concat([run_layer_knn(entry, device) for entry in spec.get("runs") or [spec]], ignore_index=True)

@@ -95,3 +95,8 @@ def _check_against_run(recomputed: Mapping[str, float], recorded: Mapping[str, f
         if metric in recorded and not math.isclose(value, recorded[metric], abs_tol=1e-4):
             log.warning("run %s: %s %s recomputed as %.6f, metrics.json has %.6f (another device, or the cache "
                         "changed since fine-tuning)", run, split, metric, value, recorded[metric])
+
+
+def reinit_table(spec: dict, device: torch.device) -> pd.DataFrame:
+    """The rows of one run's spec, or of every run spec in ``spec["runs"]`` (a group job)."""
+    return pd.concat([run_reinit(entry, device) for entry in spec.get("runs") or [spec]], ignore_index=True)

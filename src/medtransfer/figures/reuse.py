@@ -130,7 +130,8 @@ def plot_weight_drift(drift_csv: str | Path, out_pdf: str | Path) -> Path:
         def legend(fig, axes):
             legend_outside(fig, line_handles(inits, palette, dashes, marker="o"), inits, "init (mean ± sd)")
 
-        return _facets(frame, "relative L2 drift\n‖θ_final − θ_init‖ / ‖θ_init‖", title, out_pdf, draw, legend)
+        y_label = "relative L2 drift\n‖θ_final − θ_init‖ / ‖θ_init‖"
+        return _facets(frame, y_label, title, out_pdf, draw, legend)
 
 
 def plot_reinit(reinit_csv: str | Path, out_pdf: str | Path, metric: str = "auc") -> Path:
