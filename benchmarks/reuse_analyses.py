@@ -8,7 +8,7 @@
    test images, 28 px gray) and one run of the lead's study architecture (ResNet-18 (28) at a
    quarter width), whose final.pt is its init.pt perturbed (no training: the analyses' cost does
    not depend on the weights). Each analysis runs as the workflow runs it, one ``medtransfer``
-   job in a subprocess; wall seconds include the process start, peak RSS is the child's.
+   job in a subprocess; wall seconds include the process start, peak RSS is the job's own.
 
 Run from the repository root (PYTHONPATH=src):
 
@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -119,18 +118,25 @@ def ten_thousand(folder: Path, threads: int) -> None:
     }
     print("| analysis (one run, one job) | wall s (job) | peak RSS (MB) |")
     print("| --- | ---: | ---: |")
-    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
     for name, (command, job) in jobs.items():
         (folder / "spec.json").write_text(json.dumps(job))
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "medtransfer.cli", command, "--spec", "@spec.json", "--threads",
-                        str(threads), "--device", "cpu"], check=True, env=env)
+        # the job in a child that reports its own peak resident set (ru_maxrss of itself, in kB)
+        child = subprocess.run([sys.executable, "-c", _JOB, command, str(threads)], check=True,
+                               capture_output=True, text=True)
         seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        # ru_maxrss of children is the largest child so far: report it when this job raised it
-        print(f"| {name} | {seconds:.1f} | {peak / 1024:.0f}{'' if peak > before else ' (≤)'} |")
+        peak_kb = int(child.stdout.strip().splitlines()[-1])
+        print(f"| {name} | {seconds:.1f} | {peak_kb / 1024:.0f} |")
     print()
+
+
+_JOB = """
+import resource, sys
+from medtransfer.cli import main
+code = main([sys.argv[1], "--spec", "@spec.json", "--threads", sys.argv[2], "--device", "cpu"])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""
 
 
 def main() -> None:
