@@ -147,7 +147,9 @@ def _write_csv(frame, out: str) -> None:
 
 def cmd_weight_drift(args: argparse.Namespace) -> None:
     from medtransfer.analysis.weights import weight_drift_table
+    from medtransfer.devices import configure_threads
 
+    configure_threads(args.threads)
     spec = _spec(args.spec)
     _write_csv(weight_drift_table(spec), spec["out"])
 
@@ -172,14 +174,18 @@ def cmd_layer_knn(args: argparse.Namespace) -> None:
 
 def cmd_filters(args: argparse.Namespace) -> None:
     from medtransfer.analysis.filters import filters_table
+    from medtransfer.devices import configure_threads
 
+    configure_threads(args.threads)
     spec = _spec(args.spec)
     _write_csv(filters_table(spec), spec["out"])
 
 
 def cmd_filter_kernels(args: argparse.Namespace) -> None:
     from medtransfer.analysis.filters import filter_kernels_table
+    from medtransfer.devices import configure_threads
 
+    configure_threads(args.threads)
     spec = _spec(args.spec)
     _write_csv(filter_kernels_table(spec), spec["out"])
 

@@ -24,6 +24,7 @@ one normalised copy of the block's memory, never n_query × n_memory.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -160,7 +161,7 @@ def run_layer_knn(spec: dict, device: torch.device) -> pd.DataFrame:
     rows = []
     for state in spec["states"]:
         saved = read_checkpoint(spec["run_dir"], state, run)
-        model = build_model(saved, run, f"{spec['run_dir']}/{state}.pt")
+        model = build_model(saved, run, Path(spec["run_dir"]) / f"{state}.pt")
         widths = block_widths(model, query_loader, device)
         index = {name: i for i, name in enumerate(widths)}
         for group in plan_block_groups(widths, n_rows, int(spec["max_memory_mb"]) << 20):
