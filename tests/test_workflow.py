@@ -70,6 +70,9 @@ def test_dry_run_plans_the_whole_grid(tmp_path):
     assert jobs["similarity_init_final"] == 1  # one job per (dataset, arch, fraction) group
     assert jobs["preprocess"] == 2 and jobs["pretrain"] == 1
     assert jobs["similarity_pairs"] == 1  # one (dataset, arch, fraction) group
+    # feature reuse: weights per group, the network per run, the filters figure's kernels once
+    assert jobs["weight_drift"] == jobs["filters"] == jobs["filter_kernels"] == 1
+    assert jobs["reinit"] == jobs["layer_knn"] == runs
 
 
 def test_dry_run_plans_features_once_and_one_probe_per_cell(tmp_path):
@@ -134,7 +137,9 @@ def test_a_bad_config_stops_before_any_job_naming_the_key(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_study_end_to_end_then_one_figure_without_retraining(tmp_path):
-    write_config(tmp_path, tiny_config())
+    config = tiny_config()
+    config["analysis"]["layer_knn"] = {"job": "group"}  # reinit keeps the default, a job per run
+    write_config(tmp_path, config)
     result = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = tmp_path / "results"
@@ -164,6 +169,21 @@ def test_tiny_study_end_to_end_then_one_figure_without_retraining(tmp_path):
     assert table["git_commit"].notna().all() and (table["device"] == "cpu").all()
     cka = pd.read_csv(results / "analysis" / "similarity_init_final.csv")
     assert cka["value"].between(-1e-6, 1 + 1e-6).all()
+    # the feature-reuse analyses, from the runs' files
+    for name in ("weight_drift", "reinit", "layer_knn", "filters"):
+        assert (results / "figures" / f"{name}.png").stat().st_size > 0
+    drift = pd.read_csv(results / "analysis" / "weight_drift.csv")
+    assert drift.groupby("run")["block"].count().eq(n_blocks).all() and drift["run"].nunique() == len(metrics)
+    reinit = pd.read_csv(results / "analysis" / "reinit.csv")
+    none = reinit[(reinit["block"] == "none") & (reinit["metric"] == "auc")].merge(
+        metrics, on=["dataset", "arch", "init", "fraction", "seed"])
+    assert len(none) == len(metrics) and (none["value"] - none["test_auc"]).abs().max() < 1e-9
+    knn = pd.read_csv(results / "analysis" / "layer_knn.csv")
+    assert set(knn["state"]) == {"init", "final"} and knn["run"].nunique() == len(metrics)
+    assert (knn["k"] == 200).all() and knn.loc[knn["metric"] == "auc", "value"].between(0, 1).all()
+    assert len(pd.read_csv(results / "analysis" / "filters.csv")) == len(metrics)
+    kernels = pd.read_csv(results / "analysis" / "filter_kernels.csv")
+    assert set(kernels["init"]) == {"RI", "WT_natural"} and set(kernels["seed"]) == {0}
 
     # Regenerate one figure: Snakemake's own plan must contain no training or extraction job.
     (results / "figures" / "test_auc.pdf").unlink()

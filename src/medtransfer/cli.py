@@ -138,6 +138,58 @@ def cmd_table(args: argparse.Namespace) -> None:
     summary_table(args.input, args.out_csv, args.out_md)
 
 
+def _write_csv(frame, out: str) -> None:
+    from medtransfer.atomic import atomic_path
+
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def cmd_weight_drift(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.weights import weight_drift_table
+    from medtransfer.devices import configure_threads
+
+    configure_threads(args.threads)
+    spec = _spec(args.spec)
+    _write_csv(weight_drift_table(spec), spec["out"])
+
+
+def cmd_reinit(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.reinit import reinit_table
+    from medtransfer.devices import configure_threads, select_device
+
+    configure_threads(args.threads)
+    spec = _spec(args.spec)
+    _write_csv(reinit_table(spec, select_device(args.device)), spec["out"])
+
+
+def cmd_layer_knn(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.layer_knn import layer_knn_table
+    from medtransfer.devices import configure_threads, select_device
+
+    configure_threads(args.threads)
+    spec = _spec(args.spec)
+    _write_csv(layer_knn_table(spec, select_device(args.device)), spec["out"])
+
+
+def cmd_filters(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.filters import filters_table
+    from medtransfer.devices import configure_threads
+
+    configure_threads(args.threads)
+    spec = _spec(args.spec)
+    _write_csv(filters_table(spec), spec["out"])
+
+
+def cmd_filter_kernels(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.filters import filter_kernels_table
+    from medtransfer.devices import configure_threads
+
+    configure_threads(args.threads)
+    spec = _spec(args.spec)
+    _write_csv(filter_kernels_table(spec), spec["out"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medtransfer", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -161,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("activations", cmd_activations, "activations of every canonical block, init and final states")
     add("similarity", cmd_similarity, "similarity(init, final) per block for the runs of one group")
     add("similarity-pairs", cmd_similarity_pairs, "block × block similarity between runs, with the seed noise floor")
+    add("weight-drift", cmd_weight_drift, "L2 distance of each block's weights from init, for the runs of one group")
+    add("reinit", cmd_reinit, "test metrics with each block reset to its init weights (one run or a group)")
+    add("layer-knn", cmd_layer_knn, "weighted k-NN test metrics on each block's features, init and final")
+    add("filters", cmd_filters, "mean absolute change of the first convolution, for the runs of one group")
+    add("filter-kernels", cmd_filter_kernels, "init and final first-layer kernels of the runs of one cell")
     sub = add("collect", cmd_collect, "gather per-run results into one tidy CSV", job=False)
     sub.add_argument("kind", choices=["metrics", "history", "similarity", "provenance", "pretrain"])
     sub.add_argument("--out", required=True)

@@ -116,3 +116,8 @@ def figure(name: str, ext: str = "pdf", root: str = RESULTS) -> str:
 
 def log(rule: str, name: str, root: str = RESULTS) -> str:
     return f"{root}/logs/{rule}/{name}.log"
+
+
+def run_analysis(kind: str, run: Run, root: str = RESULTS) -> str:
+    """The part of ``analysis_table(kind)`` of one run (per-run analyses: reinit, layer_knn)."""
+    return f"{root}/analysis/{kind}/runs/{run.id}.csv"

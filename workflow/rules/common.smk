@@ -209,4 +209,84 @@ def final_targets():
         for name in STUDY.figure_names()
         for ext in ("pdf", "png")
     ]
+    targets += reuse_targets()
     return targets
+
+
+# ---- feature-reuse analyses (workflow/rules/reuse.smk) ----------------------------------
+
+
+def weight_drift_spec(wildcards):
+    return as_json(
+        STUDY.weight_drift_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
+    )
+
+
+def filters_spec(wildcards):
+    return as_json(
+        STUDY.filters_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
+    )
+
+
+def filter_kernels_spec(wildcards):
+    return as_json(STUDY.filter_kernels_spec())
+
+
+def reinit_spec(wildcards):
+    return as_json(STUDY.reinit_spec(run_of(wildcards)))
+
+
+def layer_knn_spec(wildcards):
+    return as_json(STUDY.layer_knn_spec(run_of(wildcards)))
+
+
+def weights_of(runs):
+    return [
+        paths.run_file(run, name) for run in runs for name in ("init.pt", "final.pt")
+    ]
+
+
+def group_weights(wildcards):
+    """init.pt and final.pt of every run of one (dataset, arch, fraction) group."""
+    return weights_of(
+        STUDY.reuse_group_runs(wildcards.dataset, wildcards.arch, wildcards.fraction)
+    )
+
+
+def filter_cell_weights(wildcards):
+    return weights_of(STUDY.filters_cell_runs())
+
+
+def reinit_group_spec(wildcards):
+    return as_json(
+        STUDY.reuse_group_spec(
+            "reinit", wildcards.dataset, wildcards.arch, wildcards.fraction
+        )
+    )
+
+
+def layer_knn_group_spec(wildcards):
+    return as_json(
+        STUDY.reuse_group_spec(
+            "layer_knn", wildcards.dataset, wildcards.arch, wildcards.fraction
+        )
+    )
+
+
+def group_network_inputs(wildcards):
+    """What a group job that runs the network reads: the runs' weights and metrics, the cache."""
+    runs = STUDY.reuse_group_runs(wildcards.dataset, wildcards.arch, wildcards.fraction)
+    return {
+        "weights": weights_of(runs),
+        "metrics": [paths.run_file(run, "metrics.json") for run in runs],
+        "cache": paths.dataset_cache(wildcards.dataset),
+    }
+
+
+def reuse_parts(kind):
+    """The per-run or per-group parts of results/analysis/{kind}.csv."""
+    return STUDY.reuse_parts(kind)
+
+
+def reuse_targets():
+    return [paths.analysis_table(kind) for kind in STUDY.reuse_tables()]

@@ -20,6 +20,7 @@ from typing import NamedTuple
 from medtransfer.figures.convergence import plot_convergence, plot_epochs_to_95
 from medtransfer.figures.performance import plot_init_comparison, plot_metric_vs_k, plot_test_metric
 from medtransfer.figures.protocols import plot_protocols
+from medtransfer.figures.reuse import plot_filters, plot_layer_knn, plot_reinit, plot_weight_drift
 from medtransfer.figures.similarity import plot_init_final, plot_pair_diagonal, plot_pair_heatmaps
 
 
@@ -40,4 +41,8 @@ FIGURES: dict[str, FigureSpec] = {
     "similarity_init_final": FigureSpec(plot_init_final, "similarity_init_final"),
     "similarity_pairs_heatmap": FigureSpec(plot_pair_heatmaps, "similarity_pairs"),
     "similarity_pairs_blocks": FigureSpec(plot_pair_diagonal, "similarity_pairs"),
+    "weight_drift": FigureSpec(plot_weight_drift, "weight_drift"),
+    "reinit": FigureSpec(plot_reinit, "reinit"),
+    "layer_knn": FigureSpec(plot_layer_knn, "layer_knn"),
+    "filters": FigureSpec(plot_filters, "filter_kernels"),
 }

@@ -122,3 +122,12 @@ def select_row(frame: pd.DataFrame, row: tuple[str, float | None]) -> pd.DataFra
     if fraction is not None:
         mask &= frame["fraction"] == fraction
     return frame[mask]
+
+
+# The feature-reuse CSVs (medtransfer.analysis.{weights, reinit, layer_knn, filters}; figures/reuse.py).
+WEIGHT_DRIFT_COLUMNS = RUN_COLUMNS + ("run", "block", "block_index", "l2", "relative", "n_params")
+REINIT_COLUMNS = RUN_COLUMNS + ("run", "block", "block_index", "metric", "value", "drop")
+LAYER_KNN_COLUMNS = RUN_COLUMNS + ("run", "state", "block", "block_index", "metric", "value")
+FILTER_KERNEL_COLUMNS = RUN_COLUMNS + ("run", "layer", "state", "filter", "channel", "row", "col", "value")
+_TEXT_COLUMNS = _TEXT_COLUMNS + ("run", "state", "metric", "split", "layer")
+_INTEGER_COLUMNS = _INTEGER_COLUMNS + ("n_params", "filter", "channel", "row", "col")
