@@ -15,6 +15,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/protocols.smk"
 include: "workflow/rules/representations.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/domain.smk"
 include: "workflow/rules/figures.smk"
 
 

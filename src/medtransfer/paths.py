@@ -116,3 +116,8 @@ def figure(name: str, ext: str = "pdf", root: str = RESULTS) -> str:
 
 def log(rule: str, name: str, root: str = RESULTS) -> str:
     return f"{root}/logs/{rule}/{name}.log"
+
+
+def fid_stats(embedder: str, dataset: str, root: str = RESULTS) -> str:
+    """Feature statistics (mean, covariance, n) of one dataset under one FID embedder."""
+    return f"{root}/fid_stats/{embedder}/{dataset}.h5"

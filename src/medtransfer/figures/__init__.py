@@ -18,6 +18,12 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from medtransfer.figures.convergence import plot_convergence, plot_epochs_to_95
+from medtransfer.figures.domain import (
+    plot_fid_gain,
+    plot_fid_st_share,
+    plot_prediction_similarity,
+    plot_representation_gain,
+)
 from medtransfer.figures.performance import plot_init_comparison, plot_metric_vs_k, plot_test_metric
 from medtransfer.figures.protocols import plot_protocols
 from medtransfer.figures.similarity import plot_init_final, plot_pair_diagonal, plot_pair_heatmaps
@@ -40,4 +46,8 @@ FIGURES: dict[str, FigureSpec] = {
     "similarity_init_final": FigureSpec(plot_init_final, "similarity_init_final"),
     "similarity_pairs_heatmap": FigureSpec(plot_pair_heatmaps, "similarity_pairs"),
     "similarity_pairs_blocks": FigureSpec(plot_pair_diagonal, "similarity_pairs"),
+    "fid_gain": FigureSpec(plot_fid_gain, "fid_gain"),
+    "fid_st_share": FigureSpec(plot_fid_st_share, "fid_gain"),
+    "prediction_similarity": FigureSpec(plot_prediction_similarity, "prediction_similarity"),
+    "representation_gain": FigureSpec(plot_representation_gain, "representation_gain_runs"),
 }
