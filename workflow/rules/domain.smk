@@ -14,10 +14,10 @@ rule fid_stats:
         unpack(fid_stats_inputs),
     output:
         paths.fid_stats("{embedder}", "{dataset}"),
-    wildcard_constraints:
-        embedder=r"[^/]+",
     log:
         paths.log("fid_stats", "{embedder}/{dataset}"),
+    wildcard_constraints:
+        embedder=r"[^/]+",
     conda:
         ENV
     threads: resource("fid_stats", "threads")

@@ -173,7 +173,7 @@ def _imagenet_embedder(spec: dict) -> tuple[torch.nn.Module, dict, int]:
     return model, normalize, int(cfg["input_size"][-1])
 
 
-def _source_embedder(spec: dict) -> tuple[torch.nn.Module, dict | str, int]:
+def _source_embedder(spec: dict) -> tuple[torch.nn.Module, dict | str, int | None]:
     """The backbone of a study source (its pretrained weights, as a WT init loads them), the
     normalisation it was pretrained with and its pretraining input size."""
     from medtransfer.training.finetune import initialised_model
@@ -183,13 +183,15 @@ def _source_embedder(spec: dict) -> tuple[torch.nn.Module, dict | str, int]:
     if normalize == "dataset":  # the source dataset's statistics, applied to both datasets alike
         info = data.read_info(spec["normalize_cache"])
         normalize = {"mean": list(info.mean), "std": list(info.std)}
-    size = spec.get("image_size") or data.read_info(spec["normalize_cache"]).image_size
-    return model, normalize, int(size)
+    size = spec.get("image_size")
+    if not size and spec.get("normalize_cache"):
+        size = data.read_info(spec["normalize_cache"]).image_size
+    return model, normalize, size
 
 
-def embedder(spec: dict) -> tuple[torch.nn.Module, dict | str, int]:
-    """(model in eval mode, normalisation for the loader, input size in px) of an embedder spec
-    (``medtransfer.grid.Study.fid_embedder_spec``)."""
+def embedder(spec: dict) -> tuple[torch.nn.Module, dict | str, int | None]:
+    """(model in eval mode, normalisation for the loader, its input size in px or None when it has
+    none of its own) of an embedder spec (``medtransfer.grid.Study.fid_embedder_spec``)."""
     if spec["kind"] == "timm":
         model, normalize, size = _imagenet_embedder(spec)
     elif spec["kind"] == "source":
@@ -219,7 +221,11 @@ def dataset_statistics(spec: dict, device: torch.device) -> dict:
 
     start = time.monotonic()
     model, normalize, default_size = embedder(spec["embedder"])
-    size = int(spec.get("size") or default_size)
+    size = spec.get("size") or default_size
+    if not size:  # both datasets of a pair must be embedded at one size
+        raise ConfigError(f"analysis.fid.size: embedder {spec['embedder']['label']} has no input size of its own; "
+                          "give one in px")
+    size = int(size)
     model.to(device)
     n_split = len(data.read_labels(spec["cache"], spec["split"]))
     indices = subset(n_split, spec.get("max_images"), spec.get("seed", 0))

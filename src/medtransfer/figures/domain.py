@@ -86,13 +86,14 @@ def _fid_figure(csv: str | Path, out_pdf: str | Path, y: str, yerr: str | None, 
                     ax.text(0.02, 0.02, "\n".join(notes), fontsize=6, va="bottom", transform=ax.transAxes)
                 if not drawn.empty and y == "wt_gain_mean":
                     ax.axhline(0.0, color="0.4", linewidth=0.8, linestyle=":", zorder=1)
-                features = frame["features"].iloc[0]
-                ax.set_xlabel(f"FID (source dataset, target), {features} features" if r == len(archs) - 1 else "")
+                ax.set_xlabel("FID" if r == len(archs) - 1 else "")
                 ax.set_ylabel(ylabel if c == 0 else "")
         handles = marker_handles(sources, colours) + marker_handles(targets, {t: "0.3" for t in targets})
         for handle, target in zip(handles[len(sources):], targets):
             handle.set_marker(markers[target])
         legend_outside(fig, handles, [f"WT from {s}" for s in sources] + [f"target {t}" for t in targets])
+        fig.supxlabel(f"FID between the source's pretraining dataset and the target ({frame['features'].iloc[0]} "
+                      "features; unitless)", fontsize=9)
         fig.suptitle(title)
         save_figure(fig, out_pdf)
     return Path(out_pdf)
@@ -167,6 +168,7 @@ def _init_heatmap(ax, panel: pd.DataFrame, measure: str, inits: list[str], cmap:
     n = len(inits)
     ax.pcolormesh(np.arange(n + 1) - 0.5, np.arange(n + 1) - 0.5, np.ma.masked_invalid(values), cmap=cmap, norm=norm)
     ax.set_aspect("equal")
+    ax.invert_yaxis()  # the first init at the top left: the diagonal runs as in a matrix
     ax.grid(False)
     ax.set_xticks(range(n))
     ax.set_xticklabels(inits, rotation=60, ha="right", rotation_mode="anchor", fontsize=7)
@@ -174,7 +176,8 @@ def _init_heatmap(ax, panel: pd.DataFrame, measure: str, inits: list[str], cmap:
     ax.set_yticklabels(inits, fontsize=7)
     colours = matplotlib.colormaps[cmap](norm(np.nan_to_num(values)))
     for (i, j), value in np.ndenumerate(values):
-        if np.isnan(value):
+        if np.isnan(value):  # κ is undefined when both runs predict one class for every image
+            ax.text(j, i, "n/a", ha="center", va="center", fontsize=6, color="0.4")
             continue
         luminance = colours[i, j, :3] @ np.array([0.299, 0.587, 0.114])
         ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
