@@ -95,10 +95,11 @@ class StreamingMoments:
 # ------------------------------------------------------------------------------------ distance
 
 
-def _psd_eigh(matrix: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (clipped at 0) and eigenvectors of a symmetric positive semi-definite matrix."""
+def _psd_eigh(matrix: np.ndarray, what: str, vectors: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Eigenvalues (clipped at 0) and eigenvectors (None unless ``vectors``; eigvalsh is ~3x faster)
+    of a symmetric positive semi-definite matrix."""
     symmetric = (matrix + matrix.T) / 2
-    values, vectors = np.linalg.eigh(symmetric)
+    values, vectors = np.linalg.eigh(symmetric) if vectors else (np.linalg.eigvalsh(symmetric), None)
     scale = max(float(np.abs(values).max(initial=0.0)), np.finfo(np.float64).tiny)
     if values.min(initial=0.0) < -NEGATIVE_EIGENVALUE_TOLERANCE * scale * max(1, len(values)):
         raise ValueError(f"{what} is not positive semi-definite (eigenvalue {values.min():.3g} "
@@ -119,7 +120,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     values, vectors = _psd_eigh(np.asarray(sigma1, dtype=np.float64), "sigma1")
     root = (vectors * np.sqrt(values)) @ vectors.T
     inner = root @ np.asarray(sigma2, dtype=np.float64) @ root
-    eigenvalues, _ = _psd_eigh(inner, "Σ1^{1/2} Σ2 Σ1^{1/2}")
+    eigenvalues, _ = _psd_eigh(inner, "Σ1^{1/2} Σ2 Σ1^{1/2}", vectors=False)
     return float(np.sqrt(eigenvalues).sum())
 
 
