@@ -376,8 +376,10 @@ def test_prediction_pairs_are_inits_at_one_seed_and_consecutive_seeds_of_one_ini
     config = fid_config(features="natural")
     config["study"]["seeds"] = [0, 1, 2]
     spec = Study(config).prediction_similarity_spec("lesions", "cbr_tiny", "1")
-    inits = [c for c in spec["comparisons"] if c["kind"] == "inits"]
-    seeds = [c for c in spec["comparisons"] if c["kind"] == "seeds"]
+    assert len(spec["runs"]) == 3 * 3
+    comparisons = [{**c, "a": spec["runs"][c["a"]], "b": spec["runs"][c["b"]]} for c in spec["comparisons"]]
+    inits = [c for c in comparisons if c["kind"] == "inits"]
+    seeds = [c for c in comparisons if c["kind"] == "seeds"]
     assert len(inits) == 3 * 3  # C(3 inits, 2) at each of 3 seeds
     assert all(c["a"]["columns"]["seed"] == c["b"]["columns"]["seed"] for c in inits)
     assert len(seeds) == 3 * 2 and all(c["a"]["columns"]["init"] == c["b"]["columns"]["init"] for c in seeds)
@@ -467,9 +469,9 @@ def test_the_cli_ends_a_cross_target_pair_in_one_line_naming_both_runs(tmp_path,
 
     rng = np.random.default_rng(12)
     scores, labels = softmax(rng.normal(size=(20, 2))), rng.integers(0, 2, 20)
-    spec = {"split": "test", "out": str(tmp_path / "out.csv"), "comparisons": [
-        {"kind": "inits", "a": side(tmp_path, "lesions", "RI", 0, scores, labels),
-         "b": side(tmp_path, "grades", "RI", 0, scores, labels)}]}
+    a, b = side(tmp_path, "lesions", "RI", 0, scores, labels), side(tmp_path, "grades", "RI", 0, scores, labels)
+    spec = {"split": "test", "out": str(tmp_path / "out.csv"), "runs": {a["run"]: a, b["run"]: b},
+            "comparisons": [{"kind": "inits", "a": a["run"], "b": b["run"]}]}
     assert main(["prediction-similarity", "--spec", json.dumps(spec)]) == 2
     error = capsys.readouterr().err
     assert "lesions/cbr_tiny/RI/f1/s0 and grades/cbr_tiny/RI/f1/s0" in error and "Traceback" not in error

@@ -853,11 +853,14 @@ class Study:
             return {"run": run.id, "predictions": paths.run_file(run, "predictions.h5"),
                     "columns": self.run_columns(run)}
 
-        comparisons = [{"kind": "inits", "a": side(a, seed), "b": side(b, seed)}
+        # runs listed once, comparisons by run id: the spec is one command-line argument, and a
+        # big grid's pairs would pass the kernel's 128 KB limit if each repeated its runs' records
+        records = {record["run"]: record for record in (side(run.init, run.seed) for run in runs)}
+        comparisons = [{"kind": "inits", "a": side(a, seed)["run"], "b": side(b, seed)["run"]}
                        for seed in self.seeds for i, a in enumerate(inits) for b in inits[i + 1:]]
-        comparisons += [{"kind": "seeds", "a": side(init, s), "b": side(init, t)}
+        comparisons += [{"kind": "seeds", "a": side(init, s)["run"], "b": side(init, t)["run"]}
                         for init in inits for s, t in zip(self.seeds, self.seeds[1:])]
-        return {"split": options["split"], "comparisons": comparisons,
+        return {"split": options["split"], "runs": records, "comparisons": comparisons,
                 "out": paths.group_analysis("prediction_similarity", dataset, arch, fraction)}
 
     def representation_gain_spec(self) -> dict:

@@ -248,9 +248,7 @@ def prediction_inputs(wildcards):
     spec = STUDY.prediction_similarity_spec(
         wildcards.dataset, wildcards.arch, wildcards.fraction
     )
-    return sorted(
-        {c[side]["predictions"] for c in spec["comparisons"] for side in ("a", "b")}
-    )
+    return sorted(run["predictions"] for run in spec["runs"].values())
 
 
 def prediction_outputs():

@@ -122,7 +122,8 @@ def compare_runs(a: dict, b: dict, split: str, kind: str) -> dict:
 
 
 def prediction_similarity_table(spec: dict) -> pd.DataFrame:
-    """prediction_similarity rows for every comparison of ``spec`` ({"split", "comparisons": [{"kind",
-    "a", "b"}]})."""
-    rows = [compare_runs(c["a"], c["b"], spec["split"], c["kind"]) for c in spec["comparisons"]]
+    """prediction_similarity rows for every comparison of ``spec`` ({"split", "runs": {run id: {"run",
+    "predictions", "columns"}}, "comparisons": [{"kind", "a": run id, "b": run id}]})."""
+    runs = spec["runs"]
+    rows = [compare_runs(runs[c["a"]], runs[c["b"]], spec["split"], c["kind"]) for c in spec["comparisons"]]
     return pd.DataFrame(rows, columns=list(PREDICTION_SIMILARITY_COLUMNS))
