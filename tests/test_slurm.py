@@ -38,8 +38,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 PARTITION = "debug"  # the test cluster's partition (../shared/slurm/start-slurm.sh)
 RUN_TIMEOUT_S = 600
-GPU_RULES = {"pretrain", "finetune", "activations"}
-CPU_RULES = {"preprocess", "similarity_init_final"}
+GPU_RULES = {"pretrain", "finetune", "activations", "fid_stats"}
+CPU_RULES = {"preprocess", "similarity_init_final", "prediction_similarity"}
 
 # Only what this cluster needs beyond the real profile (../shared/slurm/README.md).
 TEST_PROFILE = {
