@@ -16,6 +16,7 @@ include: "workflow/rules/protocols.smk"
 include: "workflow/rules/representations.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/reuse.smk"
+include: "workflow/rules/domain.smk"
 include: "workflow/rules/figures.smk"
 
 

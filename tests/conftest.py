@@ -45,7 +45,8 @@ def tiny_config() -> dict:
         "train": {"epochs": 2, "batch_size": 32, "num_workers": 0},
         "pretrain": {"epochs": 1},
         "analysis": {"probe_size": 64, "pool": 2, "measures": ["linear_cka"],
-                     "pairs": [{"a": "WT_natural", "b": "RI"}]},
+                     "pairs": [{"a": "WT_natural", "b": "RI"}],
+                     "fid": {"features": "natural"}},  # offline: the source's backbone embeds the images
         "resources": {name: {"threads": 1, "mem_mb": 1000, "runtime": 5}
                       for name in ("preprocess", "pretrain", "finetune", "activations", "similarity")},
     }

@@ -15,6 +15,7 @@ import pytest
 from medtransfer.errors import DataError
 from medtransfer.figures import FIGURES
 from medtransfer.figures.convergence import epochs_to_fraction_of_best
+from medtransfer.figures.domain import FID_GAIN_COLUMNS, PREDICTION_COLUMNS, REPRESENTATION_RUNS_COLUMNS
 from medtransfer.figures.io import HISTORY_COLUMNS, INIT_FINAL_COLUMNS, METRICS_COLUMNS, PAIRS_COLUMNS
 from medtransfer.figures.style import init_dashes, init_palette, new_figure, save_figure
 from medtransfer.figures.tables import summary_table
@@ -35,6 +36,9 @@ COLUMNS = {
     "history": HISTORY_COLUMNS,
     "similarity_init_final": INIT_FINAL_COLUMNS,
     "similarity_pairs": PAIRS_COLUMNS,
+    "fid_gain": FID_GAIN_COLUMNS,
+    "prediction_similarity": PREDICTION_COLUMNS,
+    "representation_gain_runs": REPRESENTATION_RUNS_COLUMNS,
 }
 
 
@@ -108,9 +112,41 @@ def make_results(
     return paths
 
 
+def add_domain_results(folder: Path, paths: dict[str, Path], seed: int = 0) -> dict[str, Path]:
+    """The cross-run analyses' CSVs (fid_gain, prediction_similarity, representation_gain_runs)
+    of the study make_results wrote, through the analysis functions that write them."""
+    from medtransfer.analysis.fid_gain import fid_gain
+    from medtransfer.analysis.gain import read_finetune_metrics
+    from medtransfer.analysis.representation_gain import run_points
+
+    rng = np.random.default_rng(seed)
+    metrics = read_finetune_metrics(paths["metrics"], "test_auc")
+    distance = pd.DataFrame([{"source": "natural", "target": t, "features": "natural@resnet18", "fid": f}
+                             for t, f in (("lesions", 20.0), ("grades", 35.0))])
+    by_arch = {"natural": {arch: "shapes" for arch in BLOCKS}}
+    frames = {"fid_gain": fid_gain(distance, metrics, "test_auc", by_arch)}
+    similarity = pd.read_csv(paths["similarity_init_final"])
+    frames["representation_gain_runs"] = run_points(similarity, metrics, "test_auc")
+    rows = []
+    for (dataset, arch, fraction), group in metrics.groupby(["dataset", "arch", "fraction"]):
+        inits = sorted(group["init"].unique())
+        for s in sorted(group["seed"].unique()):
+            for i, a in enumerate(inits):
+                for b in inits[i:]:
+                    rows.append(dict(dataset=dataset, arch=arch, fraction=fraction, init_a=a, init_b=b, seed_a=s,
+                                     seed_b=s + (a == b), kind="seeds" if a == b else "inits",
+                                     agreement=rng.uniform(0.6, 1), kappa=rng.uniform(0, 1)))
+    frames["prediction_similarity"] = pd.DataFrame(rows)
+    for kind, frame in frames.items():
+        paths[kind] = folder / f"{kind}.csv"
+        frame.to_csv(paths[kind], index=False)
+    return paths
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> dict[str, Path]:
-    return make_results(tmp_path_factory.mktemp("results"))
+    folder = tmp_path_factory.mktemp("results")
+    return add_domain_results(folder, make_results(folder))
 
 
 @pytest.fixture
@@ -168,7 +204,8 @@ def test_measure_not_in_csv_names_it(results, tmp_path):
 @pytest.mark.parametrize("kind", sorted(COLUMNS))
 def test_missing_column_raises_data_error_naming_it(kind, results, tmp_path):
     dropped = {"metrics": "test_auc", "history": "val_auc", "similarity_init_final": "block_index",
-               "similarity_pairs": "block_b"}[kind]  # fmt: skip
+               "similarity_pairs": "block_b", "fid_gain": "fid", "prediction_similarity": "agreement",
+               "representation_gain_runs": "gain"}[kind]  # fmt: skip
     broken = tmp_path / f"{kind}.csv"
     pd.read_csv(results[kind]).drop(columns=[dropped]).to_csv(broken, index=False)
     for name, (function, csv_kind) in FIGURES.items():

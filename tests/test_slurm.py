@@ -38,8 +38,9 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 PARTITION = "debug"  # the test cluster's partition (../shared/slurm/start-slurm.sh)
 RUN_TIMEOUT_S = 600
-GPU_RULES = {"pretrain", "finetune", "activations", "reinit", "layer_knn"}
-CPU_RULES = {"preprocess", "similarity_init_final", "weight_drift", "filters", "filter_kernels"}
+GPU_RULES = {"pretrain", "finetune", "activations", "reinit", "layer_knn", "fid_stats"}
+CPU_RULES = {"preprocess", "similarity_init_final", "weight_drift", "filters", "filter_kernels",
+             "prediction_similarity"}
 
 # Only what this cluster needs beyond the real profile (../shared/slurm/README.md).
 TEST_PROFILE = {

@@ -184,6 +184,20 @@ def test_tiny_study_end_to_end_then_one_figure_without_retraining(tmp_path):
     assert len(pd.read_csv(results / "analysis" / "filters.csv")) == len(metrics)
     kernels = pd.read_csv(results / "analysis" / "filter_kernels.csv")
     assert set(kernels["init"]) == {"RI", "WT_natural"} and set(kernels["seed"]) == {0}
+    # the cross-run analyses, from the files the runs wrote (no fine-tuning reruns)
+    for name in ("fid_gain", "fid_st_share", "prediction_similarity", "representation_gain"):
+        assert (results / "figures" / f"{name}.png").stat().st_size > 0
+    distance = pd.read_csv(results / "analysis" / "domain_distance.csv")
+    assert distance[["source", "source_dataset", "target"]].values.tolist() == [["natural", "shapes", "lesions"]]
+    assert (distance["fid"] > 0).all() and distance["features"].tolist() == ["natural@cbr_tiny"]
+    assert distance["n_source"].tolist() == [300] and distance["n_target"].tolist() == [200]
+    gain = pd.read_csv(results / "analysis" / "fid_gain.csv")
+    assert "no ST_natural runs" in gain["note"].iloc[0]  # the tiny study has no ST: said, not a crash
+    predictions = pd.read_csv(results / "analysis" / "prediction_similarity.csv")
+    assert sorted(predictions["kind"]) == ["inits", "inits", "seeds", "seeds"]  # 2 seeds × 1 pair; 2 inits × (0, 1)
+    assert predictions["agreement"].between(0, 1).all()
+    correlation = pd.read_csv(results / "analysis" / "representation_gain.csv")
+    assert set(correlation["dataset"]) == {"lesions", "all"} and (correlation["n_runs"] == 2).all()
 
     # Regenerate one figure: Snakemake's own plan must contain no training or extraction job.
     (results / "figures" / "test_auc.pdf").unlink()

@@ -84,7 +84,8 @@ def cmd_similarity(args: argparse.Namespace) -> None:
 
     spec = _spec(args.spec)
     frame = pd.concat([similarity_init_final(run["activations"]["init"], run["activations"]["final"],
-                                             spec["measures"], run["columns"]) for run in spec["runs"]],
+                                             spec["measures"], run["columns"], spec.get("cca_subsample"))
+                       for run in spec["runs"]],
                       ignore_index=True)
     with atomic_path(spec["out"]) as tmp:
         frame.to_csv(tmp, index=False)
@@ -121,7 +122,7 @@ def cmd_figure(args: argparse.Namespace) -> None:
     from medtransfer.figures import FIGURES
 
     function, kind = FIGURES[args.name]
-    if kind.startswith("similarity") and args.measure:
+    if kind.startswith(("similarity", "representation_gain")) and args.measure:
         function(args.input, args.out, measure=args.measure)
     else:
         function(args.input, args.out)
@@ -136,6 +137,14 @@ def cmd_table(args: argparse.Namespace) -> None:
     from medtransfer.figures.tables import summary_table
 
     summary_table(args.input, args.out_csv, args.out_md)
+
+
+def cmd_fid_stats(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.fid import dataset_statistics
+    from medtransfer.devices import configure_threads, select_device
+
+    configure_threads(args.threads)
+    dataset_statistics(_spec(args.spec), select_device(args.device))
 
 
 def _write_csv(frame, out: str) -> None:
@@ -188,6 +197,37 @@ def cmd_filter_kernels(args: argparse.Namespace) -> None:
     configure_threads(args.threads)
     spec = _spec(args.spec)
     _write_csv(filter_kernels_table(spec), spec["out"])
+def cmd_fid(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.fid import domain_distance
+
+    spec = _spec(args.spec)
+    for source in spec.get("skipped_sources", []):
+        log.warning("source %s has no dataset to measure (timm or file weights): no FID; name a stand-in dataset "
+                    "under analysis.fid.source_datasets.%s", source, source)
+    _write_csv(domain_distance(spec), spec["out"])
+
+
+def cmd_fid_gain(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.fid_gain import fid_gain_table
+
+    spec = _spec(args.spec)
+    _write_csv(fid_gain_table(spec), spec["out"])
+
+
+def cmd_prediction_similarity(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.predictions import prediction_similarity_table
+
+    spec = _spec(args.spec)
+    _write_csv(prediction_similarity_table(spec), spec["out"])
+
+
+def cmd_representation_gain(args: argparse.Namespace) -> None:
+    from medtransfer.analysis.representation_gain import representation_gain
+
+    spec = _spec(args.spec)
+    correlations, points = representation_gain(spec)
+    _write_csv(points, spec["out_runs"])
+    _write_csv(correlations, spec["out"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out-md", required=True)
     sub.add_argument("--comparison", default=None, metavar="INIT",
                      help="instead of the summary: every init t-tested against this reference init")
+    add("fid-stats", cmd_fid_stats, "feature mean and covariance of one dataset under the FID embedder")
+    add("fid", cmd_fid, "FID between each source dataset and each target (domain_distance.csv)")
+    add("fid-gain", cmd_fid_gain, "WT gain over RI and the share ST does not explain, beside the FID (fid_gain.csv)")
+    add("prediction-similarity", cmd_prediction_similarity,
+        "agreement, kappa and score correlations between runs of one group, with the seed noise floor")
+    add("representation-gain", cmd_representation_gain,
+        "Spearman correlation over runs of each block's similarity(init, final) with the gain over RI")
     return parser
 
 

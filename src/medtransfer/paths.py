@@ -121,3 +121,6 @@ def log(rule: str, name: str, root: str = RESULTS) -> str:
 def run_analysis(kind: str, run: Run, root: str = RESULTS) -> str:
     """The part of ``analysis_table(kind)`` of one run (per-run analyses: reinit, layer_knn)."""
     return f"{root}/analysis/{kind}/runs/{run.id}.csv"
+def fid_stats(embedder: str, dataset: str, root: str = RESULTS) -> str:
+    """Feature statistics (mean, covariance, n) of one dataset under one FID embedder."""
+    return f"{root}/fid_stats/{embedder}/{dataset}.h5"

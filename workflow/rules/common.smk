@@ -1,5 +1,6 @@
 # Config validation and every input function; rules hold no logic of their own.
 import json
+import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -14,6 +15,9 @@ try:
     STUDY = Study(config)
     if workflow.is_main_process:  # not again in every cluster job: it imports timm
         STUDY.check_architectures()
+        FID_WARNING = STUDY.fid_weights_warning()
+        if FID_WARNING:
+            print(f"warning: {FID_WARNING}", file=sys.stderr)
 except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}")
 
@@ -204,6 +208,7 @@ def final_targets():
         targets += [paths.table("comparison", "csv"), paths.table("comparison", "md")]
     if STUDY.pretrain_jobs():
         targets += [paths.table("pretrain", "csv"), paths.table("pretrain", "md")]
+    targets += STUDY.domain_tables()
     targets += [
         paths.figure(name, ext)
         for name in STUDY.figure_names()
@@ -290,3 +295,55 @@ def reuse_parts(kind):
 
 def reuse_targets():
     return [paths.analysis_table(kind) for kind in STUDY.reuse_tables()]
+
+
+# ---- cross-run feature-reuse analyses (domain.smk) ----------------------------------------
+
+
+def fid_stats_spec(wildcards):
+    return as_json(STUDY.fid_stats_spec(wildcards.embedder, wildcards.dataset))
+
+
+def fid_stats_inputs(wildcards):
+    """The dataset's cache, the source weights of a source embedder, and the cache whose
+    statistics normalise its inputs (the source's pretraining dataset)."""
+    spec = STUDY.fid_stats_spec(wildcards.embedder, wildcards.dataset)
+    embedder = spec["embedder"]
+    inputs = cache_and_weights(spec["cache"], embedder.get("source"))
+    if embedder.get("normalize_cache"):
+        inputs["normalize"] = embedder["normalize_cache"]
+    return inputs
+
+
+def domain_distance_spec(wildcards):
+    return as_json(STUDY.domain_distance_spec())
+
+
+def fid_gain_spec(wildcards):
+    return as_json(STUDY.fid_gain_spec())
+
+
+def prediction_spec(wildcards):
+    return as_json(
+        STUDY.prediction_similarity_spec(
+            wildcards.dataset, wildcards.arch, wildcards.fraction
+        )
+    )
+
+
+def prediction_inputs(wildcards):
+    spec = STUDY.prediction_similarity_spec(
+        wildcards.dataset, wildcards.arch, wildcards.fraction
+    )
+    return sorted(run["predictions"] for run in spec["runs"].values())
+
+
+def prediction_outputs():
+    return [
+        paths.group_analysis("prediction_similarity", *group)
+        for group in STUDY.prediction_groups()
+    ]
+
+
+def representation_gain_spec(wildcards):
+    return as_json(STUDY.representation_gain_spec())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from medtransfer.analysis.activations import read_activations
-from medtransfer.analysis.similarity import MEASURES
+from medtransfer.analysis.cca_subsample import measure_function
 
 
 def similarity_pairs(spec: dict) -> pd.DataFrame:
@@ -29,12 +29,14 @@ def similarity_pairs(spec: dict) -> pd.DataFrame:
             cache[path] = read_activations(path)
         return cache[path]
 
+    subsample = spec.get("cca_subsample")
     for comparison in spec["comparisons"]:
         acts_a, acts_b = load(comparison["a"]), load(comparison["b"])
         for measure in spec["measures"]:
-            function = MEASURES.get(measure, key="analysis.measures")
+            function = measure_function(measure, subsample)
             for index_a, (block_a, x) in enumerate(acts_a.items()):
                 for index_b, (block_b, y) in enumerate(acts_b.items()):
+                    value, sd = function(x, y)
                     rows.append({
                         "dataset": spec["dataset"], "arch": spec["arch"], "fraction": spec["fraction"],
                         "measure": measure, "pair": comparison["pair"], "kind": comparison["kind"],
@@ -42,6 +44,9 @@ def similarity_pairs(spec: dict) -> pd.DataFrame:
                         "init_b": comparison["init_b"], "seed_b": comparison["seed_b"],
                         "block_a": block_a, "block_a_index": index_a,
                         "block_b": block_b, "block_b_index": index_b,
-                        "value": function(x, y),
+                        "value": value,
+                        # a `state` of init compares the runs before fine-tuning (source vs source)
+                        "state": comparison.get("state", "final"),
+                        **({"value_sd": sd} if subsample else {}),
                     })
     return pd.DataFrame(rows)

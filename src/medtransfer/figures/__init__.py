@@ -18,6 +18,12 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from medtransfer.figures.convergence import plot_convergence, plot_epochs_to_95
+from medtransfer.figures.domain import (
+    plot_fid_gain,
+    plot_fid_st_share,
+    plot_prediction_similarity,
+    plot_representation_gain,
+)
 from medtransfer.figures.performance import plot_init_comparison, plot_metric_vs_k, plot_test_metric
 from medtransfer.figures.protocols import plot_protocols
 from medtransfer.figures.reuse import plot_filters, plot_layer_knn, plot_reinit, plot_weight_drift
@@ -45,4 +51,8 @@ FIGURES: dict[str, FigureSpec] = {
     "reinit": FigureSpec(plot_reinit, "reinit"),
     "layer_knn": FigureSpec(plot_layer_knn, "layer_knn"),
     "filters": FigureSpec(plot_filters, "filter_kernels"),
+    "fid_gain": FigureSpec(plot_fid_gain, "fid_gain"),
+    "fid_st_share": FigureSpec(plot_fid_st_share, "fid_gain"),
+    "prediction_similarity": FigureSpec(plot_prediction_similarity, "prediction_similarity"),
+    "representation_gain": FigureSpec(plot_representation_gain, "representation_gain_runs"),
 }

@@ -33,6 +33,8 @@ _TEXT_COLUMNS = (
     "dataset", "arch", "protocol", "init", "init_name", "source", "task", "block", "measure", "pair", "kind",
     "init_a", "init_b", "block_a", "block_b", "config_hash", "git_commit", "precision",
 )  # fmt: skip
+# the cross-run analyses' CSVs (medtransfer.figures.domain)
+_TEXT_COLUMNS += ("run_a", "run_b", "split", "note", "features", "source_dataset", "metric", "state")
 _INTEGER_COLUMNS = ("seed", "seed_a", "seed_b", "epoch", "block_index", "block_a_index", "block_b_index")
 
 

@@ -1,0 +1,134 @@
+# Cross-run feature-reuse analyses from files the runs already wrote (no fine-tuning reruns):
+# FID between source and target datasets, prediction similarity, representation vs gain.
+
+
+localrules:
+    domain_distance,
+    fid_gain,
+    collect_prediction_similarity,
+    representation_gain,
+
+
+rule fid_stats:
+    input:
+        unpack(fid_stats_inputs),
+    output:
+        paths.fid_stats("{embedder}", "{dataset}"),
+    log:
+        paths.log("fid_stats", "{embedder}/{dataset}"),
+    wildcard_constraints:
+        embedder=r"[^/]+",
+    conda:
+        ENV
+    threads: resource("fid_stats", "threads")
+    resources:
+        mem_mb=per_attempt("fid_stats", "mem_mb"),
+        runtime=per_attempt("fid_stats", "runtime"),
+        gpu=1,
+    params:
+        spec=fid_stats_spec,
+    shell:
+        "medtransfer fid-stats --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+
+
+rule domain_distance:
+    input:
+        STUDY.fid_stats_jobs(),
+    output:
+        paths.analysis_table("domain_distance"),
+    log:
+        paths.log("domain", "domain_distance"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=per_attempt("domain", "mem_mb"),
+        runtime=per_attempt("domain", "runtime"),
+        gpu=0,
+    params:
+        spec=domain_distance_spec,
+    shell:
+        "medtransfer fid --spec {params.spec:q} > {log} 2>&1"
+
+
+rule fid_gain:
+    input:
+        distance=paths.analysis_table("domain_distance"),
+        metrics=paths.analysis_table("metrics"),
+    output:
+        paths.analysis_table("fid_gain"),
+    log:
+        paths.log("domain", "fid_gain"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=per_attempt("domain", "mem_mb"),
+        runtime=per_attempt("domain", "runtime"),
+        gpu=0,
+    params:
+        spec=fid_gain_spec,
+    shell:
+        "medtransfer fid-gain --spec {params.spec:q} > {log} 2>&1"
+
+
+rule prediction_similarity:
+    input:
+        prediction_inputs,
+    output:
+        paths.group_analysis(
+            "prediction_similarity", "{dataset}", "{arch}", "{fraction}"
+        ),
+    log:
+        paths.log("prediction_similarity", "{dataset}/{arch}/f{fraction}"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=per_attempt("domain", "mem_mb"),
+        runtime=per_attempt("domain", "runtime"),
+        gpu=0,
+    params:
+        spec=prediction_spec,
+    shell:
+        "medtransfer prediction-similarity --spec {params.spec:q} > {log} 2>&1"
+
+
+rule collect_prediction_similarity:
+    input:
+        prediction_outputs(),
+    output:
+        paths.analysis_table("prediction_similarity"),
+    log:
+        paths.log("collect", "prediction_similarity"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=per_attempt("collect", "mem_mb"),
+        runtime=per_attempt("collect", "runtime"),
+        gpu=0,
+    shell:
+        "medtransfer collect similarity --out {output} {input} > {log} 2>&1"
+
+
+rule representation_gain:
+    input:
+        similarity=paths.analysis_table("similarity_init_final"),
+        metrics=paths.analysis_table("metrics"),
+    output:
+        correlations=paths.analysis_table("representation_gain"),
+        runs=paths.analysis_table("representation_gain_runs"),
+    log:
+        paths.log("domain", "representation_gain"),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=per_attempt("domain", "mem_mb"),
+        runtime=per_attempt("domain", "runtime"),
+        gpu=0,
+    params:
+        spec=representation_gain_spec,
+    shell:
+        "medtransfer representation-gain --spec {params.spec:q} > {log} 2>&1"
