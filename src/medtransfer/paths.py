@@ -116,3 +116,13 @@ def figure(name: str, ext: str = "pdf", root: str = RESULTS) -> str:
 
 def log(rule: str, name: str, root: str = RESULTS) -> str:
     return f"{root}/logs/{rule}/{name}.log"
+
+
+def report_front(root: str = RESULTS) -> str:
+    """The front page of the study report (reStructuredText), included by workflow/report/workflow.rst."""
+    return f"{root}/report/front.rst"
+
+
+def report_table(name: str, ext: str = "html", root: str = RESULTS) -> str:
+    """A table of the study report: the sortable HTML page (``html``) or its caption (``rst``)."""
+    return f"{root}/report/tables/{name}.{ext}"
