@@ -252,6 +252,10 @@ def report_table_subcategory(wildcards):
     return report_layout.REPORT_TABLES[wildcards.table].place.subcategory
 
 
+def report_table_labels(wildcards):
+    return report_layout.table_labels(wildcards.table)
+
+
 def figure_category(wildcards):
     return report_layout.figure_place(wildcards.figure).category
 

@@ -36,6 +36,7 @@ rule report_table:
             caption="../report/table.rst",
             category=report_table_category,
             subcategory=report_table_subcategory,
+            labels=report_table_labels,
         ),
         caption=paths.report_table("{table}", "rst"),
     log:

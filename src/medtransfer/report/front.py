@@ -81,15 +81,18 @@ def front_rst(spec: dict) -> str:
     title = f"Study: {spec['name']}"
     out = [title, "=" * len(title), ""]
 
-    jobs = [f"**{counts['finetune']}** fine-tuning runs"]
+    def many(n: int, what: str) -> str:
+        return f"**{n}** {what}" + ("s" if n != 1 else "")
+
+    jobs = [many(counts["finetune"], "fine-tuning run")]
     if counts["probe"]:
-        jobs.append(f"**{counts['probe']}** linear-probe / k-NN runs on frozen features")
+        jobs.append(many(counts["probe"], "linear-probe / k-NN run") + " on frozen features")
     if counts["pretrain"]:
-        jobs.append(f"**{counts['pretrain']}** source pretrainings")
+        jobs.append(many(counts["pretrain"], "source pretraining"))
     out += [f"A transfer-learning study run with medtransfer: {', '.join(jobs)}. Every number in this "
-            "report is computed from the run files under ``results/``; each figure's description (the ⓘ "
-            "button beside it) says what the figure shows, what the paper it follows found and what this "
-            "run found.", ""]  # fmt: skip
+            "report is computed from the run files under ``results/``; each figure's description (the *i* "
+            "button of its row in the section) says what the figure shows, what the paper it follows found "
+            "and what this run found.", ""]  # fmt: skip
 
     out += ["Grid", "----", ""]
     out += [f"- targets: {', '.join(lit(t) for t in grid['targets'])}",

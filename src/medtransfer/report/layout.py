@@ -115,6 +115,11 @@ REPORT_TABLES: dict[str, ReportTable] = {
 }  # fmt: skip
 
 
+def table_labels(name: str) -> dict[str, str]:
+    """Labels of a table in the report's result list (its title, rather than its path)."""
+    return {"table": REPORT_TABLES[name].place.title}
+
+
 def report_table_names(study: Study) -> list[str]:
     """The tables this study's report holds (comparison and pretrain only where they exist)."""
     names = ["summary", "runs"]
