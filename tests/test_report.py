@@ -309,3 +309,19 @@ def test_front_page_names_the_study_its_sizes_time_and_commands(tmp_path, monkey
                          ".. _6 Tables: #\n.. _7 Provenance: #\n", writer="html",
                          settings_overrides={"halt_level": 2, "warning_stream": io.StringIO()})["html_body"]
     assert "tiny check" in html and "lesion_presence" in html  # the config as run
+
+
+@pytest.mark.parametrize("content", ["", "header"])
+def test_every_caption_says_so_when_its_csv_has_no_rows(content, tmp_path):
+    """A study without those runs yet draws a "no data" figure; its caption must not fail either."""
+    from medtransfer.figures.io import HISTORY_COLUMNS, INIT_FINAL_COLUMNS, METRICS_COLUMNS, PAIRS_COLUMNS
+
+    headers = {"metrics": METRICS_COLUMNS, "history": HISTORY_COLUMNS, "similarity_init_final": INIT_FINAL_COLUMNS,
+               "similarity_pairs": PAIRS_COLUMNS}
+    for name, kind in FIGURE_INPUTS.items():
+        path = tmp_path / f"{kind}.csv"
+        path.write_text(",".join(headers[kind]) + "\n" if content == "header" else "")
+        text = caption_text(name, path, measure="linear_cka")
+        found = text[text.index("What this run found"):]
+        assert re.search(r"- no ", found), (name, found)
+        render_rst(text)
