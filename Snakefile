@@ -8,6 +8,9 @@ min_version("8.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"
@@ -18,6 +21,7 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/reuse.smk"
 include: "workflow/rules/domain.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 # Tests use tiny tensors: one thread avoids oversubscription stalls on a busy 2-core machine
 # (tiny ops with 2 threads were measured ~50x slower under load). Workflow subprocesses set
@@ -55,3 +58,24 @@ def tiny_config() -> dict:
 @pytest.fixture
 def tiny_study_config() -> dict:
     return tiny_config()
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Snakemake on the repository's Snakefile in ``workdir``, as users run it."""
+    # rules call the `medtransfer` command: find the one installed beside this Python
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def tiny_study_run(tmp_path_factory) -> Path:
+    """The working directory of the tiny study run end to end (minutes), once per test session:
+    the workflow test and the report's browser test both read it rather than each running it."""
+    workdir = tmp_path_factory.mktemp("tiny_study")
+    config = tiny_config()
+    config["analysis"]["layer_knn"] = {"job": "group"}  # reinit keeps the default, a job per run
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(workdir, "--cores", "2", "--resources", "gpu=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,15 +13,9 @@ import pytest
 import yaml
 
 from conftest import REPO, tiny_config
+from conftest import run_snakemake as snakemake
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    # rules call the `medtransfer` command: find the one installed beside this Python
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def write_config(workdir: Path, config: dict) -> None:
@@ -136,12 +129,8 @@ def test_a_bad_config_stops_before_any_job_naming_the_key(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_study_end_to_end_then_one_figure_without_retraining(tmp_path):
-    config = tiny_config()
-    config["analysis"]["layer_knn"] = {"job": "group"}  # reinit keeps the default, a job per run
-    write_config(tmp_path, config)
-    result = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=2")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_tiny_study_end_to_end_then_one_figure_without_retraining(tiny_study_run):
+    tmp_path = tiny_study_run  # the run itself is the fixture's (shared with the report's browser test)
     results = tmp_path / "results"
     for name in ("test_auc", "convergence", "similarity_init_final", "similarity_pairs_heatmap",
                  "similarity_pairs_blocks"):
@@ -206,7 +195,12 @@ def test_tiny_study_end_to_end_then_one_figure_without_retraining(tmp_path):
     assert planned_jobs(plan) == {"figure": 1}
     assert snakemake(tmp_path, "--cores", "1", "results/figures/test_auc.pdf").returncode == 0
     assert (results / "figures" / "test_auc.pdf").exists()
-    # The HTML report with every figure, table and the provenance table.
+    # The HTML report with every figure, table and the provenance table (opened in a browser by
+    # tests/test_report_browser.py); its pieces are made by the run itself.
+    assert (results / "report" / "front.rst").stat().st_size > 0
+    for name in ("summary", "runs", "pretrain", "provenance"):
+        assert (results / "report" / "tables" / f"{name}.html").stat().st_size > 0
+    assert "What this run found" in (results / "figures" / "test_auc.rst").read_text()
     report = snakemake(tmp_path, "--report", "results/report.html")
     assert report.returncode == 0, report.stdout[-2000:] + report.stderr[-2000:]
     assert (results / "report.html").stat().st_size > 0

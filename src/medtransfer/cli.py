@@ -120,12 +120,31 @@ def cmd_collect(args: argparse.Namespace) -> None:
 
 def cmd_figure(args: argparse.Namespace) -> None:
     from medtransfer.figures import FIGURES
+    from medtransfer.report.captions import write_caption
 
     function, kind = FIGURES[args.name]
     if kind.startswith(("similarity", "representation_gain")) and args.measure:
         function(args.input, args.out, measure=args.measure)
     else:
         function(args.input, args.out)
+    # the report's caption, from the same CSV (results/figures/NAME.rst beside the PDF by default)
+    measure = args.measure if kind.startswith("similarity") else None
+    write_caption(args.name, args.input, args.caption or Path(args.out).with_suffix(".rst"), measure=measure)
+
+
+def cmd_report_front(args: argparse.Namespace) -> None:
+    from medtransfer.report.front import write_front
+
+    write_front(_spec(args.spec))
+
+
+def cmd_report_table(args: argparse.Namespace) -> None:
+    from medtransfer.report.layout import REPORT_TABLES
+    from medtransfer.report.tables import write_report_table
+
+    frame = write_report_table(args.name, args.input, args.out, args.caption,
+                               title=REPORT_TABLES[args.name].place.title)
+    log.info("table %s: %d rows", args.name, len(frame))
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -269,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--input", required=True)
     sub.add_argument("--out", required=True, help="the .pdf; the .png is written beside it")
     sub.add_argument("--measure", default=None, help="similarity measure to draw (similarity figures)")
+    sub.add_argument("--caption", default=None, help="the report caption (.rst; default: beside the PDF)")
     sub = add("table", cmd_table, "summary table (mean ± sd over seeds) as CSV and Markdown", job=False)
     sub.add_argument("--input", required=True)
     sub.add_argument("--out-csv", required=True)
@@ -282,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
         "agreement, kappa and score correlations between runs of one group, with the seed noise floor")
     add("representation-gain", cmd_representation_gain,
         "Spearman correlation over runs of each block's similarity(init, final) with the gain over RI")
+    sub = add("report-front", cmd_report_front, "the front page of the study report (rst)", job=False)
+    sub.add_argument("--spec", required=True, help="job spec as JSON, or @file.json")
+    sub = add("report-table", cmd_report_table, "one table of the study report as sortable HTML + caption",
+              job=False)
+    sub.add_argument("name", help="summary, runs, comparison, pretrain or provenance")
+    sub.add_argument("--input", required=True, help="the CSV")
+    sub.add_argument("--out", required=True, help="the .html")
+    sub.add_argument("--caption", required=True, help="the caption (.rst)")
     return parser
 
 
@@ -289,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # matplotlib's PDF font subsetting: pages of INFO
     try:
         args.function(args)
     except MedtransferError as error:

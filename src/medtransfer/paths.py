@@ -121,6 +121,18 @@ def log(rule: str, name: str, root: str = RESULTS) -> str:
 def run_analysis(kind: str, run: Run, root: str = RESULTS) -> str:
     """The part of ``analysis_table(kind)`` of one run (per-run analyses: reinit, layer_knn)."""
     return f"{root}/analysis/{kind}/runs/{run.id}.csv"
+
+
 def fid_stats(embedder: str, dataset: str, root: str = RESULTS) -> str:
     """Feature statistics (mean, covariance, n) of one dataset under one FID embedder."""
     return f"{root}/fid_stats/{embedder}/{dataset}.h5"
+
+
+def report_front(root: str = RESULTS) -> str:
+    """The front page of the study report (reStructuredText), included by workflow/report/workflow.rst."""
+    return f"{root}/report/front.rst"
+
+
+def report_table(name: str, ext: str = "html", root: str = RESULTS) -> str:
+    """A table of the study report: the sortable HTML page (``html``) or its caption (``rst``)."""
+    return f"{root}/report/tables/{name}.{ext}"

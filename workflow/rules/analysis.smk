@@ -119,11 +119,7 @@ rule collect_provenance:
         pretrain=pretrain_metas(),
     output:
         csv=paths.table("provenance", "csv"),
-        html=report(
-            paths.table("provenance", "html"),
-            caption="../report/provenance.rst",
-            category="Provenance",
-        ),
+        html=paths.table("provenance", "html"),
     log:
         paths.log("collect", "provenance"),
     conda:

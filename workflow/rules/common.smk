@@ -9,6 +9,7 @@ from medtransfer import paths
 from medtransfer.errors import ConfigError
 from medtransfer.grid import Study
 from medtransfer.paths import Run
+from medtransfer.report import layout as report_layout
 
 validate(config, "../schemas/config.schema.yaml")
 try:
@@ -215,6 +216,7 @@ def final_targets():
         for ext in ("pdf", "png")
     ]
     targets += reuse_targets()
+    targets += report_targets()
     return targets
 
 
@@ -347,3 +349,61 @@ def prediction_outputs():
 
 def representation_gain_spec(wildcards):
     return as_json(STUDY.representation_gain_spec())
+
+
+# ---- the study report (snakemake --report results/report.html) -------------------------
+
+
+def report_targets():
+    """The front page, the tables and the figure captions of the report, made by the run so
+    --report finds them (a figure made before captions existed gets its caption too)."""
+    tables = report_layout.report_table_names(STUDY)
+    targets = [paths.report_front()] + [paths.report_table(name) for name in tables]
+    return targets + [paths.figure(name, "rst") for name in STUDY.figure_names()]
+
+
+def report_front_spec(wildcards):
+    return as_json(report_layout.front_spec(STUDY, list(workflow.configfiles)))
+
+
+def report_front_inputs(wildcards):
+    spec = report_layout.front_spec(STUDY, list(workflow.configfiles))
+    caches = [entry["cache"] for entry in spec["datasets"]]
+    return {
+        "metrics": spec["metrics"],
+        "provenance": spec["provenance"],
+        "caches": caches,
+    }
+
+
+def report_table_input(wildcards):
+    return report_layout.REPORT_TABLES[wildcards.table].source
+
+
+def report_table_category(wildcards):
+    return report_layout.REPORT_TABLES[wildcards.table].place.category
+
+
+def report_table_subcategory(wildcards):
+    return report_layout.REPORT_TABLES[wildcards.table].place.subcategory
+
+
+def report_table_labels(wildcards):
+    return report_layout.table_labels(wildcards.table)
+
+
+def figure_category(wildcards):
+    return report_layout.figure_place(wildcards.figure).category
+
+
+def figure_subcategory(wildcards):
+    return report_layout.figure_place(wildcards.figure).subcategory
+
+
+def figure_labels(ext):
+    """The figure's labels in the report's result list; ext tells its PNG from its PDF."""
+
+    def labels(wildcards):
+        return report_layout.figure_labels(wildcards.figure, ext)
+
+    return labels

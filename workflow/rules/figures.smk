@@ -20,13 +20,18 @@ rule figure:
         pdf=report(
             paths.figure("{figure}", "pdf"),
             caption="../report/figure.rst",
-            category="Figures",
+            category=figure_category,
+            subcategory=figure_subcategory,
+            labels=figure_labels("pdf"),
         ),
         png=report(
             paths.figure("{figure}", "png"),
             caption="../report/figure.rst",
-            category="Figures",
+            category=figure_category,
+            subcategory=figure_subcategory,
+            labels=figure_labels("png"),
         ),
+        caption=paths.figure("{figure}", "rst"),
     log:
         paths.log("figure", "{figure}"),
     conda:
@@ -40,18 +45,14 @@ rule figure:
         measure=STUDY.figure_measure(),
     shell:
         "medtransfer figure {wildcards.figure} --input {input} --out {output.pdf} "
-        "--measure {params.measure} > {log} 2>&1"
+        "--measure {params.measure} --caption {output.caption} > {log} 2>&1"
 
 
 rule summary_table:
     input:
         paths.analysis_table("metrics"),
     output:
-        csv=report(
-            paths.table("summary", "csv"),
-            caption="../report/summary.rst",
-            category="Tables",
-        ),
+        csv=paths.table("summary", "csv"),
         md=paths.table("summary", "md"),
     log:
         paths.log("table", "summary"),
@@ -70,11 +71,7 @@ rule comparison_table:
     input:
         paths.analysis_table("metrics"),
     output:
-        csv=report(
-            paths.table("comparison", "csv"),
-            caption="../report/comparison.rst",
-            category="Tables",
-        ),
+        csv=paths.table("comparison", "csv"),
         md=paths.table("comparison", "md"),
     log:
         paths.log("table", "comparison"),

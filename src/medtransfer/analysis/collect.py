@@ -52,7 +52,7 @@ def collect_csvs(csv_files: list[str]) -> pd.DataFrame:
 
 def collect_provenance(json_files: list[str]) -> pd.DataFrame:
     """provenance.csv: one row per metrics.json / meta.json with what produced it (config hash,
-    seed, git commit, host, device, wall time, finish time, one version_<package> column each)."""
+    seed, git commit, host, device, precision, wall time, finish time, one version_<package> column each)."""
     rows = []
     for path in json_files:
         record = json.loads(Path(path).read_text())
@@ -60,8 +60,10 @@ def collect_provenance(json_files: list[str]) -> pd.DataFrame:
         what = record.get("run") or f"pretrain {record.get('source')}/{record.get('arch')}"
         if record.get("protocol"):  # a linear / k-NN run shares its run id with the fine-tuning run
             what = f"{record['protocol']} {what}"
-        row = {"what": what, **{k: provenance.get(k) for k in ("config_hash", "seed", "git_commit", "host",
-                                                               "device", "wall_seconds", "finished_utc")}}
+        row = {"what": what, **{k: provenance.get(k) for k in ("config_hash", "seed", "git_commit", "host", "device")},
+               # the autocast dtype that actually ran (float32 on a CPU without amp_on_cpu)
+               "precision": (record.get("precision") or {}).get("autocast"),
+               **{k: provenance.get(k) for k in ("wall_seconds", "finished_utc")}}
         row.update({f"version_{name}": version for name, version in provenance["packages"].items()})
         rows.append(row)
     return pd.DataFrame(rows)

@@ -17,8 +17,7 @@ from medtransfer.figures.io import appearance_order
 from medtransfer.figures.style import (
     facet_axes,
     figure_style,
-    fraction_label,
-    fraction_palette,
+    init_palette,
     legend_outside,
     save_figure,
     save_no_data,
@@ -46,6 +45,7 @@ def dot_whisker(
     hue_order: Sequence,
     palette: Mapping,
     width: float = 0.75,
+    x_labels: Sequence[str] | None = None,
 ) -> None:
     """One dot per row (seed), and the mean ± sd (ddof=1) of each (x, hue) group as a
     horizontal tick with whiskers, hue groups side by side within each x position.
@@ -70,7 +70,10 @@ def dot_whisker(
                 color=colour, ecolor=colour, elinewidth=1.6, capsize=3, zorder=3,
             )  # fmt: skip
     ax.set_xticks(range(len(x_order)))
-    ax.set_xticklabels([str(v) for v in x_order], rotation=35, ha="right", rotation_mode="anchor")
+    if x_labels is None:
+        ax.set_xticklabels([str(v) for v in x_order], rotation=35, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticklabels(list(x_labels))
     ax.set_xlim(-0.6, len(x_order) - 0.4)
 
 
@@ -106,10 +109,11 @@ def seed_dots_by_init(
     no_data: str,
     integer_y: bool = False,
 ) -> Path:
-    """``y`` per init, one panel per dataset (rows) × architecture (columns); colour = data
-    fraction; each seed a dot, each (init, fraction) its mean ± sd. ``table`` has one row per run
-    (``dataset``, ``arch``, ``init``, ``fraction``, ``y``). Writes ``out_pdf`` + ``.png``; an empty
-    table gives the no-data figure with the message ``no_data``."""
+    """``y`` per init and data fraction, one panel per dataset (rows) × architecture (columns):
+    x = fraction of the training data, colour = init (its colour in every figure); each seed a
+    dot, each (fraction, init) its mean ± sd. ``table`` has one row per run (``dataset``,
+    ``arch``, ``init``, ``fraction``, ``y``). Writes ``out_pdf`` + ``.png``; an empty table gives
+    the no-data figure with the message ``no_data``."""
     with figure_style():
         if table.empty:
             return save_no_data(title, no_data, out_pdf)
@@ -117,27 +121,23 @@ def seed_dots_by_init(
         archs = appearance_order(table["arch"])
         inits = sort_inits(table["init"])
         fractions = sorted(float(f) for f in table["fraction"].unique())
-        palette = fraction_palette(fractions)
-        width = max(3.2, 0.45 * len(inits) * (1 + 0.3 * (len(fractions) - 1)) + 1.2)
+        palette = init_palette(inits)
+        width = max(3.2, 0.32 * len(inits) * len(fractions) + 1.4)
         fig, axes = facet_axes(len(datasets), len(archs), panel_width=width, panel_height=3.2, sharey="row")
         for r, dataset in enumerate(datasets):
             for c, arch in enumerate(archs):
                 ax = axes[r, c]
                 panel = table[(table["dataset"] == dataset) & (table["arch"] == arch)]
-                dot_whisker(ax, panel, "init", y, "fraction", inits, fractions, palette)
+                dot_whisker(ax, panel, "fraction", y, "init", fractions, inits, palette,
+                            x_labels=[f"{100 * f:g} %" for f in fractions])  # fmt: skip
                 if integer_y:
                     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_title(panel_title(dataset, arch))
-                ax.set_xlabel("initialisation" if r == len(datasets) - 1 else "")
+                ax.set_xlabel("training data used (% of the train split)" if r == len(datasets) - 1 else "")
                 ax.set_ylabel(ylabel if c == 0 else "")
                 if panel.empty:
                     mark_no_runs(ax)
-        legend_outside(
-            fig,
-            marker_handles(fractions, palette),
-            [fraction_label(f) for f in fractions],
-            "training data (mean ± sd)",
-        )
+        legend_outside(fig, marker_handles(inits, palette), inits, "initialisation (mean ± sd)")
         fig.suptitle(title)
         save_figure(fig, out_pdf)
     return Path(out_pdf)

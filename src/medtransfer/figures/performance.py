@@ -66,7 +66,7 @@ def plot_test_metric(metrics_csv: str | Path, out_pdf: str | Path, metric: str =
     fraction; one dot per seed and the mean ± sd of the seeds. Writes ``out_pdf`` + ``.png``."""
     return seed_dots_by_init(
         _read_metrics(metrics_csv, metric), metric, out_pdf,
-        title=f"{metric_label(metric)} per initialisation (dots: seeds; bars: mean ± sd)",
+        title=f"{metric_label(metric)} per initialisation and training data (dots: seeds; ticks: mean ± sd)",
         ylabel=metric_label(metric), no_data=f"no {metric} values in {Path(metrics_csv).name}",
     )  # fmt: skip
 

@@ -155,8 +155,8 @@ def plot_pair_heatmaps(pairs_csv: str | Path, out_pdf: str | Path, measure: str 
                 panel = select_row(frame, (dataset, fraction))
                 panel = panel[(panel["arch"] == arch) & (panel["pair"] == pair)]
                 floor = (panel["kind"] == "noise_floor").any()
-                heading = f"{pair} (seed noise floor)" if floor else pair
-                ax.set_title(f"{heading}\n{panel_title(dataset, arch, fraction)}", fontsize=9)
+                ax.set_title(f"{_pair_heading(pair, panel, floor)}\n{panel_title(dataset, arch, fraction)}",
+                             fontsize=9)  # fmt: skip
                 if panel.empty:
                     ax.set_axis_off()
                     ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
@@ -172,6 +172,13 @@ def plot_pair_heatmaps(pairs_csv: str | Path, out_pdf: str | Path, measure: str 
         fig.suptitle(title)
         save_figure(fig, out_pdf)
     return Path(out_pdf)
+
+
+def _pair_heading(pair: str, panel: pd.DataFrame, floor: bool) -> str:
+    """A heatmap's heading in lines short enough not to run into the next panel's."""
+    if floor and not panel.empty:
+        return f"noise floor: two seeds of\n{panel['init_a'].iloc[0]}"
+    return pair.replace(" vs ", "\nvs ", 1) if len(pair) > 24 else pair
 
 
 def _heatmap(ax, panel: pd.DataFrame, cmap: str, norm: mcolors.Normalize) -> None:

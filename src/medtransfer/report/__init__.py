@@ -1,0 +1,19 @@
+"""The study report: Snakemake's own ``snakemake --report results/report.html``, arranged by the
+questions of the papers the study reruns.
+
+- :mod:`~medtransfer.report.layout`: where each figure and table goes (category, subcategory,
+  labels) and the front page's job spec. Imported by the Snakefile, so it stays light
+  (standard library and :mod:`medtransfer.grid` only).
+- :mod:`~medtransfer.report.captions`: the caption registry, figure name -> a function of the
+  figure's tidy CSV -> reStructuredText (what it shows, what the paper found, what this run
+  found, with numbers). A figure without a caption of its own gets :func:`generic_caption`.
+- :mod:`~medtransfer.report.tables`: tables as self-contained sortable HTML pages.
+- :mod:`~medtransfer.report.front`: the front page (study, grid, dataset sizes, time, commands,
+  config as run).
+
+How a caption reaches the report: Snakemake renders a result's caption file with Jinja2 (which
+sees the job's wildcards, outputs and config, but cannot read files) and then docutils. The figure
+job writes its caption as ``results/figures/NAME.rst`` beside the PDF and PNG, and the caption
+template ``workflow/report/figure.rst`` is one docutils ``include`` of that file, so numbers
+computed from the CSV land in the report without a second job reading the same CSV.
+"""

@@ -1,0 +1,533 @@
+"""Figure captions computed from the results: what a figure shows, what the paper it follows
+found, and what this run found, with numbers, seeds and spread.
+
+A caption is registered per figure name (the file stem under ``results/figures/``):
+
+    @caption("weight_drift", columns=(...), shows="...", paper="...")
+    def _weight_drift(frame: pd.DataFrame, measure: str | None) -> list[str]:
+        return ["one bullet per panel of the figure, with its numbers", ...]
+
+``frame`` is the figure's tidy CSV (grid.FIGURE_INPUTS names which one), read with the
+``columns`` checked. A figure without a registered caption gets :func:`generic_caption`, so
+every figure is in the report; :func:`missing_captions` lists those.
+
+Conventions in the text: means ± sample sd (ddof=1) over seeds to 3 decimals, differences signed
+(``+0.067``), fractions as percentages of the training data, init labels as literals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medtransfer.atomic import write_text
+from medtransfer.figures.convergence import epochs_to_fraction_of_best
+from medtransfer.figures.io import (
+    INIT_FINAL_COLUMNS,
+    PAIRS_COLUMNS,
+    RUN_COLUMNS,
+    appearance_order,
+    read_results,
+    with_protocol,
+)
+from medtransfer.figures.style import measure_label, parse_init, sort_inits
+from medtransfer.grid import FIGURE_INPUTS
+from medtransfer.protocols import PROTOCOLS
+
+Found = Callable[[pd.DataFrame, "str | None"], list[str]]
+
+
+@dataclass(frozen=True)
+class CaptionSpec:
+    """A registered caption: the columns it reads, two fixed paragraphs and the findings."""
+
+    columns: tuple[str, ...]
+    shows: str
+    paper: str
+    found: Found
+
+
+CAPTIONS: dict[str, CaptionSpec] = {}
+
+
+def caption(name: str, *, columns: Sequence[str], shows: str, paper: str) -> Callable[[Found], Found]:
+    """Register ``found`` (frame, measure) -> bullet lines as the caption of figure ``name``."""
+
+    def register(found: Found) -> Found:
+        CAPTIONS[name] = CaptionSpec(tuple(columns), " ".join(shows.split()), " ".join(paper.split()), found)
+        return found
+
+    return register
+
+
+def missing_captions(names: Iterable[str] | None = None) -> list[str]:
+    """Figures (of ``names``, default every figure in grid.FIGURE_INPUTS) that have no caption
+    of their own and get the generic one."""
+    return [name for name in (FIGURE_INPUTS if names is None else names) if name not in CAPTIONS]
+
+
+# ---- formatting -------------------------------------------------------------------------------
+
+
+def lit(text: object) -> str:
+    """An init label, dataset name, ... as an rst inline literal (safe for _ and *)."""
+    return f"``{text}``"
+
+
+def num(value: float, digits: int = 3) -> str:
+    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def signed(value: float, digits: int = 3) -> str:
+    return "–" if not np.isfinite(value) else f"{value:+.{digits}f}"
+
+
+def mean_sd(values: Sequence[float] | np.ndarray, digits: int = 3) -> str:
+    """'0.649 ± 0.020' over seeds (sample sd); one value has no spread: '0.649 (1 seed)'."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return "–"
+    if values.size == 1:
+        return f"{values[0]:.{digits}f} (1 seed)"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def pct(fraction: float) -> str:
+    return f"{100 * float(fraction):g} %"
+
+
+def seeds_text(counts: Iterable[int]) -> str:
+    """'2 seeds' or '2–3 seeds' for the number of seeds per cell."""
+    counts = sorted({int(c) for c in counts})
+    if not counts:
+        return "no seeds"
+    if len(counts) == 1:
+        return f"{counts[0]} seed" + ("s" if counts[0] != 1 else "")
+    return f"{counts[0]}–{counts[-1]} seeds"
+
+
+def panel(dataset: str, arch: str, fraction: float | None = None) -> str:
+    """'**lesions · cbr_tiny · 20 % data**', the figure's panel title in bold."""
+    parts = [str(dataset), str(arch)] + ([f"{pct(fraction)} data"] if fraction is not None else [])
+    return "**" + " · ".join(parts) + "**"
+
+
+def bullets(lines: Sequence[str]) -> str:
+    """An rst bullet list; a line starting with two spaces is a sub-bullet of the one before."""
+    out: list[str] = []
+    for line in lines:
+        if line.startswith("  "):
+            if out and not out[-1].startswith("  - "):
+                out.append("")  # rst wants a blank line before a nested list
+            out.append("  - " + line.strip())
+        else:
+            out += ["", "- " + line]
+    return "\n".join(out).strip() + "\n"
+
+
+def _groups(frame: pd.DataFrame, keys: Sequence[str]) -> list[tuple[tuple, pd.DataFrame]]:
+    """(key values, rows) per group: in the order the keys other than ``fraction`` first appear
+    (the order of the study config), fractions ascending within them."""
+    if frame.empty:
+        return []
+    keys = list(keys)
+    others = [i for i, key in enumerate(keys) if key != "fraction"]
+    groups = {key if isinstance(key, tuple) else (key,): rows
+              for key, rows in frame.groupby(keys, sort=False, dropna=False)}  # fmt: skip
+    first = {}
+    for key in groups:
+        first.setdefault(tuple(key[i] for i in others), len(first))
+    fraction = keys.index("fraction") if "fraction" in keys else None
+
+    def order(key: tuple) -> tuple:
+        return (first[tuple(key[i] for i in others)], float(key[fraction]) if fraction is not None else 0.0)
+
+    return [(key, groups[key]) for key in sorted(groups, key=order)]
+
+
+def _finetune(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    frame = with_protocol(frame)
+    return frame[frame["protocol"] == "finetune"].dropna(subset=[metric])
+
+
+def _stats(frame: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
+    """mean, sd (ddof=1) and n of ``value`` per ``by`` group."""
+    grouped = frame.groupby(list(by), sort=False)[value]
+    return pd.DataFrame({"mean": grouped.mean(), "sd": grouped.std(ddof=1), "n": grouped.count()}).reset_index()
+
+
+def _baseline(inits: Sequence[str]) -> str:
+    """What the other inits are compared with: RI when the study has it."""
+    return "RI" if "RI" in inits else sort_inits(inits)[0]
+
+
+# ---- performance ------------------------------------------------------------------------------
+
+METRICS_COLUMNS = RUN_COLUMNS + ("test_auc",)
+
+
+@caption(
+    "test_auc",
+    columns=METRICS_COLUMNS,
+    shows="""Test AUC of every fine-tuning run, one panel per target dataset and architecture: x is
+    the fraction of the training data, colour the initialisation (the same colour in every figure),
+    each dot a seed and the tick with whiskers the mean ± sample sd over seeds.""",
+    paper="""Raghu et al. 2019 found transfer from ImageNet close to random initialisation on large
+    medical sets (retina, ResNet-50: 96.4 → 96.7 AUC) and more useful with less data (5,000 retina
+    images: 92.2 → 94.6); Matsoukas et al. 2022 found the gain of weight transfer (WT) over random
+    init (RI) growing as the dataset shrinks.""",
+)
+def _test_auc(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+    frame = _finetune(frame, "test_auc")
+    lines = []
+    for (dataset, arch), runs in _groups(frame, ("dataset", "arch")):
+        stats = _stats(runs, ("init", "fraction"), "test_auc")
+        inits = sort_inits(runs["init"])
+        fractions = sorted(runs["fraction"].unique())
+        base = _baseline(inits)
+        lines.append(f"{panel(dataset, arch)} ({seeds_text(stats['n'])} per initialisation):")
+        best = []
+        for fraction in fractions:
+            cell = stats[stats["fraction"] == fraction].sort_values("mean", ascending=False)
+            top = cell.iloc[0]["init"]
+            values = runs.loc[(runs["fraction"] == fraction) & (runs["init"] == top), "test_auc"]
+            best.append(f"{lit(top)} {mean_sd(values)} at {pct(fraction)}")
+        lines.append("  best: " + "; ".join(best))
+        for init in inits:
+            if init == base:
+                continue
+            gaps = []
+            for fraction in fractions:
+                a = runs.loc[(runs["fraction"] == fraction) & (runs["init"] == init), "test_auc"]
+                b = runs.loc[(runs["fraction"] == fraction) & (runs["init"] == base), "test_auc"]
+                if len(a) and len(b):
+                    gaps.append((fraction, a.mean() - b.mean()))
+            if not gaps:
+                continue
+            text = ", ".join(f"{signed(gap)} at {pct(fraction)}" for fraction, gap in gaps)
+            if len(gaps) > 1 and gaps[0][1] > max(gaps[-1][1], 0.0):
+                text += f" (larger with {pct(gaps[0][0])} of the data)"
+            lines.append(f"  {lit(init)} − {lit(base)}: {text}")
+    return lines or ["no fine-tuning runs with a test AUC"]
+
+
+@caption(
+    "init_comparison",
+    columns=METRICS_COLUMNS,
+    shows="""Random initialisation (RI), weight statistics only (ST, each tensor redrawn from the
+    source tensor's mean and sd, Raghu's "Mean Var") and full weight transfer (WT) side by side:
+    bars are the mean test AUC over seeds from chance (0.5), whiskers ± sample sd, dots the seeds;
+    rows are datasets, columns fractions of the training data.""",
+    paper="""Raghu et al. 2019 found that weight statistics alone recover much of transfer's
+    speed-up; Matsoukas et al. 2022 use ST to separate the scale of the pretrained weights from
+    their features: the part of the RI → WT gap that ST does not close is feature reuse.""",
+)
+def _init_comparison(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+    frame = _finetune(frame, "test_auc")
+    frame = frame[frame["init_name"].isin(["RI", "ST", "WT"])]
+    lines = []
+    for (dataset, arch, fraction), runs in _groups(frame, ("dataset", "arch", "fraction")):
+        values = {init: runs.loc[runs["init"] == init, "test_auc"] for init in sort_inits(runs["init"])}
+        means = ", ".join(f"{lit(init)} {mean_sd(v)}" for init, v in values.items())
+        parts = [f"{panel(dataset, arch, fraction)}: {means}"]
+        if "RI" in values:
+            ri = values["RI"].mean()
+            for init, v in values.items():
+                family, source, _ = parse_init(init)
+                if family != "ST":
+                    continue
+                wt = values.get(f"WT_{source}")
+                if wt is None:
+                    continue
+                gap = wt.mean() - ri
+                if gap > 0 and v.mean() >= ri:
+                    share = (v.mean() - ri) / gap
+                    parts.append(f"{lit(init)} closes {100 * share:.0f} % of the RI → {lit('WT_' + source)} "
+                                 f"gap ({signed(gap)})")
+                elif gap > 0:
+                    parts.append(f"{lit(init)} is below RI ({signed(v.mean() - ri)}): it closes none of the "
+                                 f"RI → {lit('WT_' + source)} gap ({signed(gap)})")
+                else:
+                    parts.append(f"{lit('WT_' + source)} does not beat RI ({signed(gap)}): no gap for ST to close")
+        lines.append("; ".join(parts))
+    return lines or ["no RI, ST or WT fine-tuning runs"]
+
+
+@caption(
+    "metric_vs_k",
+    columns=METRICS_COLUMNS,
+    shows="""Test AUC against k, the number of lowest canonical blocks transferred from the source
+    (WT-ST-k: the rest from weight statistics; WT-RI-k: the rest random), mean ± sd over seeds with
+    seeds as faint dots; ST and RI sit at k = 0 and WT at k = all, each also a dashed line with its
+    ± sd band.""",
+    paper="""Matsoukas et al. 2022 (Fig. 3) sweep k to find where the benefit of transfer lives and
+    find that reusing the early layers accounts for much of it: a curve that reaches the WT line at
+    small k says the same.""",
+)
+def _metric_vs_k(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+    frame = _finetune(frame, "test_auc")
+    partial = frame[frame["init_name"].isin(["WT-ST", "WT-RI"]) & frame["k"].notna()]
+    lines = []
+    for (dataset, arch, fraction), runs in _groups(partial, ("dataset", "arch", "fraction")):
+        cell = frame[(frame["dataset"] == dataset) & (frame["arch"] == arch) & (frame["fraction"] == fraction)]
+        for series, sweep in runs.groupby(runs["init_name"] + "_" + runs["source"], sort=False):
+            family, source = series.split("_", 1)
+            stats = _stats(sweep, ("k",), "test_auc").sort_values("k")
+            curve = ", ".join(f"k = {int(k)}: {num(m)}" for k, m in zip(stats["k"], stats["mean"]))
+            text = f"{panel(dataset, arch, fraction)}, {lit(family + '-k')} from {lit(source)}: {curve}"
+            wt = cell.loc[cell["init"] == f"WT_{source}", "test_auc"]
+            if len(wt):
+                level = wt.mean() - (wt.std(ddof=1) if len(wt) > 1 else 0.0)
+                reached = stats[stats["mean"] >= level]
+                text += f"; WT {mean_sd(wt)}"
+                if len(reached):
+                    text += f", reached within its sd from k = {int(reached['k'].iloc[0])}"
+                else:
+                    text += ", not reached at any k"
+            lines.append(text)
+    return lines or ["no WT-ST-k or WT-RI-k fine-tuning runs"]
+
+
+@caption(
+    "protocols",
+    columns=METRICS_COLUMNS,
+    shows="""Test AUC against the fraction of training labels (log scale), one panel per target and
+    architecture (rows) and protocol (columns: fine-tuning, linear probe and k-NN on frozen
+    features), one line per initialisation (mean over seeds, band ± sd).""",
+    paper="""Truong et al. 2021 found self-supervised ImageNet features (SimCLR, SwAV, DINO) better
+    than supervised ones under linear evaluation at small data (+14.79 % kappa on diabetic
+    retinopathy, +5.4 % AUC on PCam), with smaller differences after fine-tuning.""",
+)
+def _protocols(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+    frame = with_protocol(frame).dropna(subset=["test_auc"])
+    lines = []
+    for (dataset, arch), runs in _groups(frame, ("dataset", "arch")):
+        lines.append(f"{panel(dataset, arch)}:")
+        protocols = [p for p in PROTOCOLS if p in set(runs["protocol"])]
+        for protocol in protocols:
+            rows = runs[runs["protocol"] == protocol]
+            stats = _stats(rows, ("init", "fraction"), "test_auc")
+            parts = []
+            for fraction in sorted(rows["fraction"].unique()):
+                cell = stats[stats["fraction"] == fraction].sort_values("mean", ascending=False)
+                top = cell.iloc[0]["init"]
+                text = (f"at {pct(fraction)} best {lit(top)} "
+                        f"{mean_sd(rows.loc[(rows['fraction'] == fraction) & (rows['init'] == top), 'test_auc'])}")
+                ri = rows.loc[(rows["fraction"] == fraction) & (rows["init"] == "RI"), "test_auc"]
+                if top != "RI" and len(ri):
+                    text += f" (RI {mean_sd(ri)})"
+                parts.append(text)
+            lines.append(f"  {protocol} ({seeds_text(stats['n'])}): " + "; ".join(parts))
+    return lines or ["no runs with a test AUC"]
+
+
+# ---- convergence ------------------------------------------------------------------------------
+
+HISTORY_COLUMNS = RUN_COLUMNS + ("epoch", "val_auc")
+
+
+@caption(
+    "convergence",
+    columns=HISTORY_COLUMNS,
+    shows="""Validation AUC after every epoch of fine-tuning, one line per initialisation (mean over
+    seeds, band ± sample sd), one panel per dataset, fraction of the training data and
+    architecture. Lines that rise earlier converge faster; compare where they flatten, not only
+    where they end.""",
+    paper="""Raghu et al. 2019 found that pretrained weights speed up convergence, and that weight
+    statistics alone (Mean-Var) recover much of that speed-up.""",
+)
+def _convergence(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+    frame = frame.dropna(subset=["val_auc"])
+    lines = []
+    for (dataset, arch, fraction), runs in _groups(frame, ("dataset", "arch", "fraction")):
+        first, last = int(runs["epoch"].min()), int(runs["epoch"].max())
+        parts = []
+        for init in sort_inits(runs["init"]):
+            rows = runs[runs["init"] == init]
+            start = rows.loc[rows["epoch"] == first, "val_auc"]
+            end = rows.loc[rows["epoch"] == last, "val_auc"]
+            parts.append(f"{lit(init)} {num(start.mean())} → {num(end.mean())}")
+        n = runs.groupby("init")["seed"].nunique()
+        lines.append(f"{panel(dataset, arch, fraction)}, mean validation AUC at epoch {first} → epoch {last} "
+                     f"({seeds_text(n)}): " + ", ".join(parts))
+    return lines or ["no validation AUC in the history"]
+
+
+@caption(
+    "epochs_to_95",
+    columns=HISTORY_COLUMNS,
+    shows="""Epochs each run needed to first reach 95 % of its own best validation AUC, per
+    initialisation; x is the fraction of the training data, colour the initialisation, dots the
+    seeds, tick and whiskers the mean ± sample sd. Fewer epochs is faster convergence, whatever
+    the level reached.""",
+    paper="""This is the convergence-speed measure of Raghu et al. 2019, where pretrained weights and
+    Mean-Var statistics both reach it in fewer epochs than random initialisation.""",
+)
+def _epochs_to_95(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+    table = epochs_to_fraction_of_best(frame, 0.95) if not frame.empty else pd.DataFrame()
+    lines = []
+    for (dataset, arch, fraction), runs in _groups(table, ("dataset", "arch", "fraction")):
+        parts = [f"{lit(init)} {mean_sd(runs.loc[runs['init'] == init, 'epochs_to_target'], digits=1)}"
+                 for init in sort_inits(runs["init"])]
+        stats = _stats(runs, ("init",), "epochs_to_target").sort_values("mean", kind="stable")
+        lines.append(f"{panel(dataset, arch, fraction)}, epochs: " + ", ".join(parts)
+                     + f"; fastest {lit(stats.iloc[0]['init'])}")
+    return lines or ["no validation AUC in the history"]
+
+
+# ---- representation similarity ----------------------------------------------------------------
+
+
+def _measure_rows(frame: pd.DataFrame, measure: str | None) -> tuple[pd.DataFrame, str]:
+    """Rows of the measure the figure draws (the first one in the CSV when none is named)."""
+    if frame.empty:
+        return frame, measure or "linear_cka"
+    measure = measure or str(frame["measure"].iloc[0])
+    return frame[frame["measure"] == measure].dropna(subset=["value"]), measure
+
+
+@caption(
+    "similarity_init_final",
+    columns=INIT_FINAL_COLUMNS,
+    shows="""Similarity (the first of ``analysis.measures``) between each canonical block at
+    initialisation and the same block after fine-tuning, on the shared probe set: one line per
+    initialisation (mean over seeds, band ± sample sd), blocks from input to head. Near 1 the block
+    barely changed (its features were reused); low values mean it was relearned.""",
+    paper="""Raghu et al. 2019 (SVCCA) found that large models move little from their
+    initialisation and that the lower layers change least; Matsoukas et al. 2022 measure the same
+    with CKA to show where WT's features are reused.""",
+)
+def _similarity_init_final(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+    frame, measure = _measure_rows(frame, measure)
+    lines = []
+    for (dataset, arch, fraction), rows in _groups(frame, ("dataset", "arch", "fraction")):
+        n = rows.groupby("init")["seed"].nunique()
+        lines.append(f"{panel(dataset, arch, fraction)}, {measure_label(measure)} ({seeds_text(n)}):")
+        for init in sort_inits(rows["init"]):
+            runs = rows[rows["init"] == init]
+            stats = runs.groupby(["block_index", "block"])["value"].agg(["mean", "std"]).reset_index()
+            stats = stats.sort_values("block_index")
+            first, last = stats.iloc[0], stats.iloc[-1]
+            text = (f"  {lit(init)}: {first['block']} {mean_sd(runs.loc[runs['block_index'] == first['block_index'], 'value'])}"
+                    f" … {last['block']} {mean_sd(runs.loc[runs['block_index'] == last['block_index'], 'value'])}")
+            body = stats.iloc[1:-1]  # the head changes most under every init; where below it?
+            if len(body):
+                low = body.loc[body["mean"].idxmin()]
+                text += f"; lowest below the head: {low['block']} {num(low['mean'])}"
+            lines.append(text)
+    return lines or [f"no {measure} rows"]
+
+
+def _diagonal(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["block_a_index"] == frame["block_b_index"]]
+
+
+@caption(
+    "similarity_pairs_heatmap",
+    columns=PAIRS_COLUMNS,
+    shows="""Block × block similarity between two fine-tuned networks of different initialisations
+    (e.g. WT vs RI), averaged over seed pairs: cell (i, j) compares block i of the first network (y
+    axis) with block j of the second (x axis), block 0 at the lower left. The last columns compare
+    two seeds of the same initialisation, the noise floor against which a pair is read.""",
+    paper="""Layer-by-layer CKA maps as in Kornblith et al. 2019; Raghu et al. 2019 found that
+    pretrained and randomly initialised networks differ most in the lowest layers, and Matsoukas et
+    al. 2022 compare WT with ST the same way.""",
+)
+def _similarity_pairs_heatmap(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+    frame, measure = _measure_rows(frame, measure)
+    diagonal = _diagonal(frame)
+    lines = []
+    for (dataset, arch, fraction), rows in _groups(diagonal, ("dataset", "arch", "fraction")):
+        floors = rows[rows["kind"] == "noise_floor"]
+        floor_means = {init: floors.loc[floors["init_a"] == init, "value"].mean() for init in sort_inits(floors["init_a"])}
+        parts = []
+        for pair, runs in rows[rows["kind"] != "noise_floor"].groupby("pair", sort=False):
+            per_seed = runs.groupby(["seed_a", "seed_b"])["value"].mean()
+            parts.append(f"{lit(pair)} {mean_sd(per_seed)} ({seeds_text([len(per_seed)]).replace('seed', 'seed pair')})")
+        text = f"{panel(dataset, arch, fraction)}, mean {measure_label(measure)} of matching blocks: " + ", ".join(parts)
+        if floor_means:
+            text += "; noise floors " + ", ".join(f"{lit(init)} {num(v)}" for init, v in floor_means.items())
+        lines.append(text)
+    return lines or [f"no {measure} rows"]
+
+
+@caption(
+    "similarity_pairs_blocks",
+    columns=PAIRS_COLUMNS,
+    shows="""The diagonal of the block × block similarity: block i of one network against block i
+    of the other, one line per pair of initialisations (mean ± sample sd over seed pairs). Shaded
+    bands are the seed noise floor of each initialisation (two seeds of it, mean ± sd): a pair
+    inside the band is as similar as two reruns of one initialisation; below both bands, the two
+    initialisations left that block genuinely different.""",
+    paper="""Raghu et al. 2019 found that pretrained and randomly initialised networks differ most
+    in the lowest layers; Matsoukas et al. 2022 compare WT and ST block by block with CKA.""",
+)
+def _similarity_pairs_blocks(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+    frame, measure = _measure_rows(frame, measure)
+    diagonal = _diagonal(frame)
+    lines = []
+    for (dataset, arch, fraction), rows in _groups(diagonal, ("dataset", "arch", "fraction")):
+        floors = rows[rows["kind"] == "noise_floor"]
+        # lower edge (mean − sd) of each init's noise-floor band per block, as the figure shades it
+        edge = floors.groupby(["init_a", "block_a_index"])["value"].agg(["mean", "std"])
+        edge = (edge["mean"] - edge["std"].fillna(0.0)).to_dict()
+        for pair, runs in rows[rows["kind"] != "noise_floor"].groupby("pair", sort=False):
+            init_a, init_b = runs["init_a"].iloc[0], runs["init_b"].iloc[0]
+            stats = runs.groupby(["block_a_index", "block_a"])["value"].mean().reset_index().sort_values("block_a_index")
+            apart = []
+            for row in stats.itertuples(index=False):
+                edges = [edge.get((init, row.block_a_index)) for init in (init_a, init_b)]
+                edges = [e for e in edges if e is not None and np.isfinite(e)]
+                if edges and row.value < min(edges):
+                    apart.append(f"{row.block_a} {num(row.value)} (band from {num(min(edges))})")
+            head = f"{panel(dataset, arch, fraction)}, {lit(pair)}: "
+            if apart:
+                lines.append(head + f"below the noise-floor bands in {len(apart)} of {len(stats)} blocks: " + ", ".join(apart))
+            else:
+                lines.append(head + f"within a noise floor in every block (mean {measure_label(measure)} "
+                             f"{num(stats['value'].mean())})")
+    return lines or [f"no {measure} rows"]
+
+
+# ---- the caption file -------------------------------------------------------------------------
+
+
+def generic_caption(name: str, frame: pd.DataFrame, csv_path: str | Path) -> str:
+    """The caption of a figure without one of its own: what it is drawn from, with counts."""
+    facts = [f"{len(frame)} rows"]
+    for column, what in (("dataset", "datasets"), ("arch", "architectures"), ("init", "initialisations"),
+                         ("fraction", "fractions"), ("seed", "seeds")):  # fmt: skip
+        if column in frame.columns and len(frame):
+            values = appearance_order(frame[column].dropna())
+            shown = [pct(v) if column == "fraction" else str(v) for v in values]
+            facts.append(f"{what}: " + ", ".join(lit(v) for v in shown))
+    if "value" in frame.columns and frame["value"].notna().any():
+        facts.append(f"values from {num(frame['value'].min())} to {num(frame['value'].max())}")
+    return (f"**Figure** {lit(name)}, drawn from {lit(csv_path)}. It has no caption of its own yet "
+            f"(register one in ``medtransfer.report.captions``).\n\n"
+            f"**What this run has.** " + "; ".join(facts) + ".\n")  # fmt: skip
+
+
+def caption_text(name: str, csv_path: str | Path, measure: str | None = None) -> str:
+    """The reStructuredText caption of figure ``name`` drawn from ``csv_path``."""
+    spec = CAPTIONS.get(name)
+    if spec is None:
+        return generic_caption(name, read_results(csv_path, ()), csv_path)
+    frame = read_results(csv_path, spec.columns)
+    found = spec.found(frame, measure)
+    return (f"**What it shows.** {spec.shows}\n\n"
+            f"**What the paper found.** {spec.paper}\n\n"
+            f"**What this run found.**\n\n{bullets(found)}\n"
+            f"Drawn from {lit(csv_path)} ({len(frame)} rows).\n")  # fmt: skip
+
+
+def write_caption(name: str, csv_path: str | Path, out: str | Path, measure: str | None = None) -> str:
+    """Write the caption of figure ``name`` to ``out`` atomically; return its text."""
+    text = caption_text(name, csv_path, measure)
+    write_text(out, text)
+    return text
