@@ -18,6 +18,11 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/figures.smk"
 
 
+# A failed job's reason is in its own log: print the end of each, so nobody has to go looking.
+onerror:
+    report_failed_jobs(log)
+
+
 rule all:
     default_target: True
     input:

@@ -7,6 +7,7 @@ from snakemake.utils import validate
 from medtransfer import paths
 from medtransfer.errors import ConfigError
 from medtransfer.grid import Study
+from medtransfer.joblogs import report_failed_jobs
 from medtransfer.paths import Run
 
 validate(config, "../schemas/config.schema.yaml")
@@ -14,6 +15,7 @@ try:
     STUDY = Study(config)
     if workflow.is_main_process:  # not again in every cluster job: it imports timm
         STUDY.check_architectures()
+        STUDY.check_dataset_entries()
 except ConfigError as error:
     raise WorkflowError(f"invalid config: {error}")
 
@@ -134,8 +136,12 @@ def finetune_inputs(wildcards):
     (every fused source's, for a fine-tuned fusion)."""
     spec = STUDY.run_spec(run_of(wildcards))
     inputs = cache_and_weights(spec["cache"], spec["source"])
-    for i, member in enumerate(spec.get("members", [])):  # the backbones of a fine-tuned fusion
-        inputs.update(cache_and_weights(spec["cache"], member["weights"], name=f"member{i}"))
+    for i, member in enumerate(
+        spec.get("members", [])
+    ):  # the backbones of a fine-tuned fusion
+        inputs.update(
+            cache_and_weights(spec["cache"], member["weights"], name=f"member{i}")
+        )
     return inputs
 
 
