@@ -475,6 +475,7 @@ def test_streamed_in_many_chunks(monkeypatch, route):
     else:
         monkeypatch.setattr(sim, "_factorise", _refuse_qr)
         monkeypatch.setattr(sim, "GRAM_CHUNK_ROWS", 16)
+        monkeypatch.setattr(sim, "GRAM_CHUNK_ELEMENTS", 16)
         monkeypatch.setattr(sim, "GRAM_PANEL", 3)  # panels that do not divide the 12 columns
     for conv in (False, True):
         x, y = data(21, n=150, dx=5, dy=7, conv=conv)

@@ -71,7 +71,8 @@ EPS64 = float(torch.finfo(F64).eps)
 GRAM_BLOCK = 256  # rows/columns per block of a symmetric Gram product
 SYMMETRIC_PANEL = 128  # rows per panel of a full symmetric Gram (fastest measured on this CPU)
 QR_CHUNK_ROWS = 4096  # least rows per chunk of the streaming QR (more when the matrix is wide)
-GRAM_CHUNK_ROWS = 2048  # rows per chunk of the streamed Gram of [X Y] (as fast as whole, measured)
+GRAM_CHUNK_ELEMENTS = 1 << 21  # float64 values per chunk of the streamed Gram of [X Y] (16 MiB) ...
+GRAM_CHUNK_ROWS = 2048  # ... but at least this many rows (measured as fast as one whole product)
 GRAM_PANEL = 512  # columns per panel of the Gram's upper triangle
 GRAM_ACCURACY = 1e-8  # the Gram route is taken when eps64 * condition estimate stays below this
 RANK_MARGIN = 4.0  # ... and every direction clears the rank tolerance by this factor
@@ -587,7 +588,7 @@ class _Sides:
                 f"positions per example ({tuple(tx.shape)} vs {tuple(ty.shape)}); pool or interpolate both "
                 f"to the same spatial size first (e.g. torch.nn.functional.adaptive_avg_pool2d)")
         self.sx, self.sy, self.n_rows, self.device = sx, sy, sx.n_rows, tx.device
-        stats_chunk = self.chunk_examples(GRAM_CHUNK_ROWS)
+        stats_chunk = self.chunk_examples(max(GRAM_CHUNK_ROWS, GRAM_CHUNK_ELEMENTS // (sx.n_cols + sy.n_cols)))
         (mean_x, keep_x), (mean_y, keep_y) = _column_stats(sx, stats_chunk), _column_stats(sy, stats_chunk)
         self.kx, self.ky = int(keep_x.sum()), int(keep_y.sum())
         for name, k in (("x", self.kx), ("y", self.ky)):
@@ -671,7 +672,8 @@ def _centred_cross_products(sides: _Sides) -> torch.Tensor:
     """[Xc Yc]^T [Xc Yc] (k, k) of the kept columns, summed over row chunks; each chunk adds its
     upper triangle in column panels (half the flops of a full product), mirrored at the end."""
     k = sides.k
-    chunk_examples = sides.chunk_examples(GRAM_CHUNK_ROWS)
+    # few columns (conv channels over many positions): long chunks, so per-chunk overhead stays small
+    chunk_examples = sides.chunk_examples(max(GRAM_CHUNK_ROWS, GRAM_CHUNK_ELEMENTS // k))
     buf = torch.empty((chunk_examples * sides.sx.per_example, k), dtype=F64, device=sides.device)
     gram = torch.zeros((k, k), dtype=F64, device=sides.device)
     for i0 in range(0, sides.sx.n_examples, chunk_examples):
