@@ -55,11 +55,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from medtransfer.errors import MedtransferError
 from medtransfer.registry import Registry
@@ -690,28 +692,41 @@ def _centred_cross_products(sides: _Sides) -> torch.Tensor:
 # ---- dense algebra on the small matrices
 # On the CPU the symmetric eigensolver and the SVD go through numpy: torch's bundled LAPACK (MKL)
 # ran them 2-5x slower than numpy's OpenBLAS on the AMD CPU benchmarks/similarity.py was measured
-# on (2048 x 2048 eigh: 5.0 vs 2.4 CPU s; eigenvalues only 5.0 vs 0.9), while torch is the faster
-# one for QR, Cholesky and triangular solves, which stay in torch.
+# on (2048 x 2048 eigh: 5.0 vs 1.2 CPU s; eigenvalues only 5.0 vs 0.4), while torch is the faster
+# one for QR, Cholesky and triangular solves, which stay in torch. Each numpy call runs on one
+# BLAS thread: threaded, the same eigh took 3.2 CPU s and longer in wall time too (its
+# tridiagonal reduction is matrix-vector work, which threads only slow down); independent
+# decompositions (both sides of SVCCA, PWCCA's two) run side by side instead, one per thread the
+# process may use (torch.get_num_threads(), which jobs set to their share).
 
 
-def _eigh_descending(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (descending) and eigenvectors of the symmetric ``m``."""
-    if m.device.type == "cpu":
-        values, vectors = np.linalg.eigh(m.numpy())
-        return torch.from_numpy(values[::-1].copy()), torch.from_numpy(np.ascontiguousarray(vectors[:, ::-1]))
-    values, vectors = torch.linalg.eigh(m)
-    return values.flip(0), vectors.flip(1)
+def _numpy_eigh_descending(m: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    values, vectors = np.linalg.eigh(m)
+    return torch.from_numpy(values[::-1].copy()), torch.from_numpy(np.ascontiguousarray(vectors[:, ::-1]))
+
+
+def _eigh_descending(*matrices: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Eigenvalues (descending) and eigenvectors of each symmetric matrix, concurrently on the CPU."""
+    if matrices[0].device.type != "cpu":
+        return [(values.flip(0), vectors.flip(1)) for values, vectors in map(torch.linalg.eigh, matrices)]
+    arrays = [m.numpy() for m in matrices]
+    workers = min(len(arrays), torch.get_num_threads())
+    with threadpool_limits(1, user_api="blas"):
+        if workers < 2:
+            return [_numpy_eigh_descending(a) for a in arrays]
+        with ThreadPoolExecutor(workers) as pool:  # LAPACK releases the GIL
+            return list(pool.map(_numpy_eigh_descending, arrays))
 
 
 def _svdvals(m: torch.Tensor) -> torch.Tensor:
     if m.device.type == "cpu":
-        return torch.from_numpy(np.linalg.svd(m.numpy(), compute_uv=False))
+        with threadpool_limits(1, user_api="blas"):
+            return torch.from_numpy(np.linalg.svd(m.numpy(), compute_uv=False))
     return torch.linalg.svdvals(m)
 
 
-def _psd_sqrt(m: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root of the symmetric positive semi-definite ``m``."""
-    values, vectors = _eigh_descending(m)
+def _psd_sqrt(values: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a positive semi-definite matrix from its eigendecomposition."""
     return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
 
 
@@ -782,8 +797,9 @@ def _reduced_from_gram(sides: _Sides, gram: torch.Tensor, keep_variance: float) 
     too close to round-off for GRAM_ACCURACY or the rank tolerance (the caller then uses QR)."""
     kx, k = sides.kx, sides.k
     bases = []
-    for cols, side, count in ((slice(0, kx), sides.sx, kx), (slice(kx, k), sides.sy, sides.ky)):
-        values, vectors = _eigh_descending(gram[cols, cols])
+    parts = ((slice(0, kx), sides.sx, kx), (slice(kx, k), sides.sy, sides.ky))
+    eigen = _eigh_descending(*(gram[cols, cols] for cols, _, _ in parts))
+    for (cols, side, count), (values, vectors) in zip(parts, eigen):
         values = values.clamp(min=0)
         energy = values.cumsum(0)
         kept = min(count, int((energy < keep_variance * energy[-1] * (1 - 1e-12)).sum()) + 1)
@@ -945,7 +961,10 @@ def pwcca(x: ArrayLike, y: ArrayLike, variant: str = "google") -> float:
     # Left singular vectors p_i of the side's cross matrix, descending, from the eigenvectors of
     # side side^T (a fraction of an SVD's cost); rho_i = |side^T p_i| is accurate to round-off
     # (a Rayleigh quotient), and the side's directions beyond min(shape) get rho 0.
-    _, p = _eigh_descending(side @ side.T)
+    if variant == "paper":
+        [(_, p)] = _eigh_descending(side @ side.T)
+    else:
+        [(_, p), root] = _eigh_descending(side @ side.T, loadings @ loadings.T)
     rho = torch.linalg.vector_norm(side.T @ p, dim=0).clamp_(0.0, 1.0)
     if variant == "paper":
         count = min(cross.shape)
@@ -954,6 +973,6 @@ def pwcca(x: ArrayLike, y: ArrayLike, variant: str = "google") -> float:
     else:
         # google's vectors Z Sigma^1/2 w_i are U (L L^T)^1/2 p_i in the basis U, L = U^T Z: their
         # QR is U times the QR of (L L^T)^1/2 P
-        directions = torch.linalg.qr(_psd_sqrt(loadings @ loadings.T) @ p).Q
+        directions = torch.linalg.qr(_psd_sqrt(*root) @ p).Q
     weights = (directions.T @ loadings).abs().sum(1)
     return float((weights * rho).sum() / weights.sum())
