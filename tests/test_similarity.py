@@ -651,3 +651,23 @@ def test_pwcca_rejects_unknown_variants():
     x, y = data(28)
     with pytest.raises(sim.SimilarityInputError, match="google, paper"):
         sim.pwcca(x, y, variant="morcos")
+
+
+def test_gram_route_keeps_its_accuracy_up_to_where_it_hands_over_to_qr(monkeypatch):
+    """Spread singular values: the Gram route is taken while eps * cond(covariance) <= 1e-8 and is
+    then within 1e-8 of the SVD reference; beyond, the QR route answers (and is as accurate)."""
+    calls = []
+    factorise = sim._factorise
+    monkeypatch.setattr(sim, "_factorise", lambda sides: calls.append(1) or factorise(sides))
+    rng = np.random.default_rng(29)
+    n, d = 2000, 40
+    u, _ = np.linalg.qr(rng.normal(size=(n, d)))
+    v, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    for spread, route in ((1e2, "gram"), (1e3, "gram"), (1e5, "qr")):
+        x = (u * np.logspace(0, -np.log10(spread), d)) @ v.T * np.sqrt(n)
+        y = x[:, :20] @ rng.normal(size=(20, 30)) + 0.5 * rng.normal(size=(n, 30))
+        calls.clear()
+        rho = sim.cca(x, y)
+        assert (calls == []) == (route == "gram"), spread
+        assert np.abs(rho - ref_cca(x, y)).max() < 1e-8
+        assert sim.pwcca(x, y) == pytest.approx(ref_google_pwcca_by_definition(x, y), abs=1e-8)
