@@ -24,6 +24,11 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
 
+# A failed job's reason is in its own log: print the end of each, so nobody has to go looking.
+onerror:
+    report_failed_jobs(log)
+
+
 rule all:
     default_target: True
     input:

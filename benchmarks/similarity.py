@@ -6,7 +6,9 @@ Baselines (written here from the published formulas, float64 numpy, same process
     median-bandwidth RBF kernel for rbf_cka).
   * CCA family: covariance + inverse square root as in google/svcca (np.cov of [X; Y], rescale,
     pinv, eigh square root, SVD of the whitened cross-covariance); SVCCA = thin SVD of each side
-    first, PWCCA = the canonical variates of the side with fewer neurons as weights.
+    first; PWCCA = google/svcca's compute_pwcca (the QR of coef_x (acts - mean), PR #9's fix),
+    as ``pwcca`` computes it by default; PWCCA paper = the unit canonical variates of the side with
+    fewer neurons as weights (``pwcca(x, y, variant="paper")``).
 
 Each (measure, implementation, size) runs in a fresh subprocess with the same BLAS thread count,
 on float32 inputs (as activations are stored). It reports wall seconds of one call, and peak
@@ -29,7 +31,8 @@ import threading
 import time
 import warnings
 
-MEASURES = ["linear_cka", "linear_cka_debiased", "rbf_cka", "minibatch_cka", "cca_mean", "svcca", "pwcca"]
+MEASURES = ["linear_cka", "linear_cka_debiased", "rbf_cka", "minibatch_cka", "cca_mean", "svcca", "pwcca",
+            "pwcca_paper"]
 SIZES = {  # name: (shape of x, shape of y)
     "fc n=2000 d=512": ((2000, 512), (2000, 512)),
     "fc n=10000 d=2048": ((10000, 2048), (10000, 2048)),
@@ -157,6 +160,23 @@ def baseline_svcca(x, y, keep=0.99):
 
 
 def baseline_pwcca(x, y):
+    """google/svcca's compute_pwcca (epsilon 0) on the centred activations, its PR #9 fix applied."""
+    np = _np()
+    acts1, acts2 = neurons64(x), neurons64(y)
+    acts1 -= acts1.mean(1, keepdims=True)
+    acts2 -= acts2.mean(1, keepdims=True)
+    s, u, vh, _, _ = cca_covariance(acts1, acts2)
+    if acts1.shape[0] <= acts2.shape[0]:
+        acts, dirns = acts1, u.T @ acts1
+    else:
+        acts, dirns = acts2, vh @ acts2
+    p, _ = np.linalg.qr(dirns.T)
+    weights = np.abs(p.T @ acts.T).sum(1)
+    weights /= weights.sum()
+    return float(np.sum(weights * s))
+
+
+def baseline_pwcca_paper(x, y):
     np = _np()
     acts1, acts2 = neurons64(x), neurons64(y)
     s, u, vh, inv_sqrt_xx, inv_sqrt_yy = cca_covariance(acts1, acts2)
@@ -190,6 +210,7 @@ BASELINES = {
     "cca_mean": baseline_cca_mean,
     "svcca": baseline_svcca,
     "pwcca": baseline_pwcca,
+    "pwcca_paper": baseline_pwcca_paper,
 }
 
 
@@ -198,6 +219,8 @@ def ours(measure: str):
 
     if measure == "minibatch_cka":
         return lambda x, y: similarity.minibatch_cka(x, y, MINIBATCH)
+    if measure == "pwcca_paper":
+        return lambda x, y: similarity.pwcca(x, y, variant="paper")
     return similarity.MEASURES.get(measure)
 
 

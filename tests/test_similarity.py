@@ -3,7 +3,8 @@
 Every property is written once and run over every measure it holds for (repsim style). The
 references below are the plain formulas in float64 numpy: explicit n x n centring matrices for
 CKA, SVD bases for the CCA family -- a different route from the library's (feature-space
-products, streamed QR).
+products, a streamed Gram with Cholesky / eigh, or a streamed QR) -- and, for PWCCA, a
+transcription of google/svcca's compute_pwcca. The CCA family is checked on both of its routes.
 """
 
 from __future__ import annotations
@@ -106,6 +107,60 @@ def ref_pwcca(x, y):
     return float((weights * rho).sum() / weights.sum())
 
 
+def ref_google_pwcca(x, y, epsilon=1e-10):
+    """google/svcca's pwcca.compute_pwcca(acts1, acts2, epsilon)[0], transcribed step by step from
+    its pwcca.py and cca_core.get_cca_similarity (np.cov, rescaling by the largest entry, dropping
+    neurons of variance < epsilon, pinv + eigh square roots, SVD, then the QR of
+    coef (acts - mean) + mean), with the fix of its PR #9 (acts2 in the y branch), on the
+    column-centred (neurons, data points) activations."""
+    x, y = _rows(x), _rows(y)
+    acts1, acts2 = (x - x.mean(0)).T, (y - y.mean(0)).T
+    numx = len(acts1)
+    cov = np.cov(acts1, acts2)
+    sxx, sxy, syy = cov[:numx, :numx], cov[:numx, numx:], cov[numx:, numx:]
+    xmax, ymax = np.max(np.abs(sxx)), np.max(np.abs(syy))
+    sxx, syy, sxy = sxx / xmax, syy / ymax, sxy / np.sqrt(xmax * ymax)
+    x_idxs, y_idxs = np.abs(np.diag(sxx)) >= epsilon, np.abs(np.diag(syy)) >= epsilon
+    sxx, sxy, syy = sxx[x_idxs][:, x_idxs], sxy[x_idxs][:, y_idxs], syy[y_idxs][:, y_idxs]
+
+    def invsqrt(s):
+        w, v = np.linalg.eigh(np.linalg.pinv(s + epsilon * np.eye(len(s))))
+        return v @ np.diag(np.sqrt(w)) @ v.T
+
+    u, s, vh = np.linalg.svd(invsqrt(sxx) @ sxy @ invsqrt(syy))
+    s = np.abs(s)
+    if x_idxs.sum() <= y_idxs.sum():
+        acts, idxs, coef = acts1, x_idxs, u.T
+    else:
+        acts, idxs, coef = acts2, y_idxs, vh
+    means = acts.mean(1, keepdims=True)[idxs]
+    dirns = coef @ (acts[idxs] - means) + means
+    p, _ = np.linalg.qr(dirns.T)
+    weights = np.abs(p.T @ acts[idxs].T).sum(1)
+    weights = weights / weights.sum()
+    return float(np.sum(weights * s))
+
+
+def ref_google_pwcca_by_definition(x, y, rtol=1e-10):
+    """The same weighting written from its definition, in data space: the vectors Z Sigma^1/2 w_i
+    (w_i canonical weights, Sigma the weighting side's covariance) are U S p_i for Z = U S V^T
+    restricted to its defined directions; QR them in order of descending rho. Unlike the
+    transcription it stays defined for rank-deficient sides."""
+    x, y = _rows(x), _rows(y)
+    kx, ky = int((x.max(0) > x.min(0)).sum()), int((y.max(0) > y.min(0)).sum())
+    z, other = (x, y) if kx <= ky else (y, x)
+    z = z[:, z.max(0) > z.min(0)] - z.mean(0)[z.max(0) > z.min(0)]
+    u, s, _ = np.linalg.svd(z, full_matrices=False)
+    rank = int((s > rtol * s[0]).sum())
+    u, s = u[:, :rank], s[:rank]
+    uo, _ = ref_basis(other)
+    p, rho, _ = np.linalg.svd(u.T @ uo)  # full p: directions beyond min(shape) have rho 0
+    rho = np.concatenate([rho, np.zeros(rank - len(rho))])
+    q, _ = np.linalg.qr(u @ (s[:, None] * p))
+    weights = np.abs(q.T @ z).sum(1)
+    return float((weights * rho).sum() / weights.sum())
+
+
 # ------------------------------------------------------------------------------------------ the measures
 
 CKA = {"linear_cka", "linear_cka_debiased", "rbf_cka", "minibatch_cka"}
@@ -116,8 +171,12 @@ MEASURES = {
     "minibatch_cka": (lambda x, y: sim.minibatch_cka(x, y, 25), lambda x, y: ref_minibatch_cka(x, y, 25)),
     "cca_mean": (sim.cca_mean, lambda x, y: ref_cca(x, y).mean()),
     "svcca": (sim.svcca, ref_svcca),
-    "pwcca": (sim.pwcca, ref_pwcca),
+    # epsilon=0: compute_pwcca without its regulariser, so agreement is to round-off (the 1e-10
+    # it adds by default is tested separately below)
+    "pwcca": (sim.pwcca, lambda x, y: ref_google_pwcca(x, y, epsilon=0.0)),
+    "pwcca_paper": (lambda x, y: sim.pwcca(x, y, variant="paper"), ref_pwcca),
 }
+CCA_FAMILY = ["cca_mean", "svcca", "pwcca", "pwcca_paper"]
 
 
 def data(seed=0, n=100, dx=8, dy=12, conv=False):
@@ -174,6 +233,7 @@ INVARIANCES = {
     "cca_mean": ["orthogonal", "isotropic_scale", "translation", "invertible"],
     "svcca": ["orthogonal", "isotropic_scale", "translation"],
     "pwcca": ["permute_and_flip", "isotropic_scale", "translation"],
+    "pwcca_paper": ["permute_and_flip", "isotropic_scale", "translation"],
 }
 CASES = [(m, t) for m, kinds in INVARIANCES.items() for t in kinds]
 
@@ -235,13 +295,14 @@ def test_invariance(name, kind, conv):
     assert fn(x, transform(kind, y, seed=5)) == pytest.approx(value, abs=1e-9)
 
 
-def test_pwcca_invariant_to_invertible_maps_of_the_unweighted_side():
+@pytest.mark.parametrize("variant", sim.PWCCA_VARIANTS)
+def test_pwcca_invariant_to_invertible_maps_of_the_unweighted_side(variant):
     x, y = data(5, dx=6, dy=10)  # x has fewer neurons, so x gives the weights
     m = np.random.default_rng(0).normal(size=(10, 10)) + 3 * np.eye(10)
-    assert sim.pwcca(x, y @ m) == pytest.approx(sim.pwcca(x, y), abs=1e-10)
+    assert sim.pwcca(x, y @ m, variant=variant) == pytest.approx(sim.pwcca(x, y, variant=variant), abs=1e-10)
 
 
-@pytest.mark.parametrize("name", ["svcca", "pwcca"])
+@pytest.mark.parametrize("name", ["svcca", "pwcca", "pwcca_paper"])
 def test_not_invariant_to_general_invertible_maps(name):
     """Documents why they are absent from the invertible-map invariance above."""
     x, y = data(6, dx=10, dy=12)
@@ -369,13 +430,17 @@ def test_cka_is_accurate_for_badly_scaled_and_translated_columns():
 # ------------------------------------------------------------------------------------------ CCA family
 
 
-@pytest.mark.parametrize("name", ["cca_mean", "pwcca", "svcca"])
+@pytest.mark.parametrize("name", ["cca_mean", "pwcca", "pwcca_paper", "svcca"])
 def test_rank_deficient_columns_give_the_answer_over_the_defined_directions(name):
     fn = MEASURES[name][0]
     x, y = data(18, n=120, dx=6, dy=9)
     rng = np.random.default_rng(0)
     messy = np.concatenate([x, x[:, :2] * 3.0, np.full((120, 2), 4.2), x[:, 3:4] * 1e-3], axis=1)
-    if name == "pwcca":  # weights see raw neuron sizes: duplicates count twice, constants zero
+    # pwcca: weights see raw neuron sizes: duplicates count twice, constants zero (compute_pwcca
+    # itself breaks down here: its pinv square root meets the null directions)
+    if name == "pwcca":
+        assert fn(messy, y) == pytest.approx(ref_google_pwcca_by_definition(messy, y), abs=1e-10)
+    elif name == "pwcca_paper":
         assert fn(messy, y) == pytest.approx(ref_pwcca(messy, y), abs=1e-10)
     elif name == "cca_mean":
         assert np.allclose(sim.cca(messy, y), ref_cca(x, y), atol=1e-10)
@@ -402,13 +467,58 @@ def test_ill_conditioned_but_full_rank_columns():
     assert np.allclose(sim.cca(x, y), ref_cca(x, y), atol=1e-7)
 
 
-def test_streamed_qr_in_many_chunks(monkeypatch):
-    monkeypatch.setattr(sim, "QR_CHUNK_ROWS", 16)
+@pytest.mark.parametrize("route", ["qr", "gram"])
+def test_streamed_in_many_chunks(monkeypatch, route):
+    if route == "qr":
+        monkeypatch.setattr(sim, "GRAM_ACCURACY", 0.0)  # no Gram route at all
+        monkeypatch.setattr(sim, "QR_CHUNK_ROWS", 16)
+    else:
+        monkeypatch.setattr(sim, "_factorise", _refuse_qr)
+        monkeypatch.setattr(sim, "GRAM_CHUNK_ROWS", 16)
+        monkeypatch.setattr(sim, "GRAM_CHUNK_ELEMENTS", 16)
+        monkeypatch.setattr(sim, "GRAM_PANEL", 3)  # panels that do not divide the 12 columns
     for conv in (False, True):
         x, y = data(21, n=150, dx=5, dy=7, conv=conv)
         assert np.allclose(sim.cca(x, y), ref_cca(x, y), atol=1e-10)
-        assert sim.pwcca(x, y) == pytest.approx(ref_pwcca(x, y), abs=1e-10)
+        assert sim.pwcca(x, y) == pytest.approx(ref_google_pwcca(x, y, epsilon=0.0), abs=1e-10)
+        assert sim.pwcca(x, y, variant="paper") == pytest.approx(ref_pwcca(x, y), abs=1e-10)
         assert sim.svcca(x, y) == pytest.approx(ref_svcca(x, y), abs=1e-10)
+
+
+def _refuse_qr(*args):
+    raise AssertionError("QR route taken although the Gram route keeps the accuracy")
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["2d", "conv"])
+@pytest.mark.parametrize("name", CCA_FAMILY)
+def test_qr_route_agrees_with_textbook(name, conv, monkeypatch):
+    """test_agrees_with_textbook takes the Gram route (well-conditioned inputs); the QR route too."""
+    monkeypatch.setattr(sim, "GRAM_ACCURACY", 0.0)
+    fn, ref = MEASURES[name]
+    for seed in range(3):
+        x, y = data(seed, conv=conv)
+        assert fn(x, y) == pytest.approx(ref(x, y), abs=1e-10)
+
+
+def test_gram_route_for_well_conditioned_inputs_qr_for_the_rest(monkeypatch):
+    calls = []
+    factorise = sim._factorise
+    monkeypatch.setattr(sim, "_factorise", lambda sides: calls.append(1) or factorise(sides))
+    x, y = data(27, n=400, dx=6, dy=9)
+    for name in CCA_FAMILY:
+        MEASURES[name][0](x, y)
+    assert not calls
+    rng = np.random.default_rng(27)
+    nearly_collinear = rng.normal(size=(400, 1)) + 1e-6 * rng.normal(size=(400, 5))  # condition ~1e6
+    sim.cca(nearly_collinear, y)
+    assert calls == [1]  # squared, 1e12: beyond what the Gram keeps
+    sim.svcca(x, y, keep_variance=1.0)  # every direction, all well above round-off: still the Gram
+    assert calls == [1]
+    spread = x * np.logspace(0, -5, 6)  # variances over 1e10: all kept, too spread for the Gram
+    sim.svcca(spread, y, keep_variance=1.0)
+    assert calls == [1, 1]
+    sim.cca(x[:8], y[:8, :4])  # fewer data points than columns: QR (the smaller matrix)
+    assert calls == [1, 1, 1]
 
 
 def test_cca_returns_sorted_correlations():
@@ -486,3 +596,78 @@ def test_init_final_rows_carry_the_sizes_that_set_the_biased_cka_floor(tmp_path)
     assert by.loc[("linear_cka", "wide"), "value"] > by.loc[("linear_cka", "narrow"), "value"] + 0.2
     assert abs(by.loc[("linear_cka_debiased", "wide"), "value"]) < 0.05
     assert abs(by.loc[("linear_cka_debiased", "narrow"), "value"]) < 0.05
+
+
+# ------------------------------------------------------------------------------------------ PWCCA as published
+
+
+def low_rank_data(seed, n=300, dx=10, dy=14, rank=3, noise=0.1):
+    """Both sides driven by a few shared latent factors, plus a little noise (numerically full rank)."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(n, rank))
+    x = latent @ rng.normal(size=(rank, dx)) + noise * rng.normal(size=(n, dx))
+    y = latent @ rng.normal(size=(rank, dy)) + noise * rng.normal(size=(n, dy))
+    return x, y
+
+
+@pytest.mark.parametrize("kind", ["random", "low_rank", "conv"])
+def test_pwcca_is_google_compute_pwcca(kind):
+    """compute_pwcca(Xc.T, Yc.T, epsilon=1e-10)[0], either side weighting (y's is its PR #9 branch)."""
+    for seed in range(3):
+        if kind == "random":
+            x, y = data(30 + seed, n=200, dx=7, dy=11)
+        elif kind == "low_rank":
+            x, y = low_rank_data(30 + seed)
+        else:
+            x, y = data(30 + seed, n=60, dx=6, dy=9, conv=True)
+        # The transcription inverts covariances (pinv, then a square root), which costs it ~1e-10 on
+        # the low-rank inputs (cond(Sigma) ~3e3; measured: it grows as cond^2, ours stays at 1e-14
+        # of the data-space definition); round-off elsewhere.
+        tight = 1e-9 if kind == "low_rank" else 1e-11
+        for a, b in ((x, y), (y, x)):
+            assert sim.pwcca(a, b) == pytest.approx(ref_google_pwcca(a, b), abs=1e-8)
+            assert sim.pwcca(a, b) == pytest.approx(ref_google_pwcca(a, b, epsilon=0.0), abs=tight)
+            assert sim.pwcca(a, b) == pytest.approx(ref_google_pwcca_by_definition(a, b), abs=1e-11)
+
+
+def test_the_definition_written_in_data_space_is_compute_pwcca():
+    """What the rank-deficient test compares with is the same weighting where both are defined."""
+    for seed in range(3):
+        for x, y in (data(40 + seed, n=200, dx=7, dy=11), data(40 + seed, n=60, dx=6, dy=9, conv=True)):
+            assert ref_google_pwcca_by_definition(x, y) == pytest.approx(ref_google_pwcca(x, y, 0.0), abs=1e-11)
+            assert ref_google_pwcca_by_definition(y, x) == pytest.approx(ref_google_pwcca(y, x, 0.0), abs=1e-11)
+
+
+def test_pwcca_variants_differ_on_well_posed_inputs():
+    """Why the default changed: the paper's variates and compute_pwcca's QR vectors weight differently."""
+    gaps = []
+    for seed in range(5):
+        x, y = low_rank_data(50 + seed, noise=0.5)
+        gaps.append(abs(sim.pwcca(x, y) - sim.pwcca(x, y, variant="paper")))
+    assert max(gaps) > 1e-3
+
+
+def test_pwcca_rejects_unknown_variants():
+    x, y = data(28)
+    with pytest.raises(sim.SimilarityInputError, match="google, paper"):
+        sim.pwcca(x, y, variant="morcos")
+
+
+def test_gram_route_keeps_its_accuracy_up_to_where_it_hands_over_to_qr(monkeypatch):
+    """Spread singular values: the Gram route is taken while eps * cond(covariance) <= 1e-8 and is
+    then within 1e-8 of the SVD reference; beyond, the QR route answers (and is as accurate)."""
+    calls = []
+    factorise = sim._factorise
+    monkeypatch.setattr(sim, "_factorise", lambda sides: calls.append(1) or factorise(sides))
+    rng = np.random.default_rng(29)
+    n, d = 2000, 40
+    u, _ = np.linalg.qr(rng.normal(size=(n, d)))
+    v, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    for spread, route in ((1e2, "gram"), (1e3, "gram"), (1e5, "qr")):
+        x = (u * np.logspace(0, -np.log10(spread), d)) @ v.T * np.sqrt(n)
+        y = x[:, :20] @ rng.normal(size=(20, 30)) + 0.5 * rng.normal(size=(n, 30))
+        calls.clear()
+        rho = sim.cca(x, y)
+        assert (calls == []) == (route == "gram"), spread
+        assert np.abs(rho - ref_cca(x, y)).max() < 1e-8
+        assert sim.pwcca(x, y) == pytest.approx(ref_google_pwcca_by_definition(x, y), abs=1e-8)

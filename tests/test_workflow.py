@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,42 @@ def test_a_bad_config_stops_before_any_job_naming_the_key(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "study.architectures[0]: unknown architecture 'resnet_18'" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("entry", [
+    {"format": "dicomzz", "root": "/data/mine"},  # a typo of a format, as a new user would make it
+    {"format": "imagefolder", "root": "/data/mine"},  # its size is missing
+], ids=["unknown_format", "missing_size"])
+def test_a_bad_dataset_entry_stops_the_dry_run_with_the_jobs_message(tmp_path, entry):
+    """Found when the Snakefile loads, in the words the preprocess job itself would use."""
+    job = subprocess.run(["medtransfer", "preprocess", "--spec", json.dumps(
+        {"name": "mine", "entry": entry, "out": str(tmp_path / "mine.h5")})], capture_output=True, text=True,
+        timeout=300, env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert job.returncode == 2
+    message = job.stderr.strip().splitlines()[-1].removeprefix("medtransfer preprocess: error: ")
+    assert "datasets.mine" in message
+    config = tiny_config()
+    config["datasets"]["mine"] = entry
+    config["study"]["targets"] = ["mine"]
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "1")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and f"invalid config: {message}" in output
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_failing_job_prints_the_end_of_its_log(tmp_path):
+    """The job's own error (a folder that does not exist: only the job can know) on the console."""
+    config = tiny_config()
+    config["datasets"]["mine"] = {"format": "imagefolder", "root": str(tmp_path / "absent"), "size": 16}
+    config["study"]["targets"] = ["mine"]
+    write_config(tmp_path, config)
+    assert snakemake(tmp_path, "-n", "--cores", "1").returncode == 0  # the entry itself is fine
+    result = snakemake(tmp_path, "--cores", "1", "results/data/mine.h5")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "--- rule preprocess: last lines of results/logs/preprocess/mine.log ---" in output
+    assert f"medtransfer preprocess: error: datasets.mine.root: folder {tmp_path / 'absent'} does not exist" in output
 
 
 @pytest.mark.slow

@@ -88,6 +88,10 @@ def select_device(requested: str | None = None) -> torch.device:
 
 
 def configure_threads(threads: int | None) -> None:
-    """Use the threads Snakemake gave the job (``{threads}``), not every core of the node."""
+    """Use the threads Snakemake gave the job (``{threads}``), not every core of the node: torch's,
+    and those of numpy's BLAS (the similarity measures' eigen/SVD steps run there on the CPU)."""
     if threads:
         torch.set_num_threads(max(1, int(threads)))
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(max(1, int(threads)))  # stays in force for the process

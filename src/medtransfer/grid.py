@@ -741,6 +741,18 @@ class Study:
                 raise ConfigError(f"config key {key}: {unknown_arch_message(arch)}")
         self._check_fid_features()
 
+    def check_dataset_entries(self) -> None:
+        """Raise ConfigError for a dataset entry its format would reject before reading a file: an
+        unknown ``format`` or ``resize``, a key the format requires (``size`` of an image folder,
+        ``flag`` of MedMNIST, ...), a value it rejects (:func:`medtransfer.data.formats.check_entry`,
+        the check the preprocess job runs first, so the message is the job's). Every entry under
+        ``datasets:``, used or not. Imports the dataset formats (torch): the Snakefile calls it in
+        the main process, with :meth:`check_architectures`."""
+        from medtransfer.data import check_entry
+
+        for name, entry in self.datasets.items():
+            check_entry(name, entry)
+
     def resources_for(self, rule: str, arch: str | None = None, dataset: str | None = None) -> dict[str, int]:
         """threads, mem_mb and runtime of a rule's job; ``by_arch`` and ``by_dataset`` entries
         in the config (e.g. ``finetune: {runtime: 60, by_arch: {resnet50: {runtime: 600}}}``)

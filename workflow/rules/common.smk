@@ -8,6 +8,7 @@ from snakemake.utils import validate
 from medtransfer import paths
 from medtransfer.errors import ConfigError
 from medtransfer.grid import Study
+from medtransfer.joblogs import report_failed_jobs
 from medtransfer.paths import Run
 from medtransfer.report import layout as report_layout
 
@@ -16,6 +17,7 @@ try:
     STUDY = Study(config)
     if workflow.is_main_process:  # not again in every cluster job: it imports timm
         STUDY.check_architectures()
+        STUDY.check_dataset_entries()
         FID_WARNING = STUDY.fid_weights_warning()
         if FID_WARNING:
             print(f"warning: {FID_WARNING}", file=sys.stderr)

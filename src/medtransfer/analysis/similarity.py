@@ -17,14 +17,24 @@ Numerics
       side's example Gram (n x n, built one side at a time from float64 column chunks); the
       symmetric products are computed block-wise (half the work): no n x n matrix exists unless
       n < d for both sides.
-    * The CCA family never forms or inverts a covariance. It streams the centred activations
-      through a Householder QR, ``[X Y] = Q R``, in row chunks; all angles between the two column
-      spaces are then read off the small ``R`` (QR / SVD only). Columns are normalised to unit
-      length (CCA is invariant to that), constant columns (max == min over the data points) are
-      dropped, and directions whose singular value is below ``s_max * (u + max(N, d) * eps64)``
-      (``u`` = unit round-off of the input dtype, ``eps64`` of float64) are undefined and left
-      out, so duplicate, constant, badly scaled or exactly low-rank columns give the answer over
-      the directions that are defined instead of a crash, a NaN or a silently dropped column.
+    * The CCA family centres and drops constant columns (max == min over the data points) in a
+      first streamed pass, then takes one of two routes, both streaming row chunks:
+      - Gram (the default wherever it is accurate): the float64 centred cross-products of
+        ``[X Y]`` (upper triangle in panels), then small dense algebra -- plain CCA/PWCCA equilibrate
+        (unit diagonal: CCA ignores column scale), whiten each side with its Cholesky factor
+        (triangular solves, no inverse) and take the SVD of the whitened cross matrix; SVCCA takes
+        each side's covariance eigenvectors. The Gram squares the condition number, so this route
+        is taken only when LAPACK's condition estimate (plain CCA/PWCCA) or the spread of the kept
+        eigenvalues (SVCCA, whose 99 % of variance rarely reaches near round-off) says the result
+        keeps ``GRAM_ACCURACY`` (1e-8 relative; measured errors are ~1e-3 of that estimate), and
+        only with at least as many data points as columns.
+      - QR otherwise: a Householder QR ``[X Y] = Q R`` (TSQR over the chunks); the angles
+        between the two column spaces are read off the small ``R`` (QR / SVD only).
+      Directions whose singular value is below ``s_max * (u + max(N, d) * eps64)`` (``u`` = unit
+      round-off of the input dtype, ``eps64`` of float64) are undefined and left out (the Gram
+      route is taken only when every direction clears that by ``RANK_MARGIN``), so duplicate,
+      constant, badly scaled or exactly low-rank columns give the answer over the directions that
+      are defined instead of a crash, a NaN or a silently dropped column.
 
 Errors and warnings
     * ``SimilarityInputError`` (a ``MedtransferError`` and a ``ValueError``): inputs that do not
@@ -45,11 +55,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from medtransfer.errors import MedtransferError
 from medtransfer.registry import Registry
@@ -61,6 +73,11 @@ EPS64 = float(torch.finfo(F64).eps)
 GRAM_BLOCK = 256  # rows/columns per block of a symmetric Gram product
 SYMMETRIC_PANEL = 128  # rows per panel of a full symmetric Gram (fastest measured on this CPU)
 QR_CHUNK_ROWS = 4096  # least rows per chunk of the streaming QR (more when the matrix is wide)
+GRAM_CHUNK_ELEMENTS = 1 << 21  # float64 values per chunk of the streamed Gram of [X Y] (16 MiB) ...
+GRAM_CHUNK_ROWS = 2048  # ... but at least this many rows (measured as fast as one whole product)
+GRAM_PANEL = 512  # columns per panel of the Gram's upper triangle
+GRAM_ACCURACY = 1e-8  # the Gram route is taken when eps64 * condition estimate stays below this
+RANK_MARGIN = 4.0  # ... and every direction clears the rank tolerance by this factor
 INFLATION_WARNING_LEVEL = 0.5  # warn when independent data would reach this top correlation
 DEGENERATE_HSIC = 1e-10  # HSIC(x, x) below this fraction of its terms' size counts as zero
 
@@ -510,7 +527,8 @@ def minibatch_cka(x: ArrayLike, y: ArrayLike, batch_size: int) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# CCA family: stream the centred [X Y] through a QR, then work on the small R
+# CCA family: one streamed pass for column statistics, one for the centred Gram of [X Y] (or, where
+# the Gram would not keep GRAM_ACCURACY, a streamed QR of [X Y]), then small dense algebra
 
 
 class _NeuronRows:
@@ -539,6 +557,79 @@ class _NeuronRows:
         return out
 
 
+def _column_stats(side: _NeuronRows, chunk_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Column means (float64) and a mask of the columns that are not constant."""
+    device = side.t.device
+    total = torch.zeros(side.n_cols, dtype=F64, device=device)
+    high = torch.full((side.n_cols,), -math.inf, dtype=F64, device=device)
+    low = torch.full((side.n_cols,), math.inf, dtype=F64, device=device)
+    buf = torch.empty((chunk_examples * side.per_example, side.n_cols), dtype=F64, device=device)
+    for i0 in range(0, side.n_examples, chunk_examples):
+        i1 = min(side.n_examples, i0 + chunk_examples)
+        rows = side.read(i0, i1, buf[:(i1 - i0) * side.per_example])
+        total += rows.sum(0)
+        torch.maximum(high, rows.amax(0), out=high)
+        torch.minimum(low, rows.amin(0), out=low)
+    if not bool(torch.isfinite(total).all()):
+        raise SimilarityInputError(f"{side.name} contains NaN or infinite values")
+    return total / side.n_rows, high > low
+
+
+class _Sides:
+    """Both sides, checked: their non-constant columns (neurons), those columns' means, and a
+    reader of centred row chunks of ``[X Y]`` restricted to them."""
+
+    def __init__(self, x: ArrayLike, y: ArrayLike, what: str, plain: bool) -> None:
+        """``plain``: the measure is plain CCA on all directions, undefined when a side has as many
+        non-constant neurons as the N - 1 dimensions of centred data."""
+        tx, ty = _pair(x, y)
+        sx, sy = _NeuronRows(tx, "x"), _NeuronRows(ty, "y")
+        if sx.per_example != sy.per_example:
+            raise SimilarityInputError(
+                f"{what} pairs data points (example, h, w): x has {sx.per_example} and y {sy.per_example} "
+                f"positions per example ({tuple(tx.shape)} vs {tuple(ty.shape)}); pool or interpolate both "
+                f"to the same spatial size first (e.g. torch.nn.functional.adaptive_avg_pool2d)")
+        self.sx, self.sy, self.n_rows, self.device = sx, sy, sx.n_rows, tx.device
+        stats_chunk = self.chunk_examples(max(GRAM_CHUNK_ROWS, GRAM_CHUNK_ELEMENTS // (sx.n_cols + sy.n_cols)))
+        (mean_x, keep_x), (mean_y, keep_y) = _column_stats(sx, stats_chunk), _column_stats(sy, stats_chunk)
+        self.kx, self.ky = int(keep_x.sum()), int(keep_y.sum())
+        for name, k in (("x", self.kx), ("y", self.ky)):
+            if k == 0:
+                raise UndefinedSimilarityError(f"{what} is undefined: every neuron of {name} is constant")
+            if plain and k >= self.n_rows - 1:
+                raise UndefinedSimilarityError(
+                    f"{what} is undefined here: {name} has {k} non-constant neurons but only {self.n_rows} data "
+                    f"points ({self.n_rows - 1} dimensions once centred), so every canonical correlation would be "
+                    f"1 by construction. Pool the activations (e.g. global average pooling), subsample channels, "
+                    f"use more examples, or use svcca, which reduces each side first")
+        self.k = self.kx + self.ky
+        self._columns = []  # per side: (reader, indices of the kept columns or None for all, their means, slice)
+        for side, keep, mean, cols in ((sx, keep_x, mean_x, slice(0, self.kx)),
+                                       (sy, keep_y, mean_y, slice(self.kx, self.k))):
+            every = int(keep.sum()) == side.n_cols
+            self._columns.append((side, None if every else keep.nonzero().squeeze(1), mean[keep], cols))
+        self._scratch: dict[str, torch.Tensor] = {}
+
+    def chunk_examples(self, rows: int) -> int:
+        """Examples per chunk for chunks of about ``rows`` data points."""
+        return max(1, min(self.sx.n_examples, rows // self.sx.per_example))
+
+    def fill(self, i0: int, i1: int, block: torch.Tensor) -> torch.Tensor:
+        """The centred kept columns of [X Y] at examples i0:i1 into ``block`` (rows, kx + ky)."""
+        m = (i1 - i0) * self.sx.per_example
+        for side, idx, mean, cols in self._columns:
+            if idx is None:
+                side.read(i0, i1, block[:, cols])
+            else:
+                scratch = self._scratch.get(side.name)
+                if scratch is None or scratch.shape[0] < m:
+                    scratch = self._scratch[side.name] = torch.empty(
+                        (m, side.n_cols), dtype=F64, device=self.device)
+                block[:, cols].copy_(side.read(i0, i1, scratch[:m]).index_select(1, idx))
+            block[:, cols].sub_(mean)
+        return block
+
+
 @dataclass
 class _Factor:
     """[Xc Yc] = Q R for the centred non-constant columns; R is (r, kx + ky) upper trapezoidal."""
@@ -559,84 +650,166 @@ class _Factor:
         return self.r[:, self.kx:]
 
 
-def _column_stats(side: _NeuronRows, chunk_examples: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Column means (float64) and a mask of the columns that are not constant."""
-    device = side.t.device
-    total = torch.zeros(side.n_cols, dtype=F64, device=device)
-    high = torch.full((side.n_cols,), -math.inf, dtype=F64, device=device)
-    low = torch.full((side.n_cols,), math.inf, dtype=F64, device=device)
-    buf = torch.empty((chunk_examples * side.per_example, side.n_cols), dtype=F64, device=device)
-    for i0 in range(0, side.n_examples, chunk_examples):
-        i1 = min(side.n_examples, i0 + chunk_examples)
-        rows = side.read(i0, i1, buf[:(i1 - i0) * side.per_example])
-        total += rows.sum(0)
-        torch.maximum(high, rows.amax(0), out=high)
-        torch.minimum(low, rows.amin(0), out=low)
-    if not bool(torch.isfinite(total).all()):
-        raise SimilarityInputError(f"{side.name} contains NaN or infinite values")
-    return total / side.n_rows, high > low
-
-
-def _factorise(x: ArrayLike, y: ArrayLike, what: str, plain: bool) -> _Factor:
-    """Centre, drop constant columns and QR-factorise [X Y] chunk by chunk (TSQR), keeping only R.
-
-    ``plain``: the measure is plain CCA on all directions, undefined when a side has as many
-    non-constant neurons as the N - 1 dimensions of centred data.
-    """
-    tx, ty = _pair(x, y)
-    sx, sy = _NeuronRows(tx, "x"), _NeuronRows(ty, "y")
-    if sx.per_example != sy.per_example:
-        raise SimilarityInputError(
-            f"{what} pairs data points (example, h, w): x has {sx.per_example} and y {sy.per_example} "
-            f"positions per example ({tuple(tx.shape)} vs {tuple(ty.shape)}); pool or interpolate both "
-            f"to the same spatial size first (e.g. torch.nn.functional.adaptive_avg_pool2d)")
-    n_rows = sx.n_rows
-    width = sx.n_cols + sy.n_cols
-    chunk_rows = max(QR_CHUNK_ROWS, 4 * width)
-    chunk_examples = max(1, min(sx.n_examples, chunk_rows // sx.per_example))
-    (mean_x, keep_x), (mean_y, keep_y) = _column_stats(sx, chunk_examples), _column_stats(sy, chunk_examples)
-    kx, ky = int(keep_x.sum()), int(keep_y.sum())
-    for name, k in (("x", kx), ("y", ky)):
-        if k == 0:
-            raise UndefinedSimilarityError(f"{what} is undefined: every neuron of {name} is constant")
-        if plain and k >= n_rows - 1:
-            raise UndefinedSimilarityError(
-                f"{what} is undefined here: {name} has {k} non-constant neurons but only {n_rows} data points "
-                f"({n_rows - 1} dimensions once centred), so every canonical correlation would be 1 by "
-                f"construction. Pool the activations (e.g. global average pooling), subsample channels, "
-                f"use more examples, or use svcca, which reduces each side first")
-    all_x, all_y = kx == sx.n_cols, ky == sy.n_cols
-    mean_x, mean_y = mean_x[keep_x], mean_y[keep_y]
-    idx_x, idx_y = keep_x.nonzero().squeeze(1), keep_y.nonzero().squeeze(1)
-    k = kx + ky
-    device = tx.device
+def _factorise(sides: _Sides) -> _Factor:
+    """QR-factorise the centred [X Y] chunk by chunk (TSQR), keeping only R."""
+    sx = sides.sx
+    chunk_examples = sides.chunk_examples(max(QR_CHUNK_ROWS, 4 * (sx.n_cols + sides.sy.n_cols)))
+    k = sides.k
     rows_per_chunk = chunk_examples * sx.per_example
-    carried = min(k, n_rows) if chunk_examples < sx.n_examples else 0  # room for R of earlier chunks
-    buf = torch.empty((carried + rows_per_chunk, k), dtype=F64, device=device)
-    scratch_x = None if all_x else torch.empty((rows_per_chunk, sx.n_cols), dtype=F64, device=device)
-    scratch_y = None if all_y else torch.empty((rows_per_chunk, sy.n_cols), dtype=F64, device=device)
+    carried = min(k, sides.n_rows) if chunk_examples < sx.n_examples else 0  # room for R of earlier chunks
+    buf = torch.empty((carried + rows_per_chunk, k), dtype=F64, device=sides.device)
     r: torch.Tensor | None = None
     for i0 in range(0, sx.n_examples, chunk_examples):
         i1 = min(sx.n_examples, i0 + chunk_examples)
         top = 0 if r is None else r.shape[0]
         m = (i1 - i0) * sx.per_example
-        block = buf[top:top + m]
-        for side, scratch, idx, mean, cols in ((sx, scratch_x, idx_x, mean_x, slice(0, kx)),
-                                               (sy, scratch_y, idx_y, mean_y, slice(kx, k))):
-            if scratch is None:
-                side.read(i0, i1, block[:, cols])
-            else:
-                block[:, cols].copy_(side.read(i0, i1, scratch[:m]).index_select(1, idx))
-            block[:, cols].sub_(mean)
+        sides.fill(i0, i1, buf[top:top + m])
         if r is not None:
             buf[:top] = r
         r = torch.linalg.qr(buf[:top + m], mode="r").R
-    return _Factor(r, kx, ky, n_rows, sx.roundoff, sy.roundoff)
+    return _Factor(r, sides.kx, sides.ky, sides.n_rows, sx.roundoff, sides.sy.roundoff)
+
+
+def _centred_cross_products(sides: _Sides) -> torch.Tensor:
+    """[Xc Yc]^T [Xc Yc] (k, k) of the kept columns, summed over row chunks; each chunk adds its
+    upper triangle in column panels (half the flops of a full product), mirrored at the end."""
+    k = sides.k
+    # few columns (conv channels over many positions): long chunks, so per-chunk overhead stays small
+    chunk_examples = sides.chunk_examples(max(GRAM_CHUNK_ROWS, GRAM_CHUNK_ELEMENTS // k))
+    buf = torch.empty((chunk_examples * sides.sx.per_example, k), dtype=F64, device=sides.device)
+    gram = torch.zeros((k, k), dtype=F64, device=sides.device)
+    for i0 in range(0, sides.sx.n_examples, chunk_examples):
+        i1 = min(sides.sx.n_examples, i0 + chunk_examples)
+        block = sides.fill(i0, i1, buf[:(i1 - i0) * sides.sx.per_example])
+        for c0 in range(0, k, GRAM_PANEL):
+            gram[c0:c0 + GRAM_PANEL, c0:].addmm_(block[:, c0:c0 + GRAM_PANEL].T, block[:, c0:])
+    for c0 in range(0, k, GRAM_PANEL):
+        c1 = min(k, c0 + GRAM_PANEL)
+        gram[c1:, c0:c1] = gram[c0:c1, c1:].T
+    return gram
+
+
+# ---- dense algebra on the small matrices
+# On the CPU the symmetric eigensolver and the SVD go through numpy: torch's bundled LAPACK (MKL)
+# ran them 2-5x slower than numpy's OpenBLAS on the AMD CPU benchmarks/similarity.py was measured
+# on (2048 x 2048 eigh: 5.0 vs 1.2 CPU s; eigenvalues only 5.0 vs 0.4), while torch is the faster
+# one for QR, Cholesky and triangular solves, which stay in torch. Each numpy call runs on one
+# BLAS thread: threaded, the same eigh took 3.2 CPU s and longer in wall time too (its
+# tridiagonal reduction is matrix-vector work, which threads only slow down); independent
+# decompositions (both sides of SVCCA, PWCCA's two) run side by side instead, one per thread the
+# process may use (torch.get_num_threads(), which jobs set to their share).
+
+
+def _numpy_eigh_descending(m: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    values, vectors = np.linalg.eigh(m)
+    return torch.from_numpy(values[::-1].copy()), torch.from_numpy(np.ascontiguousarray(vectors[:, ::-1]))
+
+
+def _eigh_descending(*matrices: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Eigenvalues (descending) and eigenvectors of each symmetric matrix, concurrently on the CPU."""
+    if matrices[0].device.type != "cpu":
+        return [(values.flip(0), vectors.flip(1)) for values, vectors in map(torch.linalg.eigh, matrices)]
+    arrays = [m.numpy() for m in matrices]
+    workers = min(len(arrays), torch.get_num_threads())
+    with threadpool_limits(1, user_api="blas"):
+        if workers < 2:
+            return [_numpy_eigh_descending(a) for a in arrays]
+        with ThreadPoolExecutor(workers) as pool:  # LAPACK releases the GIL
+            return list(pool.map(_numpy_eigh_descending, arrays))
+
+
+def _svdvals(m: torch.Tensor) -> torch.Tensor:
+    if m.device.type == "cpu":
+        with threadpool_limits(1, user_api="blas"):
+            return torch.from_numpy(np.linalg.svd(m.numpy(), compute_uv=False))
+    return torch.linalg.svdvals(m)
+
+
+def _psd_sqrt(values: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of a positive semi-definite matrix from its eigendecomposition."""
+    return (vectors * values.clamp(min=0).sqrt()) @ vectors.T
+
+
+def _condition_estimate(r: torch.Tensor, c: torch.Tensor) -> float:
+    """LAPACK's 1-norm condition estimate of ``c = r^T r`` from its Cholesky factor (O(d^2))."""
+    from scipy.linalg import lapack
+
+    rcond, info = lapack.dpocon(r.cpu().numpy(), float(torch.linalg.matrix_norm(c, ord=1)))
+    return math.inf if info != 0 or not rcond > 0 else 1.0 / rcond
 
 
 def _rank_tolerance(roundoff: float, n_rows: int, n_cols: int) -> float:
     """Relative singular value below which a direction is not defined by the data."""
     return roundoff + max(n_rows, n_cols) * EPS64
+
+
+def _gram_keeps_accuracy(cond: float, tol: float) -> bool:
+    """Whether directions with condition ``cond`` (of the covariance, i.e. squared singular-value
+    ratio) stay within GRAM_ACCURACY through the Gram route, and clear the rank tolerance ``tol``
+    (a relative singular value) by RANK_MARGIN, so the QR route would not have dropped any."""
+    return EPS64 * cond <= GRAM_ACCURACY and cond * (RANK_MARGIN * tol) ** 2 < 1
+
+
+@dataclass
+class _Bases:
+    """Orthonormal bases Ux, Uy of each side's directions (all, or the kept ones of SVCCA), given
+    through the cross matrix ``Ux^T Uy`` (its singular values are the canonical correlations) and
+    the loadings ``U^T Z`` of the side's raw centred neurons Z (r, k), all float64."""
+
+    cross: torch.Tensor
+    load_x: torch.Tensor | None
+    load_y: torch.Tensor | None
+    n_rows: int
+    kx: int  # kept (non-constant) neurons of each side
+    ky: int
+
+
+def _use_gram(sides: _Sides) -> bool:
+    # With fewer data points than columns the QR's R is the smaller matrix, and cheaper to get.
+    return sides.n_rows >= sides.k and GRAM_ACCURACY > 0
+
+
+def _plain_from_gram(sides: _Sides, gram: torch.Tensor) -> _Bases | None:
+    """Plain CCA bases from the Gram: equilibrated (unit diagonal, as CCA ignores column scale),
+    Ux = Xc D^-1 Rx^-1 with the Cholesky factor Rx; None when a side's condition estimate says the
+    result would not keep GRAM_ACCURACY or a direction may be undefined (the caller then uses QR)."""
+    kx, k = sides.kx, sides.k
+    norms = gram.diagonal().sqrt()
+    gram = gram.div_(norms[:, None]).div_(norms[None, :])  # in place: the caller's copy is not needed again
+    factors = []
+    for cols, side, count in ((slice(0, kx), sides.sx, kx), (slice(kx, k), sides.sy, sides.ky)):
+        block = gram[cols, cols]
+        r, info = torch.linalg.cholesky_ex(block, upper=True)
+        if int(info) != 0 or not _gram_keeps_accuracy(_condition_estimate(r, block),
+                                                      _rank_tolerance(side.roundoff, sides.n_rows, count)):
+            return None
+        factors.append(r)
+    rx, ry = factors
+    cross = torch.linalg.solve_triangular(rx.mT, gram[:kx, kx:], upper=False)
+    cross = torch.linalg.solve_triangular(ry, cross, upper=True, left=False)
+    # Ux^T Xc = Rx^-T (D^-1 Xc^T Xc) = Rx D: the loadings of the unscaled neurons
+    return _Bases(cross, rx * norms[:kx], ry * norms[kx:], sides.n_rows, kx, sides.ky)
+
+
+def _reduced_from_gram(sides: _Sides, gram: torch.Tensor, keep_variance: float) -> _Bases | None:
+    """SVCCA bases from each side's covariance eigenvectors: Ux = Xc V Lambda^-1/2 over the fewest top
+    directions holding ``keep_variance`` of the variance; None when the smallest kept eigenvalue is
+    too close to round-off for GRAM_ACCURACY or the rank tolerance (the caller then uses QR)."""
+    kx, k = sides.kx, sides.k
+    bases = []
+    parts = ((slice(0, kx), sides.sx, kx), (slice(kx, k), sides.sy, sides.ky))
+    eigen = _eigh_descending(*(gram[cols, cols] for cols, _, _ in parts))
+    for (cols, side, count), (values, vectors) in zip(parts, eigen):
+        values = values.clamp(min=0)
+        energy = values.cumsum(0)
+        kept = min(count, int((energy < keep_variance * energy[-1] * (1 - 1e-12)).sum()) + 1)
+        top, smallest = values[[0, kept - 1]].tolist()
+        if not (top > 0 and _gram_keeps_accuracy(top / smallest if smallest > 0 else math.inf,
+                                                  _rank_tolerance(side.roundoff, sides.n_rows, count))):
+            return None
+        bases.append(vectors[:, :kept] / values[:kept].sqrt())
+    wx, wy = bases
+    return _Bases(wx.T @ gram[:kx, kx:] @ wy, None, None, sides.n_rows, kx, sides.ky)
 
 
 def _clearly_full_rank(t: torch.Tensor, rtol: float) -> bool:
@@ -666,23 +839,41 @@ def _svd_basis(m: torch.Tensor, rtol: float, keep_variance: float | None = None
     return u[:, :k], s[:k, None] * vh[:k]
 
 
-def _bases(f: _Factor, a: torch.Tensor, b: torch.Tensor, keep_variance: float | None = None):
-    """Cross matrix M = Ua^T Ub of the two sides' orthonormal bases, and their loadings U^T side.
-
-    The canonical correlations are the singular values of M. Fast path for full-rank sides (plain
-    CCA): Ua is the first kx coordinates (R11 is triangular) and Ub = b Rb^-1 with b = Qb Rb.
-    """
+def _bases_from_qr(f: _Factor, keep_variance: float | None = None) -> _Bases:
+    """Bases from R of [Xc Yc] = Q R. Plain CCA equilibrates the columns first (CCA ignores column
+    scale); fast path for full-rank sides: Ux is the first kx coordinates (R11 is triangular) and
+    Uy = b Rb^-1 with b = Qb Rb. Otherwise an SVD of each side keeps its defined (or top
+    ``keep_variance``) directions."""
+    a, b = f.a, f.b
+    norm_a = norm_b = None
+    if keep_variance is None:
+        norm_a, norm_b = torch.linalg.vector_norm(a, dim=0), torch.linalg.vector_norm(b, dim=0)
+        a, b = a / norm_a, b / norm_b
     tol_x = _rank_tolerance(f.roundoff_x, f.n_rows, f.kx)
     tol_y = _rank_tolerance(f.roundoff_y, f.n_rows, f.ky)
+    cross = None
     if keep_variance is None and a.shape[0] >= f.kx and _clearly_full_rank(a[:f.kx], tol_x):
         rb = torch.linalg.qr(b, mode="r").R
         if _clearly_full_rank(rb, tol_y):
             cross = torch.linalg.solve_triangular(rb, b[:f.kx], upper=True, left=False)
-            return cross, a[:f.kx], rb
-    top = min(a.shape[0], f.kx)  # a is upper trapezoidal: its rows below kx are zero
-    ua, load_a = _svd_basis(a[:top], tol_x, keep_variance)
-    ub, load_b = _svd_basis(b, tol_y, keep_variance)
-    return ua.T @ ub[:top], load_a, load_b
+            load_a, load_b = a[:f.kx], rb
+    if cross is None:
+        top = min(a.shape[0], f.kx)  # a is upper trapezoidal: its rows below kx are zero
+        ua, load_a = _svd_basis(a[:top], tol_x, keep_variance)
+        ub, load_b = _svd_basis(b, tol_y, keep_variance)
+        cross = ua.T @ ub[:top]
+    if keep_variance is None:
+        load_a, load_b = load_a * norm_a, load_b * norm_b
+    return _Bases(cross, load_a, load_b, f.n_rows, f.kx, f.ky)
+
+
+def _plain_bases(x: ArrayLike, y: ArrayLike, what: str) -> _Bases:
+    sides = _Sides(x, y, what, plain=True)
+    if _use_gram(sides):
+        bases = _plain_from_gram(sides, _centred_cross_products(sides))
+        if bases is not None:
+            return bases
+    return _bases_from_qr(_factorise(sides))
 
 
 def _warn_if_inflated(ka: int, kb: int, n_rows: int, what: str) -> None:
@@ -698,14 +889,7 @@ def _warn_if_inflated(ka: int, kb: int, n_rows: int, what: str) -> None:
 
 
 def _correlations(cross: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.svdvals(cross).clamp_(0.0, 1.0)
-
-
-def _equilibrated(f: _Factor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unit-length columns of a and b (CCA ignores column scale) and the norms divided out."""
-    norm_a = torch.linalg.vector_norm(f.a, dim=0)
-    norm_b = torch.linalg.vector_norm(f.b, dim=0)
-    return f.a / norm_a, f.b / norm_b, norm_a, norm_b
+    return _svdvals(cross).clamp_(0.0, 1.0)
 
 
 def cca(x: ArrayLike, y: ArrayLike) -> np.ndarray:
@@ -714,11 +898,9 @@ def cca(x: ArrayLike, y: ArrayLike) -> np.ndarray:
 
     Raises ``UndefinedSimilarityError`` if a side has >= N - 1 non-constant neurons for N data points.
     """
-    f = _factorise(x, y, "CCA", plain=True)
-    a, b, _, _ = _equilibrated(f)
-    cross, _, _ = _bases(f, a, b)
-    _warn_if_inflated(cross.shape[0], cross.shape[1], f.n_rows, "CCA")
-    return _correlations(cross).cpu().numpy()
+    bases = _plain_bases(x, y, "CCA")
+    _warn_if_inflated(bases.cross.shape[0], bases.cross.shape[1], bases.n_rows, "CCA")
+    return _correlations(bases.cross).cpu().numpy()
 
 
 @MEASURES.register("cca_mean")
@@ -735,28 +917,62 @@ def svcca(x: ArrayLike, y: ArrayLike, keep_variance: float = 0.99) -> float:
     """
     if not 0 < keep_variance <= 1:
         raise SimilarityInputError(f"keep_variance must be in (0, 1], got {keep_variance}")
-    f = _factorise(x, y, "SVCCA", plain=False)
-    cross, _, _ = _bases(f, f.a, f.b, keep_variance=keep_variance)
-    _warn_if_inflated(cross.shape[0], cross.shape[1], f.n_rows, "SVCCA")
-    return float(_correlations(cross).mean())
+    sides = _Sides(x, y, "SVCCA", plain=False)
+    bases = _reduced_from_gram(sides, _centred_cross_products(sides), keep_variance) if _use_gram(sides) else None
+    if bases is None:
+        bases = _bases_from_qr(_factorise(sides), keep_variance)
+    _warn_if_inflated(bases.cross.shape[0], bases.cross.shape[1], bases.n_rows, "SVCCA")
+    return float(_correlations(bases.cross).mean())
+
+
+PWCCA_VARIANTS = ("google", "paper")
 
 
 @MEASURES.register("pwcca")
-def pwcca(x: ArrayLike, y: ArrayLike) -> float:
-    """Projection-weighted CCA (Morcos et al. 2018): sum_i w_i rho_i with w_i proportional to
-    sum_j |<h_i, z_j>|, h_i the unit canonical variates and z_j the centred neurons of the side
-    with fewer non-constant neurons (x on a tie). Raises like ``cca``.
+def pwcca(x: ArrayLike, y: ArrayLike, variant: str = "google") -> float:
+    """Projection-weighted CCA (Morcos et al. 2018): sum_i a_i rho_i / sum_i a_i over the canonical
+    correlations rho_i, with a_i = sum_j |<v_i, z_j>| over the centred neurons z_j of the side with
+    fewer non-constant neurons (x on a tie). The variants differ in the unit vectors v_i:
+
+    * ``"google"`` (default): as google/svcca's ``pwcca.compute_pwcca``, which Morcos et al. and
+      the studies that followed ran: the orthonormalised (QR, in order of descending rho) vectors
+      ``Z Sigma^1/2 w_i``, w_i the canonical weights (canonical variate ``Z w_i``) and Sigma the
+      side's covariance: that code orthonormalises ``coef_x (acts - mean)``, the left singular
+      vectors of the whitened cross-covariance applied to the activations without
+      Sigma^-1/2. Equal to ``compute_pwcca(Xc.T, Yc.T, epsilon=1e-10)[0]`` on column-centred
+      inputs, with its PR #9 fix (y's own activations when y is the side), up to that code's
+      epsilon and the neurons it drops as near-constant (variance below 1e-10 of the largest;
+      here only constant ones are dropped).
+    * ``"paper"``: the paper's wording, v_i = the unit canonical variates ``Z w_i / |Z w_i|``.
+      Differs from ``"google"`` by up to ~0.05 on ordinary inputs: the two agree only where the
+      canonical variates are already orthogonal in the order the QR visits them.
+
+    Invariant to permutations, sign flips and scaling of the weighting side's neurons and to
+    invertible linear maps of the other side; not to general maps of the weighting side.
+    Raises like ``cca``.
     """
-    f = _factorise(x, y, "PWCCA", plain=True)
-    a, b, norm_a, norm_b = _equilibrated(f)
-    cross, load_a, load_b = _bases(f, a, b)
-    _warn_if_inflated(cross.shape[0], cross.shape[1], f.n_rows, "PWCCA")
-    p, rho, qh = torch.linalg.svd(cross, full_matrices=False)
-    rho = rho.clamp(0.0, 1.0)
-    m = rho.shape[0]
-    if f.kx <= f.ky:  # canonical variate i of x is Ua p_i; its inner products with x's neurons:
-        projections = p[:, :m].T @ load_a * norm_a
+    if variant not in PWCCA_VARIANTS:
+        raise SimilarityInputError(f"pwcca variant {variant!r}; allowed: {', '.join(PWCCA_VARIANTS)}")
+    bases = _plain_bases(x, y, "PWCCA")
+    cross = bases.cross
+    _warn_if_inflated(cross.shape[0], cross.shape[1], bases.n_rows, "PWCCA")
+    on_x = bases.kx <= bases.ky
+    side, loadings = (cross, bases.load_x) if on_x else (cross.T, bases.load_y)
+    # Left singular vectors p_i of the side's cross matrix, descending, from the eigenvectors of
+    # side side^T (a fraction of an SVD's cost); rho_i = |side^T p_i| is accurate to round-off
+    # (a Rayleigh quotient), and the side's directions beyond min(shape) get rho 0.
+    if variant == "paper":
+        [(_, p)] = _eigh_descending(side @ side.T)
     else:
-        projections = qh[:m] @ load_b * norm_b
-    weights = projections.abs().sum(1)
+        [(_, p), root] = _eigh_descending(side @ side.T, loadings @ loadings.T)
+    rho = torch.linalg.vector_norm(side.T @ p, dim=0).clamp_(0.0, 1.0)
+    if variant == "paper":
+        count = min(cross.shape)
+        p, rho = p[:, :count], rho[:count]
+        directions = p  # canonical variate i is U p_i, so <U p_i, z_j> = (p_i^T loadings)_j
+    else:
+        # google's vectors Z Sigma^1/2 w_i are U (L L^T)^1/2 p_i in the basis U, L = U^T Z: their
+        # QR is U times the QR of (L L^T)^1/2 P
+        directions = torch.linalg.qr(_psd_sqrt(*root) @ p).Q
+    weights = (directions.T @ loadings).abs().sum(1)
     return float((weights * rho).sum() / weights.sum())

@@ -3,16 +3,17 @@
 Public API::
 
     FORMATS, RawDataset, read_dataset        # formats.py: the format registry and its contract
+    register_format, check_entry             # a format's required keys; an entry checked without its files
     build_cache, read_info, read_split, CacheInfo, SCHEMA_VERSION   # cache.py
     subset_indices                           # fractions.py
     make_loader, BatchLoader                 # loader.py
 
-A new dataset format is one module with one ``@FORMATS.register("name")`` function, imported
-below so that it registers itself.
+A new dataset format is one module with one ``@register_format("name", required={...})``
+function, imported below so that it registers itself.
 """
 
 from medtransfer.data.cache import SCHEMA_VERSION, CacheInfo, build_cache, read_info, read_labels, read_split
-from medtransfer.data.formats import FORMATS, TASKS, RawDataset, read_dataset
+from medtransfer.data.formats import FORMATS, TASKS, RawDataset, check_entry, read_dataset, register_format
 from medtransfer.data.fractions import subset_indices
 from medtransfer.data.loader import BatchLoader, make_loader, normalisation
 from medtransfer.data.streaming import DecodedImages, build_cache_resumable, write_cache
@@ -27,6 +28,8 @@ __all__ = [
     "TASKS",
     "RawDataset",
     "read_dataset",
+    "register_format",
+    "check_entry",
     "SCHEMA_VERSION",
     "CacheInfo",
     "build_cache",

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from medtransfer.data.folders import _common_keys, _split_keys
-from medtransfer.data.formats import FORMATS, RawDataset, md5_file, require
+from medtransfer.data.formats import RawDataset, md5_file, register_format, require
 from medtransfer.data.splits import split_source_train
 from medtransfer.data.streaming import DecodedImages
 from medtransfer.data.tables import listing_checksum, read_table, row_names
@@ -38,10 +38,10 @@ DOWNLOAD = "https://www.kaggle.com/competitions/aptos2019-blindness-detection/da
 METRIC = "kappa"
 
 
-@FORMATS.register("aptos2019")
+@register_format("aptos2019", required={"root": "the unpacked aptos2019-blindness-detection folder"})
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read APTOS 2019's train.csv and train_images/ (images decoded lazily)."""
-    root = Path(require(entry, "root", name, "the unpacked aptos2019-blindness-detection folder"))
+    root = Path(require(entry, "root", name))
     size, channels, resize, workers = _common_keys(entry, name)
     csv_path = root / "train.csv"
     table = read_table(csv_path, ["id_code", "diagnosis"], hint=f"download APTOS 2019 from {DOWNLOAD}")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.data.formats import FORMATS, RawDataset, complete_splits, md5_file, require, task_for
+from medtransfer.data.formats import RawDataset, complete_splits, md5_file, register_format, require, task_for
 from medtransfer.errors import DataError
 
 
@@ -28,10 +28,10 @@ def _hwc_to_nchw(images: np.ndarray, where: str) -> np.ndarray:
     return images[:, None] if images.ndim == 3 else np.ascontiguousarray(images.transpose(0, 3, 1, 2))
 
 
-@FORMATS.register("npz")
+@register_format("npz", required={"root": "the folder holding the .npz", "file": "the .npz file, relative to root"})
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read ``{root}/{file}``; verify ``md5`` when the config gives one."""
-    path = Path(require(entry, "root", name, "the folder holding the .npz")) / require(entry, "file", name)
+    path = Path(require(entry, "root", name)) / require(entry, "file", name)
     if not path.is_file():
         raise DataError(f"{path}: file not found (datasets.{name}.root / file); put the .npz there")
     checksum = md5_file(path)

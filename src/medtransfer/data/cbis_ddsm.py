@@ -42,7 +42,7 @@ import numpy as np
 from PIL import Image
 
 from medtransfer.data.folders import PIL_FILTERS, _common_keys, load_image
-from medtransfer.data.formats import FORMATS, RawDataset, md5_file, require
+from medtransfer.data.formats import RawDataset, md5_file, register_format, require
 from medtransfer.data.splits import check_disjoint, describe_split, grouped_split
 from medtransfer.data.streaming import DecodedImages
 from medtransfer.data.tables import listing_checksum, read_table, row_names
@@ -134,10 +134,10 @@ def _rows_of(root: Path, kinds: list[str]) -> Any:
     return pd.concat(tables, ignore_index=True)
 
 
-@FORMATS.register("cbis_ddsm")
+@register_format("cbis_ddsm", required={"root": "the folder holding the CBIS-DDSM description CSVs"})
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read the CBIS-DDSM description CSVs and locate their images (decoded lazily)."""
-    root = Path(require(entry, "root", name, "the folder holding the CBIS-DDSM description CSVs"))
+    root = Path(require(entry, "root", name))
     size, channels, resize, workers = _common_keys({"channels": 1, **entry}, name)
     kinds = entry.get("abnormality", list(ABNORMALITIES))
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)

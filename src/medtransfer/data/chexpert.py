@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from medtransfer.data.folders import _common_keys
-from medtransfer.data.formats import FORMATS, RawDataset, md5_file, require
+from medtransfer.data.formats import RawDataset, md5_file, register_format, require
 from medtransfer.data.splits import check_disjoint, describe_split, grouped_split
 from medtransfer.data.streaming import DecodedImages
 from medtransfer.data.tables import listing_checksum, read_table, row_names
@@ -174,10 +174,10 @@ def _read_csv(root: Path, file: str, labels: list[str], policies: dict[str, str]
     return _Table(paths, values, np.asarray(patients), list(rows), int(keep.size))
 
 
-@FORMATS.register("chexpert")
+@register_format("chexpert", required={"root": "the unpacked CheXpert folder"})
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read CheXpert's train.csv and valid.csv (images decoded lazily)."""
-    root = _find_root(Path(require(entry, "root", name, "the unpacked CheXpert folder")))
+    root = _find_root(Path(require(entry, "root", name)))
     size, channels, resize, workers = _common_keys({"channels": 1, **entry}, name)
     labels = _label_names(entry, name)
     policies = uncertainty_policies(entry, labels, name)

@@ -46,7 +46,7 @@ label outside ``classes`` stops with a DataError naming the file (and the CSV ro
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -56,13 +56,13 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from medtransfer.data.formats import (
-    FORMATS,
     NO_LABEL,
     SPLITS,
     RawDataset,
     complete_splits,
     md5_file,
     md5_of_listing,
+    register_format,
     require,
     task_for,
 )
@@ -137,15 +137,28 @@ def load_images(paths: Sequence[str | Path], size: int, channels: int, resize: s
     return out
 
 
-def _common_keys(entry: dict[str, Any], name: str) -> tuple[int, int, str, int | None]:
-    size = int(require(entry, "size", name, "images are resized to size x size"))
-    channels = int(entry.get("channels", 3))
-    if channels not in (1, 3):
-        raise ConfigError(f"datasets.{name}.channels is {channels}; allowed: 1, 3")
+def check_folder_entry(name: str, entry: Mapping[str, Any]) -> None:
+    """The decoding keys of an imagefolder / csv entry (``ConfigError``), before any image is read."""
+    int(require(entry, "size", name))
+    if int(entry.get("channels", 3)) not in (1, 3):
+        raise ConfigError(f"datasets.{name}.channels is {entry['channels']}; allowed: 1, 3")
     resize = entry.get("resize", "bilinear")
     if resize not in PIL_FILTERS:
         raise ConfigError(f"datasets.{name}.resize is {resize!r}; allowed: {', '.join(PIL_FILTERS)}")
+
+
+def check_csv_entry(name: str, entry: Mapping[str, Any]) -> None:
+    """A csv entry's decoding keys and its label column(s) (``ConfigError``), before reading the file."""
+    check_folder_entry(name, entry)
+    if ("label_column" in entry) == ("label_columns" in entry):
+        raise ConfigError(f"datasets.{name}: give exactly one of 'label_column' (one label per row) "
+                          "or 'label_columns' (a list of 0/1 columns, multilabel)")
+
+
+def _common_keys(entry: dict[str, Any], name: str) -> tuple[int, int, str, int | None]:
+    check_folder_entry(name, entry)
     workers = entry.get("workers")
+    size, channels, resize = int(entry["size"]), int(entry.get("channels", 3)), entry.get("resize", "bilinear")
     return size, channels, resize, int(workers) if workers else None
 
 
@@ -174,10 +187,11 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-@FORMATS.register("imagefolder")
+@register_format("imagefolder", required={"root": "the folder with one sub-folder per class",
+                                          "size": "images are resized to size x size"}, check=check_folder_entry)
 def read_imagefolder(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read a tree of one folder per class, with or without train/val/test on top."""
-    root = Path(require(entry, "root", name, "the folder with one sub-folder per class"))
+    root = Path(require(entry, "root", name))
     if not root.is_dir():
         raise DataError(f"datasets.{name}.root: folder {root} does not exist")
     size, channels, resize, workers = _common_keys(entry, name)
@@ -258,18 +272,18 @@ def _multilabel(table: Any, columns: list[str], csv_path: Path) -> np.ndarray:
     return values.astype(np.float32)
 
 
-@FORMATS.register("csv")
+@register_format("csv", required={"root": "the folder of the CSV file and the images",
+                                  "file": "the CSV file, relative to root", "path_column": "the column of image paths",
+                                  "size": "images are resized to size x size"}, check=check_csv_entry)
 def read_csv(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read images named in a CSV file with their labels (and optionally their split)."""
     import pandas as pd
 
-    root = Path(require(entry, "root", name, "the folder of the CSV file and the images"))
-    csv_path = root / str(require(entry, "file", name, "the CSV file, relative to root"))
+    root = Path(require(entry, "root", name))
+    csv_path = root / str(require(entry, "file", name))
+    check_csv_entry(name, entry)
     size, channels, resize, workers = _common_keys(entry, name)
-    path_column = str(require(entry, "path_column", name, "the column of image paths"))
-    if ("label_column" in entry) == ("label_columns" in entry):
-        raise ConfigError(f"datasets.{name}: give exactly one of 'label_column' (one label per row) "
-                          "or 'label_columns' (a list of 0/1 columns, multilabel)")
+    path_column = str(require(entry, "path_column", name))
     if not csv_path.is_file():
         raise DataError(f"datasets.{name}.file: {csv_path} does not exist")
     try:

@@ -1,14 +1,19 @@
 """Dataset formats: how a config entry's source becomes a :class:`RawDataset`.
 
 A format is one function ``read(name, entry) -> RawDataset`` registered in :data:`FORMATS`
-with a decorator, in a module of its own that ``medtransfer/data/__init__.py`` imports::
+with a decorator, in a module of its own that ``medtransfer/data/__init__.py`` imports, saying
+which keys its entries must have (and, optionally, a check of their values that reads no file)::
 
-    @FORMATS.register("myformat")
+    @register_format("myformat", required={"root": "the folder holding the files"})
     def read(name: str, entry: dict) -> RawDataset: ...
 
-The config's allowed ``format:`` values are ``FORMATS.names()``. :func:`read_dataset` is the only
-way in: it dispatches on ``entry["format"]`` and checks what the format returned, so every format
-gets the same guarantees (all of train/val/test, uint8 [N, C, H, W] images, labels matching the task).
+The config's allowed ``format:`` values are ``FORMATS.names()``. :func:`check_entry` checks an
+entry without reading anything (the format, the required keys, the format's value check): the
+workflow calls it for every dataset when the Snakefile loads, and :func:`read_dataset` again
+before reading, so a bad entry stops ``snakemake -n`` with the message the job would give.
+:func:`read_dataset` is the only way in: it dispatches on ``entry["format"]`` and checks what the
+format returned, so every format gets the same guarantees (all of train/val/test, uint8
+[N, C, H, W] images, labels matching the task).
 
 Entry keys every format shares: ``format``, ``root`` (a folder; not needed for ``synthetic``),
 optional ``size`` (H = W of the cache) and ``resize`` (``nearest``, ``bilinear`` (default),
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +42,26 @@ NO_LABEL = -1
 RESIZE_MODES = ("nearest", "bilinear", "area", "bicubic")
 
 FORMATS: Registry = Registry("dataset format")
+#: format name -> {key: what it holds}: the keys every entry of that format must have
+REQUIRED_KEYS: dict[str, dict[str, str]] = {}
+#: format name -> check(name, entry) of an entry's values that needs no file (names, counts)
+ENTRY_CHECKS: dict[str, Callable[[str, Mapping[str, Any]], None]] = {}
+
+
+def register_format(name: str, *, required: Mapping[str, str] | None = None,
+                    check: Callable[[str, Mapping[str, Any]], None] | None = None) -> Callable:
+    """Register a ``read(name, entry)`` as dataset format ``name``; ``required`` maps the keys its
+    entries must have to what each holds (the message of a missing one says it), ``check`` checks
+    their values without reading a file."""
+
+    def decorator(read: Callable) -> Callable:
+        FORMATS.register(name)(read)
+        REQUIRED_KEYS[name] = dict(required or {})
+        if check is not None:
+            ENTRY_CHECKS[name] = check
+        return read
+
+    return decorator
 
 
 @dataclass
@@ -76,18 +101,30 @@ class RawDataset:
         return int(shape[2]), int(shape[3])
 
 
-def read_dataset(name: str, entry: Mapping[str, Any]) -> RawDataset:
-    """Read the dataset ``name`` described by its config ``entry`` with its registered format."""
+def check_entry(name: str, entry: Mapping[str, Any]) -> None:
+    """Raise ``ConfigError`` for what is wrong with dataset ``name``'s config ``entry`` before any
+    file is read: an unknown format or resize mode, a key its format requires, a value its format
+    rejects. What only the data can tell (files, checksums) is left to the format's reader."""
     if "format" not in entry:
         raise ConfigError(f"datasets.{name}: missing key 'format'; allowed: {', '.join(FORMATS.names())}")
     try:
-        reader = FORMATS.get(entry["format"], key=f"datasets.{name}.format")
+        FORMATS.get(entry["format"], key=f"datasets.{name}.format")
     except KeyError as err:
         raise ConfigError(str(err)) from None
     resize = entry.get("resize", "bilinear")
     if resize not in RESIZE_MODES:
         raise ConfigError(f"datasets.{name}.resize is {resize!r}; allowed: {', '.join(RESIZE_MODES)}")
-    raw = reader(name, dict(entry))
+    for key in REQUIRED_KEYS.get(entry["format"], {}):
+        require(entry, key, name)
+    check = ENTRY_CHECKS.get(entry["format"])
+    if check is not None:
+        check(name, entry)
+
+
+def read_dataset(name: str, entry: Mapping[str, Any]) -> RawDataset:
+    """Read the dataset ``name`` described by its config ``entry`` with its registered format."""
+    check_entry(name, entry)
+    raw = FORMATS.get(entry["format"])(name, dict(entry))
     check_raw(name, raw)
     return raw
 
@@ -228,7 +265,9 @@ def task_for(num_classes: int, override: str | None, where: str) -> str:
 
 
 def require(entry: Mapping[str, Any], key: str, name: str, hint: str = "") -> Any:
-    """``entry[key]`` or a ConfigError naming ``datasets.{name}.{key}``."""
+    """``entry[key]`` or a ConfigError naming ``datasets.{name}.{key}`` and (``hint``, else what
+    the entry's format registered for the key) what it holds."""
+    hint = hint or REQUIRED_KEYS.get(str(entry.get("format")), {}).get(key, "")
     if key not in entry or entry[key] is None:
         raise ConfigError(f"datasets.{name}: missing key '{key}'" + (f" ({hint})" if hint else ""))
     return entry[key]

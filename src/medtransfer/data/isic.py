@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from medtransfer.data.folders import _common_keys, _split_keys
-from medtransfer.data.formats import FORMATS, RawDataset, md5_file, require
+from medtransfer.data.formats import RawDataset, md5_file, register_format, require
 from medtransfer.data.splits import split_source_train
 from medtransfer.data.streaming import DecodedImages
 from medtransfer.data.tables import listing_checksum, read_table, row_names
@@ -79,10 +79,10 @@ def _lesions(root: Path, images: list[str], name: str, group_by: str) -> np.ndar
     return np.asarray([lesion_of[img] if isinstance(lesion_of[img], str) else f"image:{img}" for img in images])
 
 
-@FORMATS.register("isic2019")
+@register_format("isic2019", required={"root": "the folder with the ISIC 2019 CSVs and image folder"})
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read ISIC 2019's training ground truth, metadata and images (decoded lazily)."""
-    root = Path(require(entry, "root", name, "the folder with the ISIC 2019 CSVs and image folder"))
+    root = Path(require(entry, "root", name))
     size, channels, resize, workers = _common_keys(entry, name)
     default = "lesion" if (root / METADATA).is_file() else "image"
     group_by = str(entry.get("group_by", default))

@@ -33,6 +33,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medtransfer.atomic import atomic_path
-from medtransfer.data.formats import FORMATS, SPLITS, RawDataset, md5_file, require
+from medtransfer.data.formats import SPLITS, RawDataset, md5_file, register_format, require
 from medtransfer.errors import ConfigError, DataError
 
 ZENODO_RECORD = "10519652"
@@ -305,19 +306,26 @@ def _labels(raw: np.ndarray, flag: Flag, where: str) -> np.ndarray:
     return labels[:, 0].astype(np.int64)
 
 
-@FORMATS.register("medmnist")
-def read(name: str, entry: dict[str, Any]) -> RawDataset:
-    """Read (and download when missing and online) one MedMNIST 2D ``.npz``."""
-    flag_name = str(require(entry, "flag", name, f"one of {', '.join(FLAGS)}")).lower()
+def check(name: str, entry: Mapping[str, Any]) -> tuple[str, int]:
+    """The entry's flag and file size (``ConfigError`` for ones MedMNIST does not have)."""
+    flag_name = str(require(entry, "flag", name)).lower()
     if flag_name not in FLAGS:
         raise ConfigError(f"datasets.{name}.flag is {flag_name!r}; allowed: {', '.join(FLAGS)}")
-    flag = FLAGS[flag_name]
     size = int(entry.get("npz_size", entry.get("size", 28)))
     if size not in SIZES:
         key = "npz_size" if "npz_size" in entry else "size"
         raise ConfigError(f"datasets.{name}.{key} is {size}; MedMNIST files exist for sizes "
                           f"{', '.join(map(str, SIZES))} (set npz_size to pick the file and size for the cache)")
-    root = Path(require(entry, "root", name, "the folder holding the MedMNIST .npz files"))
+    return flag_name, size
+
+
+@register_format("medmnist", required={"flag": f"one of {', '.join(FLAGS)}",
+                                       "root": "the folder holding the MedMNIST .npz files"}, check=check)
+def read(name: str, entry: dict[str, Any]) -> RawDataset:
+    """Read (and download when missing and online) one MedMNIST 2D ``.npz``."""
+    flag_name, size = check(name, entry)
+    flag = FLAGS[flag_name]
+    root = Path(require(entry, "root", name))
     path = root / file_name(flag_name, size)
     if not path.exists():
         download(official_url(flag_name, size), path, flag.md5[size])

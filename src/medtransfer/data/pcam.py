@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from medtransfer.data.formats import FORMATS, SPLITS, RawDataset, md5_file, require
+from medtransfer.data.formats import SPLITS, RawDataset, md5_file, register_format, require
 from medtransfer.errors import DataError
 
 SOURCE_SPLITS = {"train": "train", "val": "valid", "test": "test"}
@@ -121,10 +121,10 @@ def read_labels(path: Path) -> np.ndarray:
     return y.astype(np.int64)
 
 
-@FORMATS.register("pcam")
+@register_format("pcam", required={"root": "the folder holding the six gunzipped PCam .h5 files"})
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Open the six PCam HDF5 files (images stay on disk; build_cache reads them in slices)."""
-    root = Path(require(entry, "root", name, "the folder holding the six gunzipped PCam .h5 files"))
+    root = Path(require(entry, "root", name))
     splits: dict[str, tuple[Any, np.ndarray]] = {}
     digest = hashlib.md5()
     for split in SPLITS:

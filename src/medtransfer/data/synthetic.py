@@ -47,12 +47,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
-from medtransfer.data.formats import FORMATS, SPLITS, RawDataset
+from medtransfer.data.formats import SPLITS, RawDataset, register_format, require
 from medtransfer.errors import ConfigError
 
 GENERATOR_VERSION = 2  # bump when the images change, so the checksum and the cache change
@@ -292,23 +292,29 @@ def generate(task: str, n: int, size: int = 32, seed: int = 0, split: str = "tra
     return np.concatenate(images), np.concatenate(labels)
 
 
-@FORMATS.register("synthetic")
-def read(name: str, entry: dict[str, Any]) -> RawDataset:
-    """Generate the synthetic dataset of a config entry (see the module docstring)."""
+def check(name: str, entry: Mapping[str, Any]) -> None:
+    """The entry's task, size and split sizes (``ConfigError``), before anything is generated."""
     task = entry.get("task")
     if task not in TASKS:
         raise ConfigError(f"datasets.{name}.task is {task!r}; allowed for format synthetic: {', '.join(TASKS)}")
-    size, seed = int(entry.get("size", 32)), int(entry.get("seed", 0))
+    size = int(entry.get("size", 32))
     if size < 8:
         raise ConfigError(f"datasets.{name}.size is {size}; synthetic images need size >= 8")
-    counts = {}
     for split in SPLITS:
         key = f"n_{split}"
-        if key not in entry:
-            raise ConfigError(f"datasets.{name}: missing key '{key}' (number of {split} images)")
-        counts[split] = int(entry[key])
-        if counts[split] < 1:
-            raise ConfigError(f"datasets.{name}.{key} must be >= 1, got {counts[split]}")
+        if int(require(entry, key, name)) < 1:
+            raise ConfigError(f"datasets.{name}.{key} must be >= 1, got {int(entry[key])}")
+
+
+@register_format("synthetic", required={"task": f"one of {', '.join(TASKS)}",
+                                        **{f"n_{split}": f"number of {split} images" for split in SPLITS}},
+                 check=check)
+def read(name: str, entry: dict[str, Any]) -> RawDataset:
+    """Generate the synthetic dataset of a config entry (see the module docstring)."""
+    check(name, entry)
+    task = entry["task"]
+    size, seed = int(entry.get("size", 32)), int(entry.get("seed", 0))
+    counts = {split: int(entry[f"n_{split}"]) for split in SPLITS}
     params = {"task": task, "size": size, "seed": seed, **{f"n_{s}": counts[s] for s in SPLITS},
               "generator_version": GENERATOR_VERSION}
     _, kind, classes = TASKS[task]
