@@ -75,6 +75,23 @@ DEFAULT_ANALYSIS: dict[str, Any] = {
     "pairs": [],
 }
 
+# Segmentation targets (a mask per image): datasets of these formats, and these synthetic tasks.
+# medtransfer.data and medtransfer.models.segmentation import torch; tests/test_grid.py keeps
+# these names equal to theirs.
+SEGMENTATION_FORMATS = ("masks",)
+SEGMENTATION_SYNTHETIC_TASKS = ("lesion_segmentation",)
+SEGMENTATION_DECODERS = ("unet",)
+SEGMENTATION_SELECT_ON = ("val_dice", "val_loss", "last")
+# config `segmentation:` (how every segmentation target is fine-tuned): the decoder over the
+# encoder's canonical blocks, its widths ("auto" or one per skip, deepest first), the
+# best-validation criterion, and how many example masks per split predictions.h5 keeps
+DEFAULT_SEGMENTATION: dict[str, Any] = {
+    "decoder": "unet",
+    "decoder_channels": "auto",
+    "select_on": "val_dice",
+    "examples": 8,
+}
+
 # Per-rule defaults; config `resources:` overrides them per rule name.
 DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
     "preprocess": {"threads": 2, "mem_mb": 4000, "runtime": 60},
@@ -102,7 +119,34 @@ FIGURE_INPUTS: dict[str, str] = {
     "similarity_init_final": "similarity_init_final",
     "similarity_pairs_heatmap": "similarity_pairs",
     "similarity_pairs_blocks": "similarity_pairs",
+    "test_dice": "metrics",
+    "convergence_dice": "history",
 }
+
+
+def is_segmentation(entry: dict) -> bool:
+    """Whether a ``datasets:`` entry is a segmentation dataset (masks beside its images)."""
+    return entry.get("format") in SEGMENTATION_FORMATS or (
+        entry.get("format") == "synthetic" and entry.get("task") in SEGMENTATION_SYNTHETIC_TASKS)
+
+
+def _check_segmentation(options: dict) -> None:
+    """ConfigError naming the ``segmentation.*`` key of a bad value and the allowed ones."""
+    if options["decoder"] not in SEGMENTATION_DECODERS:
+        raise ConfigError(f"config key segmentation.decoder: {options['decoder']!r}; allowed: "
+                          f"{', '.join(SEGMENTATION_DECODERS)}")
+    if options["select_on"] not in SEGMENTATION_SELECT_ON:
+        raise ConfigError(f"config key segmentation.select_on: {options['select_on']!r}; allowed: "
+                          f"{', '.join(SEGMENTATION_SELECT_ON)}")
+    channels = options["decoder_channels"]
+    if channels != "auto" and not (isinstance(channels, list) and channels and all(
+            isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)):
+        raise ConfigError(f"config key segmentation.decoder_channels: 'auto' or a list of positive integers "
+                          f"(one per skip, deepest first), got {channels!r}")
+    examples = options["examples"]
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
+        raise ConfigError(f"config key segmentation.examples: an integer >= 0 (masks kept per split in "
+                          f"predictions.h5), got {examples!r}")
 
 
 def deep_merge(base: dict, override: dict | None) -> dict:
@@ -361,6 +405,14 @@ class Study:
         #: (protocol, cell) of the frozen-feature protocols; fusions under the linear protocol only
         self.probe_runs = [(protocol, run) for protocol in self.protocols if protocol in FROZEN_PROTOCOLS
                            for run in self.cells if protocol == "linear" or run.init not in fused]
+        self.segmentation = deep_merge(DEFAULT_SEGMENTATION, config.get("segmentation"))
+        _check_segmentation(self.segmentation)
+        #: targets with masks: fine-tuned under a decoder; the frozen protocols (which classify pooled
+        #: features) and the fusions (which have no single encoder) skip them
+        self.segmentation_targets = [t for t in study["targets"] if is_segmentation(self.datasets[t])]
+        if self.segmentation_targets:
+            self.runs = [run for run in self.runs if not (run.dataset in self.segmentation_targets and run.init in fused)]
+            self.probe_runs = [(p, run) for p, run in self.probe_runs if run.dataset not in self.segmentation_targets]
         self._init_by_label = {spec.label: spec for spec in self.inits}
         for i, measure in enumerate(self.analysis["measures"]):
             if measure not in MEASURE_NAMES:
@@ -380,6 +432,10 @@ class Study:
 
     def _check_pretrain(self, entry: dict, key: str) -> None:
         self._check_dataset(entry["dataset"], f"{key}.dataset")
+        if is_segmentation(self.datasets[entry["dataset"]]):
+            raise ConfigError(f"config key {key}.dataset: {entry['dataset']!r} is a segmentation dataset (its "
+                              "targets are masks); pretrain on its images as an image folder instead "
+                              "({format: imagefolder, labels: false} for the self-supervised methods)")
         method = entry.get("method", "supervised")
         resolve_options(method, entry.get("options"), key)
         if method == "supervised" and self.datasets[entry["dataset"]].get("labels", True) is False:
@@ -520,7 +576,19 @@ class Study:
             "training": self.train,
             **({"members": self.member_specs(init, run.arch)} if init.fusion else {}),
             **({"dvme": self.dvme} if init.name == "DVME" else {}),
+            # only for segmentation targets: every classification spec (and its hash) stays as it was
+            **({"segmentation": self.segmentation,
+                "training": {**self.train, "select_on": self.segmentation["select_on"]}}
+               if self.is_segmentation_target(run.dataset) else {}),
         }
+
+    def is_segmentation_target(self, dataset: str) -> bool:
+        return dataset in self.segmentation_targets
+
+    def classification_runs(self) -> list[Run]:
+        """The single-backbone fine-tuning runs of classification targets (analyses that read a
+        classifier's outputs or labels, not masks)."""
+        return [run for run in self.single_backbone_runs() if not self.is_segmentation_target(run.dataset)]
 
     def member_specs(self, init: InitSpec, arch: str) -> list[dict]:
         """The backbones of a fusion run: each fused source's WT at its architecture."""
@@ -666,12 +734,16 @@ class Study:
         names = ["protocols"] if set(self.protocols) & set(FROZEN_PROTOCOLS) else []
         if not self.runs:  # every other figure is of fine-tuning runs
             return names
-        names = ["test_auc", "convergence", "epochs_to_95", *names]
+        segmenting = any(self.is_segmentation_target(run.dataset) for run in self.runs)
+        classifying = any(not self.is_segmentation_target(run.dataset) for run in self.runs)
+        names = (["test_auc", "convergence", "epochs_to_95"] if classifying else []) + names
         init_names = {spec.name for spec in self.inits}
-        if len(init_names & {"RI", "ST", "WT"}) >= 2:
+        if classifying and len(init_names & {"RI", "ST", "WT"}) >= 2:
             names.append("init_comparison")
-        if init_names & set(INITS_WITH_K):
+        if classifying and init_names & set(INITS_WITH_K):
             names.append("metric_vs_k")
+        if segmenting:  # Dice per init and fraction; validation Dice per epoch
+            names += ["test_dice", "convergence_dice"]
         if self.analysis["measures"]:
             names.append("similarity_init_final")
         if self.analysis["pairs"]:

@@ -20,6 +20,7 @@ from typing import NamedTuple
 from medtransfer.figures.convergence import plot_convergence, plot_epochs_to_95
 from medtransfer.figures.performance import plot_init_comparison, plot_metric_vs_k, plot_test_metric
 from medtransfer.figures.protocols import plot_protocols
+from medtransfer.figures.segmentation import plot_convergence_dice, plot_test_dice
 from medtransfer.figures.similarity import plot_init_final, plot_pair_diagonal, plot_pair_heatmaps
 
 
@@ -40,4 +41,6 @@ FIGURES: dict[str, FigureSpec] = {
     "similarity_init_final": FigureSpec(plot_init_final, "similarity_init_final"),
     "similarity_pairs_heatmap": FigureSpec(plot_pair_heatmaps, "similarity_pairs"),
     "similarity_pairs_blocks": FigureSpec(plot_pair_diagonal, "similarity_pairs"),
+    "test_dice": FigureSpec(plot_test_dice, "metrics"),
+    "convergence_dice": FigureSpec(plot_convergence_dice, "history"),
 }
