@@ -59,6 +59,8 @@ from medtransfer.data.streaming import DecodedImages
 from medtransfer.errors import ConfigError, DataError
 
 MISSING_POLICIES = ("error", "skip")
+#: files the format lists: imagefolder's image types and GIF (DRIVE's masks are GIFs)
+EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")
 
 
 class Item:
@@ -155,15 +157,16 @@ def survey(items: Sequence[Item], lookup: np.ndarray, values: Sequence[int], wor
 
     workers = workers or 1
     if workers == 1 or len(items) < 2:
-        return np.array([check(item) for item in tqdm(items, desc=desc, unit="mask")], bool)
+        return np.array([check(item) for item in tqdm(items, desc=desc, unit="mask", disable=None)], bool)
     with ThreadPoolExecutor(workers) as pool:  # PIL decodes with the GIL released
-        return np.array(list(tqdm(pool.map(check, items), total=len(items), desc=desc, unit="mask")), bool)
+        return np.array(list(tqdm(pool.map(check, items), total=len(items), desc=desc, unit="mask",
+                                   disable=None)), bool)  # no bar in log files
 
 
 # --- listing ----------------------------------------------------------------------------------------
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXTENSIONS)
 
 
 def _keyed(files: list[Path], pattern: re.Pattern, folder: Path, name: str) -> dict[str, Path]:
@@ -188,7 +191,7 @@ def _folder_items(name: str, top: Path, images_dir: str, mask_dirs: list[str], p
         raise DataError(f"datasets.{name}.images: folder {image_folder} does not exist")
     images = _keyed(_files(image_folder), pattern, image_folder, name)
     if not images:
-        raise DataError(f"{image_folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(f"{image_folder}: no images ({', '.join(EXTENSIONS)})")
     masks = []
     for mask_dir in mask_dirs:
         folder = top / mask_dir
