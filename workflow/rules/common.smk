@@ -134,8 +134,12 @@ def finetune_inputs(wildcards):
     (every fused source's, for a fine-tuned fusion)."""
     spec = STUDY.run_spec(run_of(wildcards))
     inputs = cache_and_weights(spec["cache"], spec["source"])
-    for i, member in enumerate(spec.get("members", [])):  # the backbones of a fine-tuned fusion
-        inputs.update(cache_and_weights(spec["cache"], member["weights"], name=f"member{i}"))
+    for i, member in enumerate(
+        spec.get("members", [])
+    ):  # the backbones of a fine-tuned fusion
+        inputs.update(
+            cache_and_weights(spec["cache"], member["weights"], name=f"member{i}")
+        )
     return inputs
 
 
