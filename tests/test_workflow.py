@@ -132,25 +132,55 @@ def test_a_bad_config_stops_before_any_job_naming_the_key(tmp_path):
     assert "Traceback" not in output
 
 
+def segmentation_target(config: dict) -> dict:
+    """tiny_config() with a second target: synthetic lesion masks (a segmentation target)."""
+    config["datasets"]["lesion-masks"] = {"format": "synthetic", "task": "lesion_segmentation", "n_train": 128,
+                                          "n_val": 64, "n_test": 64, "size": 16}
+    config["study"]["targets"] = [*config["study"]["targets"], "lesion-masks"]
+    return config
+
+
+def test_dry_run_plans_segmentation_targets_beside_classification(tmp_path):
+    config = segmentation_target(tiny_config())
+    config["study"]["protocols"] = ["finetune", "knn"]
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "1")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    cells = 1 * 1 * 2 * 1 * 2  # per target: architectures × inits × fractions × seeds
+    assert jobs["finetune"] == jobs["activations"] == 2 * cells
+    assert jobs["probe"] == cells, "the k-NN protocol classifies: the segmentation target has none"
+    assert jobs["similarity_init_final"] == jobs["similarity_pairs"] == 2
+    assert "results/figures/test_dice.pdf" in result.stdout
+
+
 @pytest.mark.slow
 def test_tiny_study_end_to_end_then_one_figure_without_retraining(tmp_path):
-    write_config(tmp_path, tiny_config())
+    write_config(tmp_path, segmentation_target(tiny_config()))  # a classification and a segmentation target
     result = snakemake(tmp_path, "--cores", "2", "--resources", "gpu=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = tmp_path / "results"
     for name in ("test_auc", "convergence", "similarity_init_final", "similarity_pairs_heatmap",
-                 "similarity_pairs_blocks"):
+                 "similarity_pairs_blocks", "test_dice", "convergence_dice"):
         assert (results / "figures" / f"{name}.pdf").stat().st_size > 0
         assert (results / "figures" / f"{name}.png").stat().st_size > 0
     summary = pd.read_csv(results / "tables" / "summary.csv")
-    assert len(summary) == 2  # inits × fractions, over 2 seeds
+    assert len(summary) == 2 * 2  # targets × inits × fractions, over 2 seeds
     pairs = pd.read_csv(results / "analysis" / "similarity_pairs.csv")
-    assert set(pairs["kind"]) == {"pair", "noise_floor"}
+    assert set(pairs["kind"]) == {"pair", "noise_floor"} and set(pairs["dataset"]) == {"lesions", "lesion-masks"}
     n_blocks = pairs["block_a_index"].max() + 1
-    # 2 seeds of the pair + one noise-floor comparison per init, each a full block × block matrix
-    assert len(pairs) == (2 + 2) * n_blocks**2
+    # per target: 2 seeds of the pair + one noise-floor comparison per init, each a full block × block
+    # matrix (the segmentation network's blocks: the encoder's, then the decoder as the head)
+    assert len(pairs) == 2 * (2 + 2) * n_blocks**2
     metrics = pd.read_csv(results / "analysis" / "metrics.csv")
-    assert metrics["test_auc"].between(0, 1).all()
+    classification, masks = metrics[metrics["dataset"] == "lesions"], metrics[metrics["dataset"] == "lesion-masks"]
+    assert classification["test_auc"].between(0, 1).all() and classification["test_dice"].isna().all()
+    assert masks["test_dice"].between(0, 1).all() and masks["test_iou"].between(0, 1).all()
+    assert masks["task"].eq("segmentation").all() and masks["test_auc"].isna().all()
+    history = pd.read_csv(results / "analysis" / "history.csv")
+    assert history.loc[history["dataset"] == "lesion-masks", "val_dice"].between(0, 1).all()
+    seg_cka = pd.read_csv(results / "analysis" / "similarity_init_final.csv").query("dataset == 'lesion-masks'")
+    assert list(dict.fromkeys(seg_cka["block"]))[-1] == "head" and len(seg_cka)
     run_dir = results / "runs" / "lesions" / "cbr_tiny" / "WT_natural" / "f1" / "s0"
     record = json.loads((run_dir / "init.json").read_text())
     assert any(block["origin"] == "source" for block in record["blocks"])
