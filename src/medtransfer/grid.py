@@ -7,6 +7,10 @@ and expands ``datasets × architectures × inits × fractions × seeds`` into :c
 The Snakefile asks it for targets and for the spec (a JSON-able dict) of each job; the CLI
 receives that spec, so a job never re-reads the config.
 
+Segmentation targets (datasets with masks: :func:`is_segmentation`) sit in the same grid; their
+run specs add ``segmentation`` (the decoder options) and select on validation Dice, and the
+frozen-feature protocols and fusions skip them.
+
 Init labels (the ``{init}`` path component) are built from the config entry:
 ``RI``, ``Gabor``, ``WT_<source>``, ``ST_<source>``, ``WT-ST_<source>_k<k>``,
 ``WT-RI_<source>_k<k>`` and ``..._slim<factor>``.
