@@ -56,7 +56,7 @@ def demo(workdir: Path) -> None:
     os.chdir(workdir)
     study = Study(yaml.safe_load(Path("config.yaml").read_text()))
     cpu = torch.device("cpu")
-    groups = study.reuse_groups()
+    groups = study.reuse_groups("weight_drift")
     work = {
         "weight drift": lambda: [weight_drift_table(study.weight_drift_spec(*g)) for g in groups],
         "filters": lambda: ([filters_table(study.filters_spec(*g)) for g in groups],

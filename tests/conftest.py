@@ -68,12 +68,20 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.C
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def segmentation_target(config: dict) -> dict:
+    """tiny_config() with a second target: synthetic lesion masks (a segmentation target)."""
+    config["datasets"]["lesion-masks"] = {"format": "synthetic", "task": "lesion_segmentation", "n_train": 128,
+                                          "n_val": 64, "n_test": 64, "size": 16}
+    config["study"]["targets"] = [*config["study"]["targets"], "lesion-masks"]
+    return config
+
+
 @pytest.fixture(scope="session")
 def tiny_study_run(tmp_path_factory) -> Path:
     """The working directory of the tiny study run end to end (minutes), once per test session:
     the workflow test and the report's browser test both read it rather than each running it."""
     workdir = tmp_path_factory.mktemp("tiny_study")
-    config = tiny_config()
+    config = segmentation_target(tiny_config())  # a classification and a segmentation target
     config["analysis"]["layer_knn"] = {"job": "group"}  # reinit keeps the default, a job per run
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     result = run_snakemake(workdir, "--cores", "2", "--resources", "gpu=2")

@@ -31,9 +31,9 @@ INITS = {  # label -> (init_name, source, k)
     "WT-RI_natural_k1": ("WT-RI", "natural", 1),
 }
 BLOCKS = {"resnet18": ["stem", "layer1", "layer2", "layer3", "head"], "cbr_small": ["cbr1", "cbr2", "head"]}
-COLUMNS = {
-    "metrics": METRICS_COLUMNS,
-    "history": HISTORY_COLUMNS,
+COLUMNS = {  # a classification study: the segmentation columns are there, empty
+    "metrics": METRICS_COLUMNS + ("test_dice", "test_iou", "val_dice"),
+    "history": HISTORY_COLUMNS + ("val_dice", "val_iou"),
     "similarity_init_final": INIT_FINAL_COLUMNS,
     "similarity_pairs": PAIRS_COLUMNS,
     "fid_gain": FID_GAIN_COLUMNS,
@@ -208,8 +208,15 @@ def test_missing_column_raises_data_error_naming_it(kind, results, tmp_path):
                "representation_gain_runs": "gain"}[kind]  # fmt: skip
     broken = tmp_path / f"{kind}.csv"
     pd.read_csv(results[kind]).drop(columns=[dropped]).to_csv(broken, index=False)
+    segmentation = {"test_dice": "test_dice", "convergence_dice": "val_dice"}  # figures of other columns
     for name, (function, csv_kind) in FIGURES.items():
         if csv_kind != kind:
+            continue
+        if name in segmentation:
+            column = segmentation[name]
+            pd.read_csv(results[kind]).drop(columns=[column]).to_csv(tmp_path / "seg.csv", index=False)
+            with pytest.raises(DataError, match=rf"seg\.csv.*{column}"):
+                function(tmp_path / "seg.csv", tmp_path / f"{name}.pdf")
             continue
         with pytest.raises(DataError, match=rf"{kind}\.csv.*{dropped}"):
             function(broken, tmp_path / f"{name}.pdf")

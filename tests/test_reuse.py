@@ -414,11 +414,11 @@ def test_every_analysis_is_on_by_default_and_each_can_be_turned_off():
 def test_parts_are_per_run_or_per_group_as_the_job_option_says():
     study = Study(reuse_config())
     assert study.reuse_parts("reinit") == [paths.run_analysis("reinit", run) for run in study.single_backbone_runs()]
-    assert study.reuse_parts("weight_drift") == [paths.group_analysis("weight_drift", *g) for g in study.reuse_groups()]
+    assert study.reuse_parts("weight_drift") == [paths.group_analysis("weight_drift", *g) for g in study.reuse_groups("weight_drift")]
     config = reuse_config()
     config["analysis"]["layer_knn"] = {"job": "group"}
     grouped = Study(config)
-    assert grouped.reuse_parts("layer_knn") == [paths.group_analysis("layer_knn", *g) for g in grouped.reuse_groups()]
+    assert grouped.reuse_parts("layer_knn") == [paths.group_analysis("layer_knn", *g) for g in grouped.reuse_groups("layer_knn")]
     assert len(grouped.reuse_parts("layer_knn")) == 2 and len(grouped.reuse_parts("reinit")) == 4
 
 
@@ -473,7 +473,7 @@ def test_fusion_runs_are_left_out():
     # today fusions are linear-only; the lead adds fine-tuned ones: they must stay out regardless
     study.runs = study.runs + [paths.Run("lesions", "cbr_tiny", fused, "1", 0)]
     assert fused not in {run.init for run in study.single_backbone_runs()}
-    assert all(fused not in entry["run"] for group in study.reuse_groups()
+    assert all(fused not in entry["run"] for group in study.reuse_groups("weight_drift")
                for entry in study.weight_drift_spec(*group)["runs"])
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import REPO, tiny_config
+from conftest import REPO, segmentation_target, tiny_config
 from conftest import run_snakemake as snakemake
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -165,23 +165,45 @@ def test_a_failing_job_prints_the_end_of_its_log(tmp_path):
     assert f"medtransfer preprocess: error: datasets.mine.root: folder {tmp_path / 'absent'} does not exist" in output
 
 
+def test_dry_run_plans_segmentation_targets_beside_classification(tmp_path):
+    config = segmentation_target(tiny_config())
+    config["study"]["protocols"] = ["finetune", "knn"]
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "1")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    cells = 1 * 1 * 2 * 1 * 2  # per target: architectures × inits × fractions × seeds
+    assert jobs["finetune"] == jobs["activations"] == 2 * cells
+    assert jobs["probe"] == cells, "the k-NN protocol classifies: the segmentation target has none"
+    assert jobs["similarity_init_final"] == jobs["similarity_pairs"] == 2
+    assert "results/figures/test_dice.pdf" in result.stdout
+
+
 @pytest.mark.slow
 def test_tiny_study_end_to_end_then_one_figure_without_retraining(tiny_study_run):
     tmp_path = tiny_study_run  # the run itself is the fixture's (shared with the report's browser test)
     results = tmp_path / "results"
     for name in ("test_auc", "convergence", "similarity_init_final", "similarity_pairs_heatmap",
-                 "similarity_pairs_blocks"):
+                 "similarity_pairs_blocks", "test_dice", "convergence_dice"):
         assert (results / "figures" / f"{name}.pdf").stat().st_size > 0
         assert (results / "figures" / f"{name}.png").stat().st_size > 0
     summary = pd.read_csv(results / "tables" / "summary.csv")
-    assert len(summary) == 2  # inits × fractions, over 2 seeds
+    assert len(summary) == 2 * 2  # targets × inits × fractions, over 2 seeds
     pairs = pd.read_csv(results / "analysis" / "similarity_pairs.csv")
-    assert set(pairs["kind"]) == {"pair", "noise_floor"}
+    assert set(pairs["kind"]) == {"pair", "noise_floor"} and set(pairs["dataset"]) == {"lesions", "lesion-masks"}
     n_blocks = pairs["block_a_index"].max() + 1
-    # 2 seeds of the pair + one noise-floor comparison per init, each a full block × block matrix
-    assert len(pairs) == (2 + 2) * n_blocks**2
+    # per target: 2 seeds of the pair + one noise-floor comparison per init, each a full block × block
+    # matrix (the segmentation network's blocks: the encoder's, then the decoder as the head)
+    assert len(pairs) == 2 * (2 + 2) * n_blocks**2
     metrics = pd.read_csv(results / "analysis" / "metrics.csv")
-    assert metrics["test_auc"].between(0, 1).all()
+    classification, masks = metrics[metrics["dataset"] == "lesions"], metrics[metrics["dataset"] == "lesion-masks"]
+    assert classification["test_auc"].between(0, 1).all() and classification["test_dice"].isna().all()
+    assert masks["test_dice"].between(0, 1).all() and masks["test_iou"].between(0, 1).all()
+    assert masks["task"].eq("segmentation").all() and masks["test_auc"].isna().all()
+    history = pd.read_csv(results / "analysis" / "history.csv")
+    assert history.loc[history["dataset"] == "lesion-masks", "val_dice"].between(0, 1).all()
+    seg_cka = pd.read_csv(results / "analysis" / "similarity_init_final.csv").query("dataset == 'lesion-masks'")
+    assert list(dict.fromkeys(seg_cka["block"]))[-1] == "head" and len(seg_cka)
     run_dir = results / "runs" / "lesions" / "cbr_tiny" / "WT_natural" / "f1" / "s0"
     record = json.loads((run_dir / "init.json").read_text())
     assert any(block["origin"] == "source" for block in record["blocks"])
@@ -203,9 +225,10 @@ def test_tiny_study_end_to_end_then_one_figure_without_retraining(tiny_study_run
     reinit = pd.read_csv(results / "analysis" / "reinit.csv")
     none = reinit[(reinit["block"] == "none") & (reinit["metric"] == "auc")].merge(
         metrics, on=["dataset", "arch", "init", "fraction", "seed"])
-    assert len(none) == len(metrics) and (none["value"] - none["test_auc"]).abs().max() < 1e-9
+    # re-initialisation and layer-wise k-NN score a classifier: the segmentation runs are not theirs
+    assert len(none) == len(classification) and (none["value"] - none["test_auc"]).abs().max() < 1e-9
     knn = pd.read_csv(results / "analysis" / "layer_knn.csv")
-    assert set(knn["state"]) == {"init", "final"} and knn["run"].nunique() == len(metrics)
+    assert set(knn["state"]) == {"init", "final"} and knn["run"].nunique() == len(classification)
     assert (knn["k"] == 200).all() and knn.loc[knn["metric"] == "auc", "value"].between(0, 1).all()
     assert len(pd.read_csv(results / "analysis" / "filters.csv")) == len(metrics)
     kernels = pd.read_csv(results / "analysis" / "filter_kernels.csv")
@@ -214,11 +237,12 @@ def test_tiny_study_end_to_end_then_one_figure_without_retraining(tiny_study_run
     for name in ("fid_gain", "fid_st_share", "prediction_similarity", "representation_gain"):
         assert (results / "figures" / f"{name}.png").stat().st_size > 0
     distance = pd.read_csv(results / "analysis" / "domain_distance.csv")
-    assert distance[["source", "source_dataset", "target"]].values.tolist() == [["natural", "shapes", "lesions"]]
-    assert (distance["fid"] > 0).all() and distance["features"].tolist() == ["natural@cbr_tiny"]
-    assert distance["n_source"].tolist() == [300] and distance["n_target"].tolist() == [200]
-    gain = pd.read_csv(results / "analysis" / "fid_gain.csv")
-    assert "no ST_natural runs" in gain["note"].iloc[0]  # the tiny study has no ST: said, not a crash
+    assert distance[["source", "source_dataset", "target"]].values.tolist() == [
+        ["natural", "shapes", "lesion-masks"], ["natural", "shapes", "lesions"]]
+    assert (distance["fid"] > 0).all() and set(distance["features"]) == {"natural@cbr_tiny"}
+    assert (distance["n_source"] == 300).all() and distance["n_target"].tolist() == [128, 200]
+    gain = pd.read_csv(results / "analysis" / "fid_gain.csv").set_index("dataset")
+    assert "no ST_natural runs" in gain.loc["lesions", "note"]  # the tiny study has no ST: said, not a crash
     predictions = pd.read_csv(results / "analysis" / "prediction_similarity.csv")
     assert sorted(predictions["kind"]) == ["inits", "inits", "seeds", "seeds"]  # 2 seeds × 1 pair; 2 inits × (0, 1)
     assert predictions["agreement"].between(0, 1).all()

@@ -7,6 +7,10 @@ and expands ``datasets × architectures × inits × fractions × seeds`` into :c
 The Snakefile asks it for targets and for the spec (a JSON-able dict) of each job; the CLI
 receives that spec, so a job never re-reads the config.
 
+Segmentation targets (datasets with masks: :func:`is_segmentation`) sit in the same grid; their
+run specs add ``segmentation`` (the decoder options) and select on validation Dice, and the
+frozen-feature protocols and fusions skip them.
+
 Init labels (the ``{init}`` path component) are built from the config entry:
 ``RI``, ``Gabor``, ``WT_<source>``, ``ST_<source>``, ``WT-ST_<source>_k<k>``,
 ``WT-RI_<source>_k<k>`` and ``..._slim<factor>``.
@@ -99,6 +103,23 @@ DEFAULT_ANALYSIS: dict[str, Any] = {
     "cca_subsample": None,
 }
 
+# Segmentation targets (a mask per image): datasets of these formats, and these synthetic tasks.
+# medtransfer.data and medtransfer.models.segmentation import torch; tests/test_grid.py keeps
+# these names equal to theirs.
+SEGMENTATION_FORMATS = ("masks",)
+SEGMENTATION_SYNTHETIC_TASKS = ("lesion_segmentation",)
+SEGMENTATION_DECODERS = ("unet",)
+SEGMENTATION_SELECT_ON = ("val_dice", "val_loss", "last")
+# config `segmentation:` (how every segmentation target is fine-tuned): the decoder over the
+# encoder's canonical blocks, its widths ("auto" or one per skip, deepest first), the
+# best-validation criterion, and how many example masks per split predictions.h5 keeps
+DEFAULT_SEGMENTATION: dict[str, Any] = {
+    "decoder": "unet",
+    "decoder_channels": "auto",
+    "select_on": "val_dice",
+    "examples": 8,
+}
+
 # Per-rule defaults; config `resources:` overrides them per rule name.
 DEFAULT_RESOURCES: dict[str, dict[str, int]] = {
     "preprocess": {"threads": 2, "mem_mb": 4000, "runtime": 60},
@@ -140,7 +161,34 @@ FIGURE_INPUTS: dict[str, str] = {
     "fid_st_share": "fid_gain",
     "prediction_similarity": "prediction_similarity",
     "representation_gain": "representation_gain_runs",
+    "test_dice": "metrics",
+    "convergence_dice": "history",
 }
+
+
+def is_segmentation(entry: dict) -> bool:
+    """Whether a ``datasets:`` entry is a segmentation dataset (masks beside its images)."""
+    return entry.get("format") in SEGMENTATION_FORMATS or (
+        entry.get("format") == "synthetic" and entry.get("task") in SEGMENTATION_SYNTHETIC_TASKS)
+
+
+def _check_segmentation(options: dict) -> None:
+    """ConfigError naming the ``segmentation.*`` key of a bad value and the allowed ones."""
+    if options["decoder"] not in SEGMENTATION_DECODERS:
+        raise ConfigError(f"config key segmentation.decoder: {options['decoder']!r}; allowed: "
+                          f"{', '.join(SEGMENTATION_DECODERS)}")
+    if options["select_on"] not in SEGMENTATION_SELECT_ON:
+        raise ConfigError(f"config key segmentation.select_on: {options['select_on']!r}; allowed: "
+                          f"{', '.join(SEGMENTATION_SELECT_ON)}")
+    channels = options["decoder_channels"]
+    if channels != "auto" and not (isinstance(channels, list) and channels and all(
+            isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)):
+        raise ConfigError(f"config key segmentation.decoder_channels: 'auto' or a list of positive integers "
+                          f"(one per skip, deepest first), got {channels!r}")
+    examples = options["examples"]
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
+        raise ConfigError(f"config key segmentation.examples: an integer >= 0 (masks kept per split in "
+                          f"predictions.h5), got {examples!r}")
 
 
 def deep_merge(base: dict, override: dict | None) -> dict:
@@ -395,6 +443,14 @@ class Study:
         #: (protocol, cell) of the frozen-feature protocols; fusions under the linear protocol only
         self.probe_runs = [(protocol, run) for protocol in self.protocols if protocol in FROZEN_PROTOCOLS
                            for run in self.cells if protocol == "linear" or run.init not in fused]
+        self.segmentation = deep_merge(DEFAULT_SEGMENTATION, config.get("segmentation"))
+        _check_segmentation(self.segmentation)
+        #: targets with masks: fine-tuned under a decoder; the frozen protocols (which classify pooled
+        #: features) and the fusions (which have no single encoder) skip them
+        self.segmentation_targets = [t for t in study["targets"] if is_segmentation(self.datasets[t])]
+        if self.segmentation_targets:
+            self.runs = [run for run in self.runs if not (run.dataset in self.segmentation_targets and run.init in fused)]
+            self.probe_runs = [(p, run) for p, run in self.probe_runs if run.dataset not in self.segmentation_targets]
         self._init_by_label = {spec.label: spec for spec in self.inits}
         for i, measure in enumerate(self.analysis["measures"]):
             if measure not in MEASURE_NAMES:
@@ -416,6 +472,10 @@ class Study:
 
     def _check_pretrain(self, entry: dict, key: str) -> None:
         self._check_dataset(entry["dataset"], f"{key}.dataset")
+        if is_segmentation(self.datasets[entry["dataset"]]):
+            raise ConfigError(f"config key {key}.dataset: {entry['dataset']!r} is a segmentation dataset (its "
+                              "targets are masks); pretrain on its images as an image folder instead "
+                              "({format: imagefolder, labels: false} for the self-supervised methods)")
         method = entry.get("method", "supervised")
         resolve_options(method, entry.get("options"), key)
         if method == "supervised" and self.datasets[entry["dataset"]].get("labels", True) is False:
@@ -552,7 +612,19 @@ class Study:
             "training": self.train,
             **({"members": self.member_specs(init, run.arch)} if init.fusion else {}),
             **({"dvme": self.dvme} if init.name == "DVME" else {}),
+            # only for segmentation targets: every classification spec (and its hash) stays as it was
+            **({"segmentation": self.segmentation,
+                "training": {**self.train, "select_on": self.segmentation["select_on"]}}
+               if self.is_segmentation_target(run.dataset) else {}),
         }
+
+    def is_segmentation_target(self, dataset: str) -> bool:
+        return dataset in self.segmentation_targets
+
+    def classification_runs(self) -> list[Run]:
+        """The single-backbone fine-tuning runs of classification targets (analyses that read a
+        classifier's outputs or labels, not masks)."""
+        return [run for run in self.single_backbone_runs() if not self.is_segmentation_target(run.dataset)]
 
     def member_specs(self, init: InitSpec, arch: str) -> list[dict]:
         """The backbones of a fusion run: each fused source's WT at its architecture."""
@@ -702,12 +774,16 @@ class Study:
         names = ["protocols"] if set(self.protocols) & set(FROZEN_PROTOCOLS) else []
         if not self.runs:  # every other figure is of fine-tuning runs
             return names
-        names = ["test_auc", "convergence", "epochs_to_95", *names]
+        segmenting = any(self.is_segmentation_target(run.dataset) for run in self.runs)
+        classifying = any(not self.is_segmentation_target(run.dataset) for run in self.runs)
+        names = (["test_auc", "convergence", "epochs_to_95"] if classifying else []) + names
         init_names = {spec.name for spec in self.inits}
-        if len(init_names & {"RI", "ST", "WT"}) >= 2:
+        if classifying and len(init_names & {"RI", "ST", "WT"}) >= 2:
             names.append("init_comparison")
-        if init_names & set(INITS_WITH_K):
+        if classifying and init_names & set(INITS_WITH_K):
             names.append("metric_vs_k")
+        if segmenting:  # Dice per init and fraction; validation Dice per epoch
+            names += ["test_dice", "convergence_dice"]
         if self.analysis["measures"]:
             names.append("similarity_init_final")
         if self.analysis["pairs"]:
@@ -841,21 +917,27 @@ class Study:
         return [run for run in self.single_backbone_runs() if (run.dataset, run.arch, run.fraction, run.seed)
                 == (cell["dataset"], cell["arch"], cell["fraction"], cell["seed"])]
 
+    def reuse_runs(self, name: str) -> list[Run]:
+        """The runs analysis ``name`` reads: every single-backbone run for the weight analyses
+        (weight drift, filters); classification runs only for those that score a classifier
+        (re-initialisation's test metric, layer-wise k-NN's class labels)."""
+        return self.classification_runs() if name in ("reinit", "layer_knn") else self.single_backbone_runs()
+
     def reuse_enabled(self, name: str) -> bool:
         """Whether analysis ``name`` runs in this study (on, and there are runs to analyse)."""
-        return self.reuse[name] is not None and bool(self.single_backbone_runs())
+        return self.reuse[name] is not None and bool(self.reuse_runs(name))
 
-    def reuse_groups(self) -> list[tuple[str, str, str]]:
-        """(dataset, arch, fraction) groups of :meth:`single_backbone_runs`."""
-        return sorted({(run.dataset, run.arch, run.fraction) for run in self.single_backbone_runs()})
+    def reuse_groups(self, name: str) -> list[tuple[str, str, str]]:
+        """(dataset, arch, fraction) groups of :meth:`reuse_runs`."""
+        return sorted({(run.dataset, run.arch, run.fraction) for run in self.reuse_runs(name)})
 
     def _reuse_entries(self, runs: list[Run]) -> list[dict]:
         return [{"run": run.id, "run_dir": paths.run_dir(run), "columns": self.run_columns(run)} for run in runs]
 
-    def reuse_group_runs(self, dataset: str, arch: str, fraction: str) -> list[Run]:
-        """The :meth:`single_backbone_runs` of one (dataset, arch, fraction) group."""
+    def reuse_group_runs(self, dataset: str, arch: str, fraction: str, name: str = "weight_drift") -> list[Run]:
+        """The :meth:`reuse_runs` of analysis ``name`` in one (dataset, arch, fraction) group."""
         fraction = paths.format_fraction(fraction)
-        return [run for run in self.single_backbone_runs() if (run.dataset, run.arch, run.fraction) == (dataset, arch, fraction)]
+        return [run for run in self.reuse_runs(name) if (run.dataset, run.arch, run.fraction) == (dataset, arch, fraction)]
 
     def weight_drift_spec(self, dataset: str, arch: str, fraction: str) -> dict:
         """Weight drift of every run of one (dataset, arch, fraction) group: cheap (no forward pass),
@@ -888,14 +970,14 @@ class Study:
         """``analysis.{name}.job: group`` (reinit, layer_knn): the run specs of one group, one output."""
         run_spec = {"reinit": self.reinit_spec, "layer_knn": self.layer_knn_spec}[name]
         runs = [{k: v for k, v in run_spec(run).items() if k != "out"}
-                for run in self.reuse_group_runs(dataset, arch, fraction)]
+                for run in self.reuse_group_runs(dataset, arch, fraction, name)]
         return {"runs": runs, "out": paths.group_analysis(name, dataset, arch, fraction)}
 
     def reuse_parts(self, kind: str) -> list[str]:
         """The per-run or per-group CSVs that ``analysis_table(kind)`` is collected from."""
         if kind in ("reinit", "layer_knn") and self.reuse[kind]["job"] == "run":
-            return [paths.run_analysis(kind, run) for run in self.single_backbone_runs()]
-        return [paths.group_analysis(kind, *group) for group in self.reuse_groups()]
+            return [paths.run_analysis(kind, run) for run in self.reuse_runs(kind)]
+        return [paths.group_analysis(kind, *group) for group in self.reuse_groups(kind)]
 
     def reuse_tables(self) -> list[str]:
         """The study-wide CSVs (``paths.analysis_table`` kinds) of the feature-reuse analyses that run."""
@@ -1067,7 +1149,9 @@ class Study:
 
     def prediction_groups(self) -> list[tuple[str, str, str]]:
         """(dataset, arch, fraction) groups whose runs' predictions are compared."""
-        return sorted(self.run_groups()) if self.analysis.get("prediction_similarity") else []
+        if not self.analysis.get("prediction_similarity"):
+            return []
+        return sorted({(run.dataset, run.arch, run.fraction) for run in self.classification_runs()})
 
     def prediction_similarity_spec(self, dataset: str, arch: str, fraction: str) -> dict:
         """Pairs of runs of one group: every two inits at the same seed (kind ``inits``) and two

@@ -284,7 +284,9 @@ def layer_knn_group_spec(wildcards):
 
 def group_network_inputs(wildcards):
     """What a group job that runs the network reads: the runs' weights and metrics, the cache."""
-    runs = STUDY.reuse_group_runs(wildcards.dataset, wildcards.arch, wildcards.fraction)
+    runs = STUDY.reuse_group_runs(
+        wildcards.dataset, wildcards.arch, wildcards.fraction, "reinit"
+    )  # reinit and layer_knn read the same (classification) runs
     return {
         "weights": weights_of(runs),
         "metrics": [paths.run_file(run, "metrics.json") for run in runs],

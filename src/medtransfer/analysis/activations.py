@@ -82,12 +82,19 @@ def block_activations(model: torch.nn.Module, loader, pool: int, device: torch.d
 
 
 def load_state(path: str | Path) -> torch.nn.Module:
-    """Rebuild the model saved by fine-tuning (init.pt / final.pt) with its weights."""
+    """Rebuild the model saved by fine-tuning (init.pt / final.pt) with its weights (a segmentation
+    run's: its :class:`~medtransfer.models.segmentation.SegmentationNetwork`)."""
     saved = torch.load(path, map_location="cpu", weights_only=False)
     if saved.get("fusion"):
         raise ConfigError(f"{path}: the weights of a fusion of several backbones (init "
                           f"{saved['init']['label']}); block-wise analyses read runs of one network")
-    model = models.create(saved["arch"], saved["num_classes"], in_chans=3, **saved["create_kwargs"])
+    if saved.get("segmentation"):  # an encoder under a decoder: blocks() gives the encoder's, then the decoder
+        from medtransfer.models.segmentation import SegmentationNetwork
+
+        encoder = models.create(saved["arch"], 1, in_chans=3, **saved["create_kwargs"])
+        model = SegmentationNetwork.from_config(encoder, saved["num_classes"], saved["segmentation"])
+    else:
+        model = models.create(saved["arch"], saved["num_classes"], in_chans=3, **saved["create_kwargs"])
     model.load_state_dict(saved["state_dict"])
     return model
 

@@ -15,7 +15,9 @@ from medtransfer.grid import RUN_COLUMNS, run_columns
 def collect_metrics(metrics_files: list[str]) -> pd.DataFrame:
     """metrics.csv: run columns (``protocol`` included) + task, test_auc, test_acc, test_kappa, test_balanced_acc, val_auc,
     best_epoch, epochs, num_train, train_seconds, precision (training autocast dtype; empty for
-    runs from before it was recorded), config_hash, git_commit."""
+    runs from before it was recorded), config_hash, git_commit; then test_dice, test_iou,
+    test_dice_global, val_dice (segmentation runs; empty for classification, whose AUC columns are
+    empty for segmentation)."""
     rows = []
     for path in metrics_files:
         metrics = json.loads(Path(path).read_text())
@@ -24,12 +26,15 @@ def collect_metrics(metrics_files: list[str]) -> pd.DataFrame:
         for name in ("auc", "acc", "kappa", "balanced_acc"):
             row[f"test_{name}"] = metrics["test"].get(name, np.nan)
         # frozen-feature protocols (linear, knn) have no epochs; their cost is fit_seconds
-        row.update(val_auc=metrics["val"]["auc"], best_epoch=metrics.get("best_epoch", np.nan),
+        row.update(val_auc=metrics["val"].get("auc", np.nan), best_epoch=metrics.get("best_epoch", np.nan),
                    epochs=metrics.get("epochs", np.nan), num_train=metrics["num_train"],
                    train_seconds=metrics.get("train_seconds", metrics.get("fit_seconds")),
                    precision=metrics.get("precision", {}).get("autocast"),
                    config_hash=metrics["provenance"]["config_hash"],
                    git_commit=metrics["provenance"]["git_commit"])
+        for name in ("dice", "iou", "dice_global"):
+            row[f"test_{name}"] = metrics["test"].get(name, np.nan)
+        row["val_dice"] = metrics["val"].get("dice", np.nan)
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else list(RUN_COLUMNS))
 

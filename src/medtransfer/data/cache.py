@@ -4,6 +4,9 @@ Layout (schema version :data:`SCHEMA_VERSION`):
 
 - groups ``train``, ``val``, ``test``, each with ``images`` uint8 [N, C, H, W] (H = W, chunked by
   image) and ``labels`` (int64 [N], or float32 [N, K] with NaN = unknown for multilabel);
+  segmentation datasets (task ``segmentation``) also ``masks`` uint8 [N, 1, H, W] (class ids, 0 =
+  background, resized with nearest neighbour, chunked by image), and their labels are 1 where an
+  image has any foreground;
 - file attributes: ``name``, ``format``, ``task``, ``class_names`` (JSON list), ``source``,
   ``source_checksum``, ``image_size`` (H), ``channels``, ``mean`` and ``std`` (float64 [C], per
   channel over the train split, pixel values in [0, 1]; std is the population std),
@@ -12,6 +15,10 @@ Layout (schema version :data:`SCHEMA_VERSION`):
 :func:`build_cache` writes it (atomically: a killed job leaves no file that looks finished);
 :func:`read_info` and :func:`read_split` read it and fail with a DataError naming the file and
 the fix on a missing, truncated or foreign file or another schema version.
+
+Schema versions: 1 had no masks; 2 (segmentation targets) adds them. A version-1 file is refused
+with the fix (delete it, rerun the preprocess rule): the two differ only for segmentation, but
+one version per layout keeps the check a single comparison.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import torch.nn.functional as F
 from medtransfer.data.formats import RESIZE_MODES, SPLITS
 from medtransfer.errors import ConfigError, DataError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHUNK_BYTES = 64 << 20  # images converted per step: bounds memory for any dataset size
 REQUIRED_ATTRS = ("name", "task", "class_names", "source", "source_checksum", "image_size", "channels",
                   "mean", "std", "schema_version")
@@ -123,8 +130,9 @@ def open_cache(path: str | Path) -> Iterator[h5py.File]:
         if version is None or int(version) != SCHEMA_VERSION:
             raise DataError(f"dataset cache {path} has schema version {version}, this medtransfer reads version "
                             f"{SCHEMA_VERSION}; {_fix(path)}")
+        datasets = ("images", "labels", "masks") if h5.attrs.get("task") == "segmentation" else ("images", "labels")
         missing = [a for a in REQUIRED_ATTRS if a not in h5.attrs] + [
-            f"{s}/{d}" for s in SPLITS for d in ("images", "labels") if f"{s}/{d}" not in h5]
+            f"{s}/{d}" for s in SPLITS for d in datasets if f"{s}/{d}" not in h5]
         if missing:
             raise DataError(f"dataset cache {path} lacks {', '.join(missing)}; {_fix(path)}")
         yield h5
@@ -177,4 +185,18 @@ def read_labels(path: str | Path, split: str) -> np.ndarray:
             return h5[split]["labels"][...]
         except OSError as err:
             raise DataError(f"dataset cache {path}: {split} labels cannot be read ({err}); "
+                            f"{_fix(Path(path))}") from None
+
+
+def read_masks(path: str | Path, split: str) -> np.ndarray:
+    """Masks uint8 [N, 1, H, W] (class ids) of one split of a segmentation cache, in memory."""
+    _check_split(split)
+    with open_cache(path) as h5:
+        if "masks" not in h5[split]:
+            raise DataError(f"dataset cache {path} has no masks (task {h5.attrs['task']}); a segmentation "
+                            "dataset has them")
+        try:
+            return h5[split]["masks"][...]
+        except OSError as err:
+            raise DataError(f"dataset cache {path}: {split} masks cannot be read ({err}); "
                             f"{_fix(Path(path))}") from None

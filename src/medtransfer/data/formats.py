@@ -37,7 +37,9 @@ from medtransfer.registry import Registry
 SPLITS = ("train", "val", "test")
 #: ``unlabeled``: images without labels (labels all -1, no class names), a pretraining dataset for
 #: the self-supervised methods only; never a target.
-TASKS = ("binary", "multiclass", "ordinal", "multilabel", "unlabeled")
+#: ``segmentation``: a mask per image (``RawDataset.masks``); labels say whether an image has any
+#: foreground (1) or none (0), for splits and data fractions.
+TASKS = ("binary", "multiclass", "ordinal", "multilabel", "unlabeled", "segmentation")
 NO_LABEL = -1
 RESIZE_MODES = ("nearest", "bilinear", "area", "bicubic")
 
@@ -82,6 +84,11 @@ class RawDataset:
     source file, or a digest of the file list (folders) or of the generator parameters
     (synthetic). ``attributes`` holds provenance the cache records as well, e.g. how a
     missing validation split was made.
+
+    ``masks`` (segmentation only): per split an array-like of uint8 [N, 1, H, W] class ids
+    (0 = background, ``class_names`` name each id), the same N, H, W as the split's images; the
+    cache resizes it with nearest neighbour. The labels of a segmentation dataset are int64 [N]:
+    1 where the mask has any foreground, else 0.
     """
 
     splits: dict[str, tuple[Any, np.ndarray]]
@@ -90,6 +97,7 @@ class RawDataset:
     source: str
     checksum: str
     attributes: dict[str, Any] = field(default_factory=dict)
+    masks: dict[str, Any] | None = None
 
     @property
     def channels(self) -> int:
@@ -161,6 +169,30 @@ def check_raw(name: str, raw: RawDataset) -> None:
                 raise DataError(f"{where}: {split} labels outside 0..{len(raw.class_names) - 1}")
     if raw.task == "binary" and len(raw.class_names) != 2:
         raise DataError(f"{where}: a binary task needs 2 class names, got {raw.class_names}")
+    if (raw.task == "segmentation") != (raw.masks is not None):
+        raise DataError(f"{where}: a segmentation task comes with masks, and only it")
+    if raw.masks is not None:
+        check_masks(where, raw)
+
+
+def check_masks(where: str, raw: RawDataset) -> None:
+    """The masks of every split: uint8 [N, 1, H, W] beside images [N, C, H, W]; class ids below
+    ``len(class_names)`` (checked here only for masks in memory: a lazy mask checks its file when
+    it is decoded, naming it)."""
+    if len(raw.class_names) < 2:
+        raise DataError(f"{where}: segmentation needs >= 2 class names (background first), got {raw.class_names}")
+    for split in SPLITS:
+        images, labels = raw.splits[split]
+        masks = raw.masks.get(split)
+        if masks is None:
+            raise DataError(f"{where}: {split} has images but no masks")
+        expected = (int(images.shape[0]), 1, *map(int, images.shape[2:]))
+        if masks.dtype != np.uint8 or tuple(masks.shape) != expected:
+            raise DataError(f"{where}: {split} masks must be uint8 {expected} (one per image, the image's size), "
+                            f"got {masks.dtype} {tuple(masks.shape)}")
+        if isinstance(masks, np.ndarray) and masks.size and int(masks.max()) >= len(raw.class_names):
+            raise DataError(f"{where}: {split} masks hold class id {int(masks.max())}, but only "
+                            f"{len(raw.class_names)} classes are declared ({', '.join(raw.class_names)})")
 
 
 def md5_file(path: str | Path, block: int = 1 << 20) -> str:

@@ -82,3 +82,40 @@ def _missing_label_positives(labels: np.ndarray, subset: np.ndarray, entry: np.n
     missing = np.flatnonzero(~positives[subset].any(axis=0))
     extra = [np.flatnonzero(positives[:, j])[np.argmin(entry[positives[:, j]])] for j in missing]
     return np.asarray(extra, dtype=np.int64)
+
+
+def segmentation_subset(foreground: np.ndarray, fraction: float, seed: int, *,
+                        dataset: str = "the dataset") -> np.ndarray:
+    """Sorted int64 indices of a ``fraction`` of a segmentation train split.
+
+    Stratifying by class means nothing when every image holds several classes, so this is one
+    seeded permutation of all images cut at ``max(1, round(fraction * N))``: nested across
+    fractions of the same seed. ``foreground`` is bool/int [N], true where an image's mask has
+    any foreground (the cache's labels). If the cut holds no such image, the foreground image
+    the permutation reaches first is added (so a subset always shows the model a positive, and
+    the subsets stay nested). A split without any foreground image is a ConfigError.
+    """
+    fraction = float(fraction)
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"data fraction {fraction:g} must be in (0, 1]")
+    foreground = np.asarray(foreground).astype(bool)
+    if not foreground.any():
+        raise ConfigError(f"study.fractions: the training split of {dataset!r} has no image with foreground in "
+                          "its mask; a segmentation target needs some")
+    if fraction == 1.0:
+        return np.arange(len(foreground), dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(len(foreground))
+    count = max(1, int(np.floor(fraction * len(order) + 0.5)))
+    subset = order[:count]
+    if not foreground[subset].any():
+        subset = np.append(subset, order[np.argmax(foreground[order])])
+    return np.sort(subset).astype(np.int64)
+
+
+def train_subset(task: str, labels: np.ndarray, fraction: float, seed: int, *, num_classes: int | None = None,
+                 dataset: str = "the dataset") -> np.ndarray:
+    """The training subset of a run: :func:`segmentation_subset` for segmentation (``labels``:
+    foreground per image), else the stratified :func:`subset_indices`."""
+    if task == "segmentation":
+        return segmentation_subset(labels, fraction, seed, dataset=dataset)
+    return subset_indices(labels, fraction, seed, num_classes=num_classes, dataset=dataset)

@@ -13,6 +13,10 @@ then horizontal flip, both per image, drawn for the whole batch at once); resize
 
 Order and augmentation are pure functions of ``(seed, epoch)``: call ``set_epoch(epoch)`` before
 iterating (as with ``DistributedSampler``), and a resumed run sees exactly the same batches.
+
+Segmentation caches: the batch's targets are its masks, int64 [B, H, W] class ids, read beside
+the images and moved by the same crop and flip (drawn once for both), resized with nearest
+neighbour to ``image_size``.
 """
 
 from __future__ import annotations
@@ -68,25 +72,31 @@ def normalisation(normalize: str | Mapping[str, Any], info: CacheInfo, channels:
 
 
 class _H5Batches(torch.utils.data.Dataset):
-    """Item i = uint8 rows of batch i, read from the HDF5 file (opened once per worker process)."""
+    """Item i = uint8 rows of batch i, read from the HDF5 file (opened once per worker process);
+    with ``masks``, the pair (images, masks)."""
 
-    def __init__(self, path: str, split: str, rows: list[np.ndarray]) -> None:
-        self.path, self.split, self.rows = path, split, rows
+    def __init__(self, path: str, split: str, rows: list[np.ndarray], masks: bool = False) -> None:
+        self.path, self.split, self.rows, self.masks = path, split, rows, masks
         self._h5: h5py.File | None = None
         self._pid = -1
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _images(self) -> h5py.Dataset:
+    def _images(self, dataset: str = "images") -> h5py.Dataset:
         if self._h5 is None or self._pid != os.getpid():
             self._h5 = h5py.File(self.path, "r")
             self._pid = os.getpid()
-        return self._h5[self.split]["images"]
+        return self._h5[self.split][dataset]
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.masks:
+            return self._rows(i, "images"), self._rows(i, "masks")
+        return self._rows(i, "images")
+
+    def _rows(self, i: int, dataset: str) -> torch.Tensor:
         rows = self.rows[i]
-        images = self._images()
+        images = self._images(dataset)
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order]
         out = np.empty((len(rows), *images.shape[1:]), np.uint8)
@@ -107,10 +117,11 @@ class _H5Batches(torch.utils.data.Dataset):
             self._h5 = None
 
 
-def _read_rows(path: str, split: str, rows: np.ndarray, block_bytes: int = 64 << 20) -> np.ndarray:
-    """uint8 images of ``rows`` (in that order), reading the file in contiguous blocks."""
+def _read_rows(path: str, split: str, rows: np.ndarray, block_bytes: int = 64 << 20,
+               dataset: str = "images") -> np.ndarray:
+    """uint8 images (or masks) of ``rows`` (in that order), reading the file in contiguous blocks."""
     with open_cache(path) as h5:
-        images = h5[split]["images"]
+        images = h5[split][dataset]
         n = images.shape[0]
         out = np.empty((len(rows), *images.shape[1:]), np.uint8)
         if len(rows) == 0:
@@ -135,7 +146,8 @@ class BatchLoader:
     """Iterable of ``(x, y)`` batches of one split; see :func:`make_loader`.
 
     ``x``: float32 [B, channels, H, W] on the device, normalised. ``y``: int64 [B] or float32
-    [B, K] (multilabel, NaN = unknown) on the device.
+    [B, K] (multilabel, NaN = unknown) on the device; for a segmentation cache the masks, int64
+    [B, H, W] class ids at the size of ``x``.
     """
 
     def __init__(self, cache_path: str | Path, split: str, *, batch_size: int, shuffle: bool, seed: int = 0,
@@ -186,11 +198,16 @@ class BatchLoader:
         with open_cache(self.path) as h5:
             labels = h5[split]["labels"][...]
         self._labels = torch.from_numpy(labels[self.indices]).to(self.device)
-        image_bytes = self.num_examples * self.info.channels * self.info.image_size ** 2
+        self.masks = self.task == "segmentation"  # the targets are the masks, not the labels
+        image_bytes = self.num_examples * (self.info.channels + self.masks) * self.info.image_size ** 2
         self.in_memory = image_bytes <= int(max_memory_mb) * (1 << 20)
         self._images: torch.Tensor | None = None
+        self._masks: torch.Tensor | None = None
         if self.in_memory:
             self._images = torch.from_numpy(_read_rows(self.path, split, self.indices)).to(self.device)
+            if self.masks:
+                self._masks = torch.from_numpy(_read_rows(self.path, split, self.indices, dataset="masks")
+                                               ).to(self.device)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -237,22 +254,44 @@ class BatchLoader:
             x = x.expand(-1, self.channels, -1, -1)
         return (x * self._scale + self._shift).contiguous()
 
+    def transform_pair(self, images: torch.Tensor, masks: torch.Tensor,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images [B, C, H, W] and masks [B, 1, H, W] -> the normalised batch and int64 masks
+        [B, size, size]: one crop and flip for both (the mask rides along as an extra channel;
+        padding is background), then each resized (the mask with nearest neighbour)."""
+        x = torch.cat([images, masks], dim=1).float()
+        if generator is not None and (self.crop_padding > 0 or self.hflip):
+            x = self._augment(x, generator)
+        x, y = x[:, :-1], x[:, -1:]
+        x = interpolate(x, self.image_size, self.resize_mode)
+        y = interpolate(y, self.image_size, "nearest")
+        if x.shape[1] != self.channels:
+            x = x.expand(-1, self.channels, -1, -1)
+        return (x * self._scale + self._shift).contiguous(), y[:, 0].round().long()
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self._batches()
         generator = epoch_generator(self.seed, self.epoch, _AUGMENT_STREAM)
         if self._images is not None:
             for positions in batches:
                 positions = positions.to(self.device)
-                yield self.transform(self._images[positions], generator), self._labels[positions]
+                if self.masks:
+                    yield self.transform_pair(self._images[positions], self._masks[positions], generator)
+                else:
+                    yield self.transform(self._images[positions], generator), self._labels[positions]
             return
-        dataset = _H5Batches(self.path, self.split, [self.indices[p.numpy()] for p in batches])
+        dataset = _H5Batches(self.path, self.split, [self.indices[p.numpy()] for p in batches], masks=self.masks)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
                                              pin_memory=self.device.type == "cuda")
         try:
-            for positions, images in zip(batches, loader, strict=True):
+            for positions, item in zip(batches, loader, strict=True):
                 positions = positions.to(self.device)
-                images = images.to(self.device, non_blocking=True)
-                yield self.transform(images, generator), self._labels[positions]
+                if self.masks:
+                    images, masks = (t.to(self.device, non_blocking=True) for t in item)
+                    yield self.transform_pair(images, masks, generator)
+                else:
+                    images = item.to(self.device, non_blocking=True)
+                    yield self.transform(images, generator), self._labels[positions]
         finally:
             dataset.close()
 

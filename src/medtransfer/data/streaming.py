@@ -164,7 +164,7 @@ def fingerprint(name: str, entry: Mapping[str, Any], raw: RawDataset, size: int,
         "entry": {k: v for k, v in entry.items() if k not in SPEED_KEYS},
         "task": raw.task, "class_names": list(raw.class_names), "source": raw.source,
         "checksum": raw.checksum, "channels": raw.channels, "labels": labels,
-        "attributes": raw.attributes,
+        "attributes": raw.attributes, "masks": raw.masks is not None,
     }
     return hashlib.md5(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -195,6 +195,9 @@ def _create(h5: h5py.File, raw: RawDataset, size: int, stamp: str) -> None:
         group.create_dataset("images", shape=(n, channels, size, size), dtype=np.uint8,
                              chunks=(1, channels, size, size) if n else None)
         group.create_dataset("labels", data=np.asarray(labels))
+        if raw.masks is not None:
+            group.create_dataset("masks", shape=(n, 1, size, size), dtype=np.uint8,
+                                 chunks=(1, 1, size, size) if n else None)
         group.attrs["rows_written"] = 0
     h5["train"].attrs["pixel_sum"] = np.zeros(channels, np.int64)
     h5["train"].attrs["square_sum"] = np.zeros(channels, np.int64)
@@ -232,7 +235,9 @@ def write_cache(name: str, entry: Mapping[str, Any], raw: RawDataset, out_path: 
         with tqdm(total=total, initial=done, unit="img", desc=name, disable=not progress) as bar, \
                 ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="prefetch") as reader:
             for split in SPLITS:
-                _write_split(h5[split], raw.splits[split][0], split == "train", step, size, mode, reader, bar)
+                masks = None if raw.masks is None else raw.masks[split]
+                _write_split(h5[split], raw.splits[split][0], split == "train", step, size, mode, reader, bar,
+                             masks=masks, num_classes=len(raw.class_names))
         train = h5["train"]
         count = max(1, int(train["images"].shape[0]) * size * size)
         mean = train.attrs["pixel_sum"] / count
@@ -256,7 +261,8 @@ def write_cache(name: str, entry: Mapping[str, Any], raw: RawDataset, out_path: 
         })
     finally:
         h5.close()
-        for images, _ in raw.splits.values():
+        lazy = [images for images, _ in raw.splits.values()] + list((raw.masks or {}).values())
+        for images in lazy:
             close = getattr(images, "close", None)
             if callable(close):
                 close()
@@ -264,23 +270,30 @@ def write_cache(name: str, entry: Mapping[str, Any], raw: RawDataset, out_path: 
 
 
 def _write_split(group: h5py.Group, images: Any, is_train: bool, step: int, size: int, mode: str,
-                 reader: ThreadPoolExecutor, bar: tqdm) -> None:
+                 reader: ThreadPoolExecutor, bar: tqdm, masks: Any = None, num_classes: int = 0) -> None:
     target = group["images"]
     n = int(target.shape[0])
     starts = list(range(int(group.attrs["rows_written"]), n, step))
     # READ_AHEAD chunks are read at once: their decode tasks share one queue, so a decoder that
     # finishes its share of one chunk starts on the next instead of idling at the boundary
-    pending = deque(reader.submit(_read, images, start, min(start + step, n)) for start in starts[:READ_AHEAD])
+    pending = deque(reader.submit(_read, images, start, min(start + step, n), masks) for start in starts[:READ_AHEAD])
     for k, start in enumerate(starts):
         stop = min(start + step, n)
-        block = pending.popleft().result()
+        block, mask_block = pending.popleft().result()
         if k + READ_AHEAD < len(starts):
             ahead = starts[k + READ_AHEAD]
-            pending.append(reader.submit(_read, images, ahead, min(ahead + step, n)))
+            pending.append(reader.submit(_read, images, ahead, min(ahead + step, n), masks))
         block = resize_uint8(block, size, mode)
         if block.shape != (stop - start, *target.shape[1:]):
             raise DataError(f"images {start}..{stop - 1} of {group.name} came as {block.shape}, "
                             f"expected {(stop - start, *target.shape[1:])}")
+        if mask_block is not None:  # class ids: nearest neighbour, never interpolated between classes
+            mask_block = resize_uint8(mask_block, size, "nearest")
+            if mask_block.shape != (stop - start, 1, size, size) or int(mask_block.max(initial=0)) >= num_classes:
+                raise DataError(f"masks {start}..{stop - 1} of {group.name} came as {mask_block.shape} with class "
+                                f"ids up to {int(mask_block.max(initial=0))}, expected {(stop - start, 1, size, size)} "
+                                f"below {num_classes}")
+            group["masks"][start:stop] = mask_block
         target[start:stop] = block
         if is_train:
             pixel_sum, square_sum = channel_sums(block)
@@ -302,8 +315,8 @@ def channel_sums(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values.sum(axis=1, dtype=np.int64), squares.sum(axis=1, dtype=np.int64)
 
 
-def _read(images: Any, start: int, stop: int) -> np.ndarray:
-    return np.asarray(images[start:stop])
+def _read(images: Any, start: int, stop: int, masks: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+    return np.asarray(images[start:stop]), None if masks is None else np.asarray(masks[start:stop])
 
 
 def build_cache_resumable(name: str, entry: Mapping[str, Any], out_path: str | Path, *,

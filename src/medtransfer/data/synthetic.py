@@ -26,6 +26,11 @@ Tasks
   any local blob is not enough.
 - ``lesion_grade`` (grayscale, ``ordinal``, grades 0-4): the same backgrounds with as many
   lesions as the grade (0 to 4), lesions growing slightly larger and more contrasted with grade.
+- ``lesion_segmentation`` (grayscale, ``segmentation``, mask classes background / lesion): the
+  same backgrounds and pseudo-lesions with 0-3 lesions (a quarter of the images have none), each
+  a soft, slightly elliptical disc of radius ~1.8-3.2 px and lower contrast than
+  lesion_presence's; the mask is the lesions' footprint (the pixels each disc covers at least
+  half), not the pseudo-lesions'. The image labels say whether an image has a lesion.
 
 Every split is generated from its own seed sequence (``seed``, task, split, chunk of 256 images),
 so ``n_train`` does not change the val/test images, and a larger ``n_train`` extends a smaller one.
@@ -227,8 +232,9 @@ def _inside_organ(rng: np.random.Generator, organ: tuple[np.ndarray, ...]) -> tu
 
 def _add_blobs(rng: np.random.Generator, images: np.ndarray, organ: tuple[np.ndarray, ...], mask: np.ndarray,
                radius_px: tuple[float, float], contrast: tuple[float, float], elongation: tuple[float, float],
-               size: int) -> None:
-    """Add one soft blob to the images where ``mask``: radius in pixels, |contrast| in intensity units."""
+               size: int) -> np.ndarray:
+    """Add one soft blob to the images where ``mask``: radius in pixels, |contrast| in intensity units.
+    Returns its footprint, bool [n, H, W] (all False where not ``mask``)."""
     x, y = _grid(size)
     n = images.shape[0]
     cx, cy = _inside_organ(rng, organ)
@@ -238,6 +244,7 @@ def _add_blobs(rng: np.random.Generator, images: np.ndarray, organ: tuple[np.nda
     u, v = _local(x, y, cx, cy, rng.uniform(0, np.pi, n))
     d = np.sqrt((u * _col(1 / np.sqrt(ratio))) ** 2 + (v * _col(np.sqrt(ratio))) ** 2) - _col(r)
     images += _col(c) * np.clip(0.5 - d * (size / 3.0), 0, 1)  # soft edge ~1.5 px
+    return (d <= 0) & mask[:, None, None]  # the footprint: where the blob covers at least half a pixel
 
 
 def _lesions(rng: np.random.Generator, counts: np.ndarray, size: int, contrast: tuple[float, float],
@@ -262,34 +269,83 @@ def _lesion_grade(rng: np.random.Generator, labels: np.ndarray, size: int) -> np
     return _lesions(rng, labels, size, contrast=(0.12, 0.25), growth=0.08)
 
 
+def _lesion_segmentation(rng: np.random.Generator, counts: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gray images [n, 1, H, W] with ``counts[i]`` (0-3) lesions and their footprint as masks
+    uint8 [n, 1, H, W] (1 = lesion). The backgrounds, vessel ridges and elongated pseudo-lesions
+    are those of lesion_presence (not in the mask); the lesions are lower in contrast and smaller,
+    so finding their outline in speckle is the hard part."""
+    n = len(counts)
+    images, organ = _anatomy(rng, n, size)
+    _add_blobs(rng, images, organ, rng.random(n) < 0.5, (1.0, 1.6), (0.05, 0.12), (3.0, 4.5), size)
+    masks = np.zeros(images.shape, bool)
+    for k in range(int(counts.max(initial=0))):
+        masks |= _add_blobs(rng, images, organ, counts > k, SEGMENTATION_RADIUS_PX, SEGMENTATION_CONTRAST,
+                            (1.0, 1.5), size)
+    return _to_uint8(images[:, None]), masks[:, None].astype(np.uint8)
+
+
+#: lesion_segmentation's lesions: radius in pixels and |contrast| in intensity units (tuned so
+#: that weight transfer from natural_shapes beats random init; README, "Real check: segmentation")
+SEGMENTATION_RADIUS_PX = (1.8, 3.2)
+SEGMENTATION_CONTRAST = (0.10, 0.22)
+SEGMENTATION_MAX_LESIONS = 3
+
+
 # --- the format ------------------------------------------------------------------------------------
 
-TASKS: dict[str, tuple[Callable[[np.random.Generator, np.ndarray, int], np.ndarray], str, list[str]]] = {
+TASKS: dict[str, tuple[Callable[[np.random.Generator, np.ndarray, int], Any], str, list[str]]] = {
     "natural_shapes": (_natural_shapes, "multiclass", SHAPE_CLASSES),
     "lesion_presence": (_lesion_presence, "binary", ["no lesion", "lesion"]),
     "lesion_grade": (_lesion_grade, "ordinal", [f"grade {g}" for g in range(GRADES)]),
+    # class names are those of the mask; the drawn "labels" are lesion counts 0..3
+    "lesion_segmentation": (_lesion_segmentation, "segmentation", ["background", "lesion"]),
 }
+#: how many values the per-chunk balanced draw cycles through (the classes; lesion counts for segmentation)
+_DRAWN_VALUES = {"lesion_segmentation": SEGMENTATION_MAX_LESIONS + 1}
 
 
-def generate(task: str, n: int, size: int = 32, seed: int = 0, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """``n`` images uint8 [n, C, size, size] and int64 labels [n] of a synthetic ``task``.
-
-    Deterministic in (task, n, size, seed, split); the first m images do not depend on n >= m.
-    """
+def _generate(task: str, n: int, size: int, seed: int, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(images, drawn values, masks or None), chunk by chunk (see :func:`generate`)."""
     draw, _, classes = TASKS[task]
-    images, labels = [], []
+    images, labels, masks = [], [], []
     task_id, split_id = list(TASKS).index(task), SPLITS.index(split)
+    values = _DRAWN_VALUES.get(task, len(classes))
     for chunk, start in enumerate(range(0, n, CHUNK)):
         rng = np.random.default_rng([seed, task_id, split_id, chunk])
         m = min(CHUNK, n - start)
         # always draw a whole chunk, so the images do not depend on where n cuts it
-        chunk_labels = rng.permutation(np.arange(CHUNK) % len(classes)).astype(np.int64)
-        images.append(draw(rng, chunk_labels, size)[:m])
+        chunk_labels = rng.permutation(np.arange(CHUNK) % values).astype(np.int64)
+        drawn = draw(rng, chunk_labels, size)
+        if isinstance(drawn, tuple):
+            drawn, chunk_masks = drawn
+            masks.append(chunk_masks[:m])
+        images.append(drawn[:m])
         labels.append(chunk_labels[:m])
     if not images:
         channels = 3 if task == "natural_shapes" else 1
-        return np.zeros((0, channels, size, size), np.uint8), np.zeros(0, np.int64)
-    return np.concatenate(images), np.concatenate(labels)
+        empty = np.zeros((0, channels, size, size), np.uint8)
+        return empty, np.zeros(0, np.int64), (np.zeros((0, 1, size, size), np.uint8) if task in _DRAWN_VALUES else None)
+    return np.concatenate(images), np.concatenate(labels), np.concatenate(masks) if masks else None
+
+
+def generate(task: str, n: int, size: int = 32, seed: int = 0, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images uint8 [n, C, size, size] and int64 labels [n] of a synthetic ``task``
+    (segmentation: 1 where an image has a lesion; :func:`generate_segmentation` adds the masks).
+
+    Deterministic in (task, n, size, seed, split); the first m images do not depend on n >= m.
+    """
+    images, labels, masks = _generate(task, n, size, seed, split)
+    return images, labels if masks is None else (labels > 0).astype(np.int64)
+
+
+def generate_segmentation(task: str, n: int, size: int = 32, seed: int = 0,
+                          split: str = "train") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images uint8 [n, 1, size, size], masks uint8 [n, 1, size, size] (0 background, 1 lesion)
+    and int64 labels [n] (1 where the mask has a lesion) of a segmentation ``task``."""
+    images, counts, masks = _generate(task, n, size, seed, split)
+    if masks is None:
+        raise ValueError(f"synthetic task {task!r} draws no masks")
+    return images, masks, (counts > 0).astype(np.int64)
 
 
 def check(name: str, entry: Mapping[str, Any]) -> None:
@@ -318,7 +374,13 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     params = {"task": task, "size": size, "seed": seed, **{f"n_{s}": counts[s] for s in SPLITS},
               "generator_version": GENERATOR_VERSION}
     _, kind, classes = TASKS[task]
-    splits = {split: generate(task, counts[split], size, seed, split) for split in SPLITS}
+    masks = None
+    if kind == "segmentation":
+        drawn = {split: generate_segmentation(task, counts[split], size, seed, split) for split in SPLITS}
+        splits = {split: (images, labels) for split, (images, _, labels) in drawn.items()}
+        masks = {split: split_masks for split, (_, split_masks, _) in drawn.items()}
+    else:
+        splits = {split: generate(task, counts[split], size, seed, split) for split in SPLITS}
     return RawDataset(
         splits=splits,
         task=kind,
@@ -326,4 +388,5 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
         source=f"synthetic:{task}",
         checksum=hashlib.md5(json.dumps(params, sort_keys=True).encode()).hexdigest(),
         attributes={"synthetic": params},
+        masks=masks,
     )

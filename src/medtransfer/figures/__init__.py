@@ -27,6 +27,7 @@ from medtransfer.figures.domain import (
 from medtransfer.figures.performance import plot_init_comparison, plot_metric_vs_k, plot_test_metric
 from medtransfer.figures.protocols import plot_protocols
 from medtransfer.figures.reuse import plot_filters, plot_layer_knn, plot_reinit, plot_weight_drift
+from medtransfer.figures.segmentation import plot_convergence_dice, plot_test_dice
 from medtransfer.figures.similarity import plot_init_final, plot_pair_diagonal, plot_pair_heatmaps
 
 
@@ -55,4 +56,6 @@ FIGURES: dict[str, FigureSpec] = {
     "fid_st_share": FigureSpec(plot_fid_st_share, "fid_gain"),
     "prediction_similarity": FigureSpec(plot_prediction_similarity, "prediction_similarity"),
     "representation_gain": FigureSpec(plot_representation_gain, "representation_gain_runs"),
+    "test_dice": FigureSpec(plot_test_dice, "metrics"),
+    "convergence_dice": FigureSpec(plot_convergence_dice, "history"),
 }

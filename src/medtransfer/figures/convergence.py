@@ -31,6 +31,7 @@ from medtransfer.figures.style import (
     init_dashes,
     init_palette,
     legend_outside,
+    metric_label,
     save_figure,
     save_no_data,
     sort_inits,
@@ -41,20 +42,22 @@ from medtransfer.figures.style import (
 _RELATIVE_TOLERANCE = 1e-9
 
 
-def _read_history(history_csv: str | Path) -> pd.DataFrame:
-    frame = read_results(history_csv, RUN_COLUMNS + ("epoch", "val_auc"))
+def _read_history(history_csv: str | Path, metric: str = "val_auc") -> pd.DataFrame:
+    frame = read_results(history_csv, RUN_COLUMNS + ("epoch", metric))
     check_unique(frame, RUN_KEY + ("epoch",), history_csv)
     return frame
 
 
-def plot_convergence(history_csv: str | Path, out_pdf: str | Path) -> Path:
-    """Validation AUC vs epoch, one line per init (mean over seeds, band ± sd); rows are
-    datasets (and fractions, when there are several), columns architectures."""
-    frame = _read_history(history_csv).dropna(subset=["val_auc"])
-    title = "Convergence: validation AUC during fine-tuning"
+def plot_convergence(history_csv: str | Path, out_pdf: str | Path, metric: str = "val_auc") -> Path:
+    """Validation ``metric`` (history.csv column: ``val_auc``, or ``val_dice`` for segmentation)
+    vs epoch, one line per init (mean over seeds, band ± sd); rows are datasets (and fractions,
+    when there are several), columns architectures. Runs without the metric are left out."""
+    label = metric_label(metric)
+    frame = _read_history(history_csv, metric).dropna(subset=[metric])
+    title = f"Convergence: {label} during fine-tuning"
     with figure_style():
         if frame.empty:
-            return save_no_data(title, f"no val_auc values in {Path(history_csv).name}", out_pdf)
+            return save_no_data(title, f"no {metric} values in {Path(history_csv).name}", out_pdf)
         rows = facet_rows(frame)
         archs = appearance_order(frame["arch"])
         inits = sort_inits(frame["init"])
@@ -69,14 +72,14 @@ def plot_convergence(history_csv: str | Path, out_pdf: str | Path) -> Path:
                     mark_no_runs(ax)
                 else:
                     sns.lineplot(
-                        data=panel, x="epoch", y="val_auc", hue="init", hue_order=inits, palette=palette,
+                        data=panel, x="epoch", y=metric, hue="init", hue_order=inits, palette=palette,
                         style="init", style_order=inits, dashes=dashes, errorbar="sd", estimator="mean",
                         linewidth=1.6, legend=False, ax=ax,
                     )  # fmt: skip
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_title(panel_title(row[0], arch, row[1]))
                 ax.set_xlabel("epoch" if r == len(rows) - 1 else "")
-                ax.set_ylabel("validation AUC" if c == 0 else "")
+                ax.set_ylabel(label if c == 0 else "")
         legend_outside(fig, line_handles(inits, palette, dashes), inits, "init (mean ± sd)")
         fig.suptitle(title)
         save_figure(fig, out_pdf)

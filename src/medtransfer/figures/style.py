@@ -64,6 +64,10 @@ METRIC_LABELS: dict[str, str] = {
     "test_kappa": "test quadratic-weighted κ",
     "val_auc": "validation AUC",
     "val_acc": "validation accuracy",
+    "test_dice": "test Dice",  # foreground classes, mean over images (README, "Segmentation targets")
+    "test_iou": "test IoU",
+    "val_dice": "validation Dice",
+    "val_iou": "validation IoU",
     "train_seconds": "training time (s)",
     "best_epoch": "best epoch",
     "epochs": "epochs trained",

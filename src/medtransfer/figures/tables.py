@@ -13,8 +13,9 @@ from medtransfer.protocols import PROTOCOLS
 from medtransfer.figures.style import init_sort_key, metric_label
 
 GROUP = ("dataset", "arch", "protocol", "init", "fraction")
-# Summarised when the column is there; test_kappa only when some run has a value (ordinal tasks).
-SUMMARY_METRICS = ("test_auc", "test_acc", "test_kappa", "val_auc", "train_seconds")
+# Summarised when the column is there; test_kappa (ordinal tasks) and test_dice / test_iou
+# (segmentation) only when some run has a value.
+SUMMARY_METRICS = ("test_auc", "test_acc", "test_kappa", "val_auc", "test_dice", "test_iou", "train_seconds")
 _ALWAYS = ("test_auc", "test_acc", "val_auc", "train_seconds")
 
 

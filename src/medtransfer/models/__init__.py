@@ -12,6 +12,7 @@ Public API::
     rebuild(model, seed) -> nn.Module               # fresh seeded copy of the architecture
     IMAGENET_WEIGHTS: dict[str, str]
     load_source_state_dict(spec) -> dict[str, Tensor]
+    segmentation.build(encoder, num_classes, input_size)   # an encoder under a U-Net (models/segmentation.py)
 """
 
 from .blocks import HEAD, BlockGroup, block_keys, block_layout, blocks

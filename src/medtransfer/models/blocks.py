@@ -92,6 +92,9 @@ def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
 
+    own = getattr(model, "canonical_blocks", None)
+    if callable(own):  # a model that defines its own (models.segmentation: encoder blocks, decoder as head)
+        return own()
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if not isinstance(head, nn.Linear):
         raise ValueError(
@@ -144,6 +147,8 @@ def block_layout(model: nn.Module) -> str:
     from timm.models.swin_transformer import SwinTransformer
     from timm.models.vision_transformer import VisionTransformer
 
+    if isinstance(getattr(model, "encoder_layout", None), str):  # a segmentation network: its encoder's
+        return model.encoder_layout
     if isinstance(model, SwinTransformer) or str(getattr(model, "output_fmt", "")).upper().endswith(
         "NHWC"
     ):

@@ -110,8 +110,9 @@ class CBR(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int) -> None:
+        """A new linear classifier; ``num_classes=0`` removes it (identity), as timm's models do."""
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for i in range(self.num_blocks):

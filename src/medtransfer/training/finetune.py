@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from medtransfer import data, init, models
+from medtransfer.models import segmentation
 from medtransfer.atomic import atomic_path, torch_save, write_json
 from medtransfer.data.cache import interpolate
 from medtransfer.devices import select_device
@@ -83,6 +84,8 @@ def initialised_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, di
     head standardisation is still the identity (:func:`~medtransfer.models.fusion.calibrate`)."""
     if spec.get("members"):
         return fusion_model(spec, num_classes)
+    if spec.get("segmentation"):
+        return segmentation_model(spec, num_classes)
     init_spec = spec["init"]
     # create_kwargs: a slim top (WT-RI with slim) changes the architecture itself
     create_kwargs = {**spec["arch_options"],
@@ -121,8 +124,33 @@ def fusion_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, dict, d
     return network, record, {"members": kwargs, "input_sizes": sizes, "widths": widths}
 
 
+def segmentation_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, dict, dict]:
+    """A :class:`~medtransfer.models.segmentation.SegmentationNetwork`: the encoder is the run's
+    architecture initialised exactly as a classification run's (``spec["init"]``: every init
+    applies), its classifier then removed; the U-Net decoder is random (drawn under the run's
+    seed). The init record says both; ``create_kwargs`` are the encoder's."""
+    encoder, record, create_kwargs = initialised_model({**spec, "segmentation": None}, 1)
+    options = spec["segmentation"]
+    size = input_size(spec) or data.read_info(spec["cache"]).image_size
+    torch.manual_seed(spec["seed"])
+    network = segmentation.build(encoder, num_classes, size, decoder=options["decoder"],
+                                 decoder_channels=options["decoder_channels"])
+    record["blocks"] = [block for block in record["blocks"] if block["block"] != models.HEAD]
+    record["blocks"].append({"block": models.HEAD, "origin": "random", "tensors": len(network.decoder.state_dict()),
+                             "module": f"{options['decoder']} decoder (segmentation_models_pytorch UnetDecoder + "
+                                       "SegmentationHead), smp's initialisation under the run's seed"})
+    record["segmentation"] = {**network.config, "encoder": f"{spec['arch']} with the init above applied to its "
+                              "canonical blocks; its classifier removed", "decoder_origin": "random"}
+    return network, record, create_kwargs
+
+
 def write_predictions(path: Path, evaluations: dict[str, Any], task: str, class_names: list[str]) -> None:
-    """predictions.h5: per split ``scores`` float32 [N, K] and ``labels`` (loader order = cache order)."""
+    """predictions.h5: per split ``scores`` float32 [N, K] and ``labels`` (loader order = cache order).
+
+    Segmentation (bounded whatever the image size): ``scores`` is each image's Dice per class
+    [N, K], ``labels`` its true pixels per class [N, K]; ``example_masks`` uint8 [E, H, W] and
+    ``example_scores`` float16 [E, K, H, W] (softmax) are those of the split's first E images.
+    """
     with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as handle:
         handle.attrs["task"] = task
         handle.attrs["class_names"] = np.array(class_names, dtype=h5py.string_dtype())
@@ -130,6 +158,8 @@ def write_predictions(path: Path, evaluations: dict[str, Any], task: str, class_
             group = handle.create_group(split)
             group.create_dataset("scores", data=evaluation.scores.astype(np.float32))
             group.create_dataset("labels", data=evaluation.labels)
+            for name, values in getattr(evaluation, "extras", {}).items():  # segmentation examples
+                group.create_dataset(name, data=values, compression="gzip")
 
 
 def finetune(spec: dict, *, device: str | None = None, progress: bool = True) -> dict:
@@ -146,14 +176,15 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
     info = data.read_info(spec["cache"])
     model, record, create_kwargs = initialised_model(spec, info.num_classes)
     train_labels = data.read_labels(spec["cache"], "train")
-    train_indices = data.subset_indices(train_labels, spec["fraction"], spec["seed"],
-                                        num_classes=info.num_classes, dataset=spec["dataset"])
+    train_indices = data.train_subset(info.task, train_labels, spec["fraction"], spec["seed"],
+                                      num_classes=info.num_classes, dataset=spec["dataset"])
     loaders = make_loaders(spec, torch_device, train_indices)
     if isinstance(model, FusionNetwork):  # the linear protocol's standardisation, from the start weights
         calibrate(model.to(torch_device), spec_loader(spec, "train", torch_device, indices=train_indices),
                   torch_device)
     saved = {"arch": spec["arch"], "num_classes": info.num_classes, "create_kwargs": create_kwargs,
-             "init": spec["init"], **({"fusion": True} if isinstance(model, FusionNetwork) else {})}
+             "init": spec["init"], **({"fusion": True} if isinstance(model, FusionNetwork) else {}),
+             **({"segmentation": model.config} if isinstance(model, segmentation.SegmentationNetwork) else {})}
     torch_save({"state_dict": model.state_dict(), **saved}, run_dir / "init.pt")
     write_json(run_dir / "init.json", {"run": spec["run"], **record})
 
@@ -163,7 +194,8 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
                  precision=precision, progress=progress)
 
     model.load_state_dict(result.best_state)
-    evaluations = {split: evaluate(model, loaders[split], info.task, torch_device, precision)
+    examples = (spec.get("segmentation") or {}).get("examples", 0)
+    evaluations = {split: evaluate(model, loaders[split], info.task, torch_device, precision, examples=examples)
                    for split in ("val", "test")}
     with atomic_path(run_dir / "history.csv") as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
@@ -172,6 +204,7 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
     metrics = {
         "run": spec["run"],
         "task": info.task,
+        **({"class_names": info.class_names} if info.task == "segmentation" else {}),
         "test": evaluations["test"].metrics,
         "val": evaluations["val"].metrics,
         "best_epoch": result.best_epoch,

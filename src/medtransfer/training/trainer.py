@@ -20,7 +20,8 @@ import torch
 
 from medtransfer.errors import DataError
 from medtransfer.training.loop import Preempted, lr_factor, make_optimizer, train_epochs
-from medtransfer.training.metrics import classification_metrics, loss_function, scores_from_logits
+from medtransfer.training.metrics import (DEFAULT_VALIDATION_METRICS, VALIDATION_METRICS, loss_function,
+                                          score_collector)
 from medtransfer.training.precision import Precision, autocast, cpu_has_bf16_units, precision_for
 
 __all__ = ["Evaluation", "FitResult", "Precision", "Preempted", "SupervisedObjective", "autocast",
@@ -33,20 +34,25 @@ log = logging.getLogger(__name__)
 class Evaluation:
     loss: float
     metrics: dict[str, float]
-    scores: np.ndarray  # [N, K] probabilities
-    labels: np.ndarray
+    scores: np.ndarray  # [N, K] probabilities (segmentation: per-image Dice per class)
+    labels: np.ndarray  # (segmentation: per-image true pixels per class)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # segmentation: example masks and scores
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, task: str, device: torch.device, precision: Precision) -> Evaluation:
-    """Loss, metrics, scores and labels of a whole split in the loader's order.
+def evaluate(model: torch.nn.Module, loader, task: str, device: torch.device, precision: Precision,
+             examples: int = 0) -> Evaluation:
+    """Loss, metrics, scores and labels of a whole split in the loader's order (what is kept per
+    batch is the task's: :func:`medtransfer.training.metrics.score_collector`; ``examples``: the
+    first images' masks and probabilities a segmentation evaluation keeps).
 
     Always in float32, also when training autocasts: bf16 logits have 8 mantissa bits, so scores
     tie and AUC moves in the 4th digit (and with it the best-validation epoch). Evaluation is a
     small part of the time, so the published protocols' float32 numbers are kept.
     """
     model.eval()
-    losses, all_scores, all_labels, n = 0.0, [], [], 0
+    losses, n = 0.0, 0
+    collector = score_collector(task, examples)
     for x, y in loader:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -57,11 +63,9 @@ def evaluate(model: torch.nn.Module, loader, task: str, device: torch.device, pr
         weight = int((~torch.isnan(y)).sum()) if task == "multilabel" else len(y)
         losses += float(loss_function(task, logits, y)) * weight
         n += weight
-        all_scores.append(scores_from_logits(task, logits).cpu())
-        all_labels.append(y.cpu())
-    scores = torch.cat(all_scores).numpy()
-    labels = torch.cat(all_labels).numpy()
-    return Evaluation(losses / max(n, 1), classification_metrics(task, labels, scores), scores, labels)
+        collector.add(logits, y)
+    scores, labels, metrics, extras = collector.result()
+    return Evaluation(losses / max(n, 1), metrics, scores, labels, extras)
 
 
 @dataclass
@@ -84,6 +88,8 @@ def _selection_score(row: dict[str, Any], select_on: str) -> float:
                 "or the split files), or set train.select_on: val_loss (or last)."
             )
         return row["val_auc"]
+    if select_on == "val_dice":  # segmentation; never NaN (an image with nothing to find scores 1)
+        return row["val_dice"]
     if select_on == "val_loss":
         return -row["val_loss"]
     return float(row["epoch"])  # "last": every epoch is better than the one before
@@ -116,13 +122,14 @@ class SupervisedObjective:
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         val = evaluate(self.module, self.val_loader, self.task, self.device, self.precision)
-        row.update(val_loss=val.loss, val_auc=val.metrics["auc"], val_acc=val.metrics["acc"])
+        names = VALIDATION_METRICS.get(self.task, DEFAULT_VALIDATION_METRICS)
+        row.update(val_loss=val.loss, **{f"val_{name}": val.metrics[name] for name in names})
         score = _selection_score({**row, "epoch": epoch + 1}, self.select_on)
         if score > self.best_score:
             self.best_score, self.best_epoch = score, epoch + 1
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
-        log.info("epoch %d train_loss %.4f val_loss %.4f val_auc %.4f val_acc %.4f", epoch + 1,
-                 row["train_loss"], val.loss, val.metrics["auc"], val.metrics["acc"])
+        log.info("epoch %d train_loss %.4f val_loss %.4f %s", epoch + 1, row["train_loss"], val.loss,
+                 " ".join(f"val_{name} {val.metrics[name]:.4f}" for name in names))
 
     def state_dict(self) -> dict[str, Any]:
         return {"best_state": self.best_state, "best_epoch": self.best_epoch, "best_score": self.best_score}
