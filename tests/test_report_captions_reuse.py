@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import REPO
 from medtransfer.report.captions import CAPTIONS, caption_text, missing_captions
 from test_report import plain, render_rst, run_row, write
 
@@ -292,13 +294,42 @@ def test_representation_gain_caption_says_when_rho_is_undefined(tmp_path):
     assert "block1 ρ undefined (n = 2)" in out and "p < 0.05 in 0 of 2 blocks" in out
 
 
-def test_the_new_captions_render_through_the_report_template(tmp_path):
-    """Every caption of this module through docutils with its data (the rst of each test above is
-    rendered too; here all at once, as the report holds them)."""
+def test_the_new_captions_render_through_the_report_template(tmp_path, monkeypatch):
+    """Every caption of this module with its data through workflow/report/figure.rst (Jinja2, then
+    docutils with the include resolved from the working directory), as `snakemake --report` does."""
     inputs = {"weight_drift": drift_frame(), "reinit": reinit_frame(), "layer_knn": knn_frame(),
               "filters": kernels_frame(), "fid_gain": fid_frame(), "fid_st_share": fid_frame(),
               "prediction_similarity": predictions_frame(), "representation_gain": representation_frame()}
+    template = (REPO / "workflow" / "report" / "figure.rst").read_text()
+    monkeypatch.chdir(tmp_path)
     for name, frame in inputs.items():
-        path: Path = write(frame, tmp_path, name)
-        html = render_rst(caption_text(name, path))
-        assert "What this run found" in html and "<li>" in html, name
+        caption = Path(f"results/figures/{name}.rst")
+        caption.parent.mkdir(parents=True, exist_ok=True)
+        caption.write_text(caption_text(name, write(frame, tmp_path, name)))
+        output = {"caption": str(caption), "pdf": f"results/figures/{name}.pdf"}
+        html = render_rst(jinja2.Environment().from_string(template).render(snakemake={"output": output}))
+        assert "What this run found" in html and "<li>" in html and f"results/figures/{name}.pdf" in html, name
+
+
+def test_the_domain_captions_read_what_the_analyses_write(tmp_path):
+    """fid_gain.csv, prediction_similarity.csv and representation_gain_runs.csv of a small study
+    as the analysis functions write them (tests/test_figures.py): every point has its numbers."""
+    from test_figures import add_domain_results, make_results
+
+    paths = add_domain_results(tmp_path, make_results(tmp_path, seeds=(0, 1)))
+    gains = pd.read_csv(paths["fid_gain"])
+    text = found(caption_text("fid_gain", paths["fid_gain"]))
+    for row in gains.dropna(subset=["wt_gain_mean"]).itertuples():
+        assert f"{row.dataset} from natural, FID(shapes, {row.dataset}) {row.fid:.1f}: {row.wt_gain_mean:+.3f}" in text
+    shares = found(caption_text("fid_st_share", paths["fid_gain"]))
+    for row in gains.itertuples():
+        assert (f"{row.st_share:.2f} (WT − RI" in shares) if np.isfinite(row.st_share) else (row.note in shares)
+    for name in ("prediction_similarity", "representation_gain"):
+        kind = "representation_gain_runs" if name == "representation_gain" else name
+        render_rst(caption_text(name, paths[kind]))
+    points = pd.read_csv(paths["representation_gain_runs"])
+    points = points[points["measure"] == points["measure"].iloc[0]]  # no debiased CKA here: the first measure
+    text = found(caption_text("representation_gain", paths["representation_gain_runs"]))
+    for (dataset, arch), rows in points.groupby(["dataset", "arch"]):  # the study has similarities of one target
+        n = rows.groupby("block")["gain"].count().iloc[0]
+        assert f"- **{dataset} · {arch}**" in text and f", n = {n})" in text
