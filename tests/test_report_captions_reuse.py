@@ -287,6 +287,14 @@ def test_representation_gain_caption_gives_spearman_and_n_per_block(measure, tmp
     render_rst(text)
 
 
+def test_representation_gain_caption_falls_back_to_the_measure_the_figure_draws(tmp_path):
+    frame = representation_frame().sort_values("measure", ascending=False, kind="stable")  # svcca rows first
+    path = write(frame, tmp_path, "r")
+    # a measure the CSV lacks: the figure draws the CSV's first (svcca), not its default
+    assert "debiased" not in found(caption_text("representation_gain", path, measure="pwcca"))
+    assert "debiased" in found(caption_text("representation_gain", path))  # the default, present
+
+
 def test_representation_gain_caption_says_when_rho_is_undefined(tmp_path):
     frame = representation_frame()
     frame = frame[(frame["dataset"] == "lesions") & (frame["seed"] == 0)]  # 2 runs: no rank correlation

@@ -394,9 +394,11 @@ def _representation_gain(frame: pd.DataFrame, measure: str | None = None) -> lis
     frame = frame.dropna(subset=["similarity", "gain"])
     if frame.empty:
         return ["no runs with both a similarity and a gain over RI"]
-    # the measure the figure draws: the one named, else the figure's default, else the first
-    measure = next(m for m in (measure, DRAWN_MEASURE, str(frame["measure"].iloc[0]))
-                   if m is not None and (frame["measure"] == m).any())
+    # the measure the figure draws: the one named (else the figure's default) when the CSV has it,
+    # else the CSV's first, the same fallback as plot_representation_gain
+    measure = measure or DRAWN_MEASURE
+    if not (frame["measure"] == measure).any():
+        measure = str(frame["measure"].iloc[0])
     frame = frame[frame["measure"] == measure]
     pooled = frame["dataset"].nunique() > 1
     panels = _groups(frame, ("dataset", "arch"))
