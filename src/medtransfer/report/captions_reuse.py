@@ -5,7 +5,7 @@ its end, so ``CAPTIONS`` is complete whichever of the two is imported first). Sa
 each function gets the figure's tidy CSV and returns one bullet per panel of the figure, means ±
 sample sd over seeds with the seed count.
 
-The "What the paper found" paragraphs keep to what /work/shared/REFERENCES.md records; a finding
+The "What the paper found" paragraphs keep to what REFERENCES.md (the shared reference facts) records; a finding
 taken from elsewhere (the analysis modules' docstrings) is marked second-hand, as that file asks.
 """
 
@@ -63,7 +63,7 @@ def _metric_text(rows: pd.DataFrame, metric: str) -> str:
 
 
 def _per_block(runs: pd.DataFrame, value: str) -> pd.DataFrame:
-    """mean, sd and seed count of ``value`` per block of one init, in block order."""
+    """mean and seed count of ``value`` per block of one init, in block order."""
     grouped = runs.groupby(["block_index", "block"])[value]
     table = pd.DataFrame({"mean": grouped.mean(), "n": grouped.count()}).reset_index()
     return table.sort_values("block_index", kind="stable").reset_index(drop=True)
@@ -133,7 +133,7 @@ def _weight_drift(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     change.""",
     paper="""Matsoukas et al. 2022 test each layer's robustness to re-initialisation (after Zhang,
     Bengio & Singer 2019, "Are all layers created equal?") to find which layers the fine-tuned
-    network depends on (its critical layers), under WT, ST and RI alike.""",
+    network depends on (its critical layers).""",
 )
 def _reinit(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame, metric = _metric_rows(frame)
@@ -165,9 +165,9 @@ def _reinit(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     subset as memory and the test split as queries; blocks from input to head on x, one colour per
     initialisation, solid after fine-tuning and dashed at init (mean over seeds, band ± sample
     sd). A block that scores well at init already carries features the target can use.""",
-    paper="""Matsoukas et al. 2022 run a layer-wise k-NN (k = 200) on the features of every layer,
-    at initialisation and after fine-tuning, to see at which depth WT's transferred features
-    become useful for the target and how far fine-tuning moves that.""",
+    paper="""Matsoukas et al. 2022 run a layer-wise k-NN (k = 200) on the features of every layer
+    to see at which depth the transferred features become useful for the target; the dashed lines
+    add what each initialisation gave before any fine-tuning.""",
 )
 def _layer_knn(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame, metric = _metric_rows(frame)
@@ -201,8 +201,8 @@ def _layer_knn(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     each kernel's pattern, not its scale; the change in scale is given below.""",
     paper="""Raghu et al. 2019 found that pretrained and randomly initialised networks' representations
     differ most in the lowest layers and that large models move less from their initialisation;
-    the first convolution is where both can be seen directly, and Raghu et al. and Juodelyte et al.
-    draw its filters.""",
+    the first convolution is where both can be seen directly (Raghu et al. and Juodelyte et al.
+    look at its filters, as the filters analysis cites them; second-hand).""",
 )
 def _filters(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     if frame.empty:
@@ -254,9 +254,12 @@ def _fid_pair(row) -> str:
 
 
 def _rank_text(fid: pd.Series, value: pd.Series, what: str) -> str:
-    """The direction of ``value`` with FID over a panel's (source, target) pairs."""
+    """The direction of ``value`` with FID over a panel's (source, target) pairs; two pairs rank
+    trivially (ρ = ±1), so a trend is stated from three."""
     ok = fid.notna() & value.notna()
     fid, value = fid[ok], value[ok]
+    if len(fid) == 2:
+        return "; 2 pairs: too few for a trend with FID"
     if len(fid) < 2 or fid.nunique() < 2 or value.nunique() < 2:
         return ""
     rho = stats.spearmanr(fid, value).statistic
