@@ -341,3 +341,14 @@ def test_the_domain_captions_read_what_the_analyses_write(tmp_path):
     for (dataset, arch), rows in points.groupby(["dataset", "arch"]):  # the study has similarities of one target
         n = rows.groupby("block")["gain"].count().iloc[0]
         assert f"- **{dataset} · {arch}**" in text and f", n = {n})" in text
+
+
+def test_the_figure_command_gives_the_representation_gain_caption_the_drawn_measure(tmp_path):
+    """`medtransfer figure representation_gain --measure svcca`: figure and caption both svcca."""
+    from medtransfer.cli import main
+
+    path = write(representation_frame(), tmp_path, "representation_gain_runs")
+    assert main(["figure", "representation_gain", "--input", str(path), "--out", str(tmp_path / "r.pdf"),
+                 "--measure", "svcca"]) == 0
+    text = (tmp_path / "r.rst").read_text()
+    assert "debiased" not in found(text) and (tmp_path / "r.png").is_file()
