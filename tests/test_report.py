@@ -209,9 +209,9 @@ def test_every_caption_renders_as_snakemake_renders_it(metrics, tmp_path, monkey
 
 def test_a_figure_without_a_caption_of_its_own_gets_the_generic_one(metrics, monkeypatch):
     frame, path = metrics
-    monkeypatch.setitem(FIGURE_INPUTS, "weight_drift", "metrics")  # as another branch will add it
-    assert "weight_drift" in missing_captions()
-    text = caption_text("weight_drift", path)
+    monkeypatch.setitem(FIGURE_INPUTS, "brand_new", "metrics")  # as another branch may add one
+    assert missing_captions() == ["brand_new"]
+    text = caption_text("brand_new", path)
     assert "no caption of its own" in text and f"{len(frame)} rows" in text and "``lesions``" in text
     render_rst(text)
     assert layout.figure_place("weight_drift").category == layout.FEATURE_REUSE
@@ -315,13 +315,19 @@ def test_front_page_names_the_study_its_sizes_time_and_commands(tmp_path, monkey
 @pytest.mark.parametrize("content", ["", "header"])
 def test_every_caption_says_so_when_its_csv_has_no_rows(content, tmp_path):
     """A study without those runs yet draws a "no data" figure; its caption must not fail either."""
-    from medtransfer.figures.io import HISTORY_COLUMNS, INIT_FINAL_COLUMNS, METRICS_COLUMNS, PAIRS_COLUMNS
+    from medtransfer.analysis.fid_gain import FID_GAIN_COLUMNS
+    from medtransfer.analysis.predictions import PREDICTION_SIMILARITY_COLUMNS
+    from medtransfer.analysis.representation_gain import RUNS_COLUMNS
+    from medtransfer.figures.io import (FILTER_KERNEL_COLUMNS, HISTORY_COLUMNS, INIT_FINAL_COLUMNS, LAYER_KNN_COLUMNS,
+                                        METRICS_COLUMNS, PAIRS_COLUMNS, REINIT_COLUMNS, WEIGHT_DRIFT_COLUMNS)
 
+    # the header each stage writes (the cross-run CSVs: the analysis modules' own column lists)
     headers = {"metrics": METRICS_COLUMNS, "history": HISTORY_COLUMNS, "similarity_init_final": INIT_FINAL_COLUMNS,
-               "similarity_pairs": PAIRS_COLUMNS}
+               "similarity_pairs": PAIRS_COLUMNS, "weight_drift": WEIGHT_DRIFT_COLUMNS, "reinit": REINIT_COLUMNS,
+               "layer_knn": LAYER_KNN_COLUMNS, "filter_kernels": FILTER_KERNEL_COLUMNS, "fid_gain": FID_GAIN_COLUMNS,
+               "prediction_similarity": PREDICTION_SIMILARITY_COLUMNS, "representation_gain_runs": RUNS_COLUMNS}
+    assert missing_captions() == []  # every figure has findings of its own to leave empty
     for name, kind in FIGURE_INPUTS.items():
-        if name in missing_captions():  # the generic caption has no findings to leave empty
-            continue
         path = tmp_path / f"{kind}.csv"
         path.write_text(",".join(headers[kind]) + "\n" if content == "header" else "")
         text = caption_text(name, path, measure="linear_cka")

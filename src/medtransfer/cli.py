@@ -128,7 +128,8 @@ def cmd_figure(args: argparse.Namespace) -> None:
     else:
         function(args.input, args.out)
     # the report's caption, from the same CSV (results/figures/NAME.rst beside the PDF by default)
-    measure = args.measure if kind.startswith("similarity") else None
+    # the caption describes the measure the figure drew (representation_gain draws one too)
+    measure = args.measure if kind.startswith(("similarity", "representation_gain")) else None
     write_caption(args.name, args.input, args.caption or Path(args.out).with_suffix(".rst"), measure=measure)
 
 

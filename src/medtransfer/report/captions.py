@@ -531,3 +531,8 @@ def write_caption(name: str, csv_path: str | Path, out: str | Path, measure: str
     text = caption_text(name, csv_path, measure)
     write_text(out, text)
     return text
+
+
+# The feature-reuse and cross-run figures' captions live in their own module but fill the one
+# registry above; imported last, since that module imports the helpers defined here.
+from medtransfer.report import captions_reuse  # noqa: E402,F401
