@@ -29,6 +29,7 @@ MINIMAL_ENTRIES = {
     "isic2019": {"root": "/data/isic"},
     "pcam": {"root": "/data/pcam"},
     "cbis_ddsm": {"root": "/data/cbis"},
+    "masks": {"root": "/data/lungs", "size": 256},
 }
 # Keys of those entries that may be left out (defaults exist); every other one is required.
 OPTIONAL = {"csv": {"label_column"}}  # one of label_column / label_columns, checked as a pair
@@ -46,6 +47,13 @@ def test_each_required_key_is_checked_without_reading_a_file(fmt):
         broken = {k: v for k, v in entry.items() if k != key}
         with pytest.raises(ConfigError, match=f"datasets.mine: missing key '{key}'"):
             check_entry("mine", broken)
+
+
+def test_a_masks_entry_with_a_gray_value_per_class_missing_is_caught_before_reading():
+    entry = {"format": "masks", "root": "/data/lungs", "size": 256, "classes": ["background", "left", "right"],
+             "mask_values": [0, 255]}
+    with pytest.raises(ConfigError, match=r"datasets.mine.mask_values: one distinct gray value"):
+        check_entry("mine", entry)
 
 
 def test_read_dataset_stops_with_the_same_message_before_reading():
