@@ -406,6 +406,7 @@ def test_every_analysis_is_on_by_default_and_each_can_be_turned_off():
         off = Study(config)
         assert name not in off.figure_names() and name not in off.reuse_tables()
         assert len(off.reuse_figure_names()) == 3
+        assert off.reuse_parts(name) == []  # the collect rule's input, read when the Snakefile loads
     config = reuse_config()
     config["analysis"]["reinit"] = True
     assert Study(config).reuse["reinit"] == {"split": "test", "job": "run"}

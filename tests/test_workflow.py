@@ -165,6 +165,18 @@ def test_a_failing_job_prints_the_end_of_its_log(tmp_path):
     assert f"medtransfer preprocess: error: datasets.mine.root: folder {tmp_path / 'absent'} does not exist" in output
 
 
+def test_every_feature_reuse_and_cross_run_analysis_turned_off_still_plans(tmp_path):
+    config = tiny_config()
+    off = ("weight_drift", "reinit", "layer_knn", "filters", "fid", "prediction_similarity", "representation_gain")
+    config["analysis"].update({name: False for name in off})
+    write_config(tmp_path, config)
+    result = snakemake(tmp_path, "-n", "--cores", "1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    jobs = planned_jobs(result)
+    assert jobs["finetune"] and not set(jobs) & {"weight_drift", "reinit", "layer_knn_group", "filters", "fid_stats",
+                                                  "prediction_similarity", "representation_gain"}
+
+
 def test_dry_run_plans_segmentation_targets_beside_classification(tmp_path):
     config = segmentation_target(tiny_config())
     config["study"]["protocols"] = ["finetune", "knn"]

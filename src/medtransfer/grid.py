@@ -974,7 +974,10 @@ class Study:
         return {"runs": runs, "out": paths.group_analysis(name, dataset, arch, fraction)}
 
     def reuse_parts(self, kind: str) -> list[str]:
-        """The per-run or per-group CSVs that ``analysis_table(kind)`` is collected from."""
+        """The per-run or per-group CSVs that ``analysis_table(kind)`` is collected from (none when
+        the analysis is off: the collect rule is still defined, but nothing asks for it)."""
+        if self.reuse[kind] is None:
+            return []
         if kind in ("reinit", "layer_knn") and self.reuse[kind]["job"] == "run":
             return [paths.run_analysis(kind, run) for run in self.reuse_runs(kind)]
         return [paths.group_analysis(kind, *group) for group in self.reuse_groups(kind)]
