@@ -84,6 +84,28 @@ def test_test_auc_caption_states_gaps_and_best_with_spread(metrics):
     render_rst(caption_text("test_auc", path))
 
 
+def test_dice_captions_read_the_segmentation_runs_of_a_mixed_study(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = [run_row("lesions", init, 1.0, seed, test_auc=0.7, test_dice=np.nan) for init in ("RI", "WT_natural")
+            for seed in (0, 1)]  # a classification target: no Dice, so not in the Dice caption
+    rows += [run_row("masks", init, fraction, seed, test_auc=np.nan,
+                     test_dice={"RI": 0.55, "WT_natural": 0.65}[init] + 0.03 * rng.standard_normal())
+             for init in ("RI", "WT_natural") for fraction in (0.1, 1.0) for seed in (0, 1)]
+    frame = pd.DataFrame(rows)
+    text = plain(caption_text("test_dice", write(frame, tmp_path, "metrics")))
+    masks = frame[frame["dataset"] == "masks"]
+    for fraction, label in ((0.1, "10 %"), (1.0, "100 %")):
+        cell = masks[masks["fraction"] == fraction].groupby("init")["test_dice"].mean()
+        assert f"{cell['WT_natural'] - cell['RI']:+.3f} at {label}" in text
+    assert "masks" in text and "lesions" not in text
+    history = pd.DataFrame([run_row("masks", init, 1.0, seed, epoch=epoch, val_dice=value)
+                            for init, curves in {"RI": ([0.2, 0.5], [0.3, 0.6]), "WT_natural": ([0.4, 0.7], [0.5, 0.7])}.items()
+                            for seed, curve in enumerate(curves) for epoch, value in enumerate(curve, start=1)])
+    text = plain(caption_text("convergence_dice", write(history, tmp_path, "history")))
+    assert f"RI {np.mean([0.2, 0.3]):.3f} → {np.mean([0.5, 0.6]):.3f}" in text and "validation Dice" in text
+    render_rst(caption_text("test_dice", tmp_path / "metrics.csv"))
+
+
 def test_init_comparison_caption_gives_the_share_of_the_gap_st_closes(metrics):
     frame, path = metrics
     text = plain(caption_text("init_comparison", path))

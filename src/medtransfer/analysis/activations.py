@@ -88,15 +88,20 @@ def load_state(path: str | Path) -> torch.nn.Module:
     if saved.get("fusion"):
         raise ConfigError(f"{path}: the weights of a fusion of several backbones (init "
                           f"{saved['init']['label']}); block-wise analyses read runs of one network")
-    if saved.get("segmentation"):  # an encoder under a decoder: blocks() gives the encoder's, then the decoder
+    model = network_of(saved)
+    model.load_state_dict(saved["state_dict"])
+    return model
+
+
+def network_of(saved: dict) -> torch.nn.Module:
+    """The (untrained) network a fine-tuning checkpoint's weights belong to: the classifier, or
+    for a segmentation run its encoder under the decoder (blocks: the encoder's, then the decoder)."""
+    if saved.get("segmentation"):
         from medtransfer.models.segmentation import SegmentationNetwork
 
         encoder = models.create(saved["arch"], 1, in_chans=3, **saved["create_kwargs"])
-        model = SegmentationNetwork.from_config(encoder, saved["num_classes"], saved["segmentation"])
-    else:
-        model = models.create(saved["arch"], saved["num_classes"], in_chans=3, **saved["create_kwargs"])
-    model.load_state_dict(saved["state_dict"])
-    return model
+        return SegmentationNetwork.from_config(encoder, saved["num_classes"], saved["segmentation"])
+    return models.create(saved["arch"], saved["num_classes"], in_chans=3, **saved["create_kwargs"])
 
 
 def extract(spec: dict, device: torch.device) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-from medtransfer import models
 from medtransfer.errors import DataError
 
 
@@ -46,7 +45,9 @@ def read_checkpoint(run_dir: str | Path, state: str, run: str) -> dict[str, Any]
 
 def build_model(saved: dict[str, Any], run: str, path: str | Path) -> torch.nn.Module:
     """The model a checkpoint was saved from, with its weights (as ``analysis.activations.load_state``)."""
-    model = models.create(saved["arch"], saved["num_classes"], in_chans=3, **saved["create_kwargs"])
+    from medtransfer.analysis.activations import network_of
+
+    model = network_of(saved)
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError as error:

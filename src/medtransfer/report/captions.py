@@ -183,10 +183,15 @@ METRICS_COLUMNS = RUN_COLUMNS + ("test_auc",)
     init (RI) growing as the dataset shrinks.""",
 )
 def _test_auc(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
-    frame = _finetune(frame, "test_auc")
+    return _test_metric(frame, "test_auc") or ["no fine-tuning runs with a test AUC"]
+
+
+def _test_metric(frame: pd.DataFrame, metric: str) -> list[str]:
+    """Per panel: the best init at each fraction and every init's gap to the baseline, in ``metric``."""
+    frame = _finetune(frame, metric)
     lines = []
     for (dataset, arch), runs in _groups(frame, ("dataset", "arch")):
-        stats = _stats(runs, ("init", "fraction"), "test_auc")
+        stats = _stats(runs, ("init", "fraction"), metric)
         inits = sort_inits(runs["init"])
         fractions = sorted(runs["fraction"].unique())
         base = _baseline(inits)
@@ -195,7 +200,7 @@ def _test_auc(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
         for fraction in fractions:
             cell = stats[stats["fraction"] == fraction].sort_values("mean", ascending=False)
             top = cell.iloc[0]["init"]
-            values = runs.loc[(runs["fraction"] == fraction) & (runs["init"] == top), "test_auc"]
+            values = runs.loc[(runs["fraction"] == fraction) & (runs["init"] == top), metric]
             best.append(f"{lit(top)} {mean_sd(values)} at {pct(fraction)}")
         lines.append("  best: " + "; ".join(best))
         for init in inits:
@@ -203,8 +208,8 @@ def _test_auc(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
                 continue
             gaps = []
             for fraction in fractions:
-                a = runs.loc[(runs["fraction"] == fraction) & (runs["init"] == init), "test_auc"]
-                b = runs.loc[(runs["fraction"] == fraction) & (runs["init"] == base), "test_auc"]
+                a = runs.loc[(runs["fraction"] == fraction) & (runs["init"] == init), metric]
+                b = runs.loc[(runs["fraction"] == fraction) & (runs["init"] == base), metric]
                 if len(a) and len(b):
                     gaps.append((fraction, a.mean() - b.mean()))
             if not gaps:
@@ -213,7 +218,24 @@ def _test_auc(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
             if len(gaps) > 1 and gaps[0][1] > max(gaps[-1][1], 0.0):
                 text += f" (larger with {pct(gaps[0][0])} of the data)"
             lines.append(f"  {lit(init)} − {lit(base)}: {text}")
-    return lines or ["no fine-tuning runs with a test AUC"]
+    return lines
+
+
+@caption(
+    "test_dice",
+    columns=RUN_COLUMNS,  # test_dice exists only once a study has a segmentation target
+    shows="""Test Dice of every fine-tuning run of a segmentation target (a U-Net decoder over the
+    initialised encoder; the foreground classes' mean Dice per image, averaged over images), one
+    panel per target and architecture: x is the fraction of the training images, colour the
+    initialisation, each dot a seed and the tick with whiskers the mean ± sample sd.""",
+    paper="""Hosseinzadeh Taher et al. 2021 evaluate every source on segmentation (SIIM-ACR
+    pneumothorax, DRIVE vessels, Montgomery lungs) as well as classification, and find that what
+    transfers best differs between the two: fine-grained (iNat2021) pretraining is better for
+    segmentation, supervised ImageNet classification for classification.""",
+)
+def _test_dice(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+    lines = _test_metric(frame, "test_dice") if "test_dice" in frame else []
+    return lines or ["no fine-tuning runs with a test Dice"]
 
 
 @caption(
@@ -342,20 +364,39 @@ HISTORY_COLUMNS = RUN_COLUMNS + ("epoch", "val_auc")
     statistics alone (Mean-Var) recover much of that speed-up.""",
 )
 def _convergence(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
-    frame = frame.dropna(subset=["val_auc"])
+    return _convergence_of(frame, "val_auc", "validation AUC") or ["no validation AUC in the history"]
+
+
+def _convergence_of(frame: pd.DataFrame, metric: str, label: str) -> list[str]:
+    """Per panel: each init's mean ``metric`` at the first and the last epoch."""
+    frame = frame.dropna(subset=[metric])
     lines = []
     for (dataset, arch, fraction), runs in _groups(frame, ("dataset", "arch", "fraction")):
         first, last = int(runs["epoch"].min()), int(runs["epoch"].max())
         parts = []
         for init in sort_inits(runs["init"]):
             rows = runs[runs["init"] == init]
-            start = rows.loc[rows["epoch"] == first, "val_auc"]
-            end = rows.loc[rows["epoch"] == last, "val_auc"]
+            start = rows.loc[rows["epoch"] == first, metric]
+            end = rows.loc[rows["epoch"] == last, metric]
             parts.append(f"{lit(init)} {num(start.mean())} → {num(end.mean())}")
         n = runs.groupby("init")["seed"].nunique()
-        lines.append(f"{panel(dataset, arch, fraction)}, mean validation AUC at epoch {first} → epoch {last} "
+        lines.append(f"{panel(dataset, arch, fraction)}, mean {label} at epoch {first} → epoch {last} "
                      f"({seeds_text(n)}): " + ", ".join(parts))
-    return lines or ["no validation AUC in the history"]
+    return lines
+
+
+@caption(
+    "convergence_dice",
+    columns=RUN_COLUMNS + ("epoch",),  # val_dice likewise
+    shows="""Validation Dice after every epoch of fine-tuning a segmentation target, one line per
+    initialisation (mean over seeds, band ± sample sd), one panel per dataset, fraction of the
+    training images and architecture.""",
+    paper="""Raghu et al. 2019 found that pretrained weights speed up convergence of classifiers;
+    this asks the same of an encoder under a randomly initialised decoder.""",
+)
+def _convergence_dice(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+    lines = _convergence_of(frame, "val_dice", "validation Dice") if "val_dice" in frame else []
+    return lines or ["no validation Dice in the history"]
 
 
 @caption(
