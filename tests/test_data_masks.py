@@ -192,6 +192,18 @@ def test_bad_keys_are_config_errors(lung_set):
         read_dataset("lungs", lung_entry(root, classes=["lung"]))
 
 
+def test_a_version_1_classification_cache_is_read_as_it_is(tmp_path):
+    """Version 2 changed nothing for classification: an old cache needs no new conversion."""
+    out = tmp_path / "old.h5"
+    build_cache("plain", synthetic_entry(task="lesion_presence"), out, progress=False)
+    images, labels = read_split(out, "val")
+    with h5py.File(out, "r+") as h5:
+        h5.attrs["schema_version"] = 1
+    old_images, old_labels = read_split(out, "val")
+    assert read_info(out).task == "binary" and np.array_equal(images, old_images)
+    assert np.array_equal(labels, old_labels)
+
+
 def test_old_schema_cache_is_refused_with_the_fix(tmp_path):
     out = tmp_path / "old.h5"
     build_cache("seg", synthetic_entry(), out, progress=False)

@@ -16,9 +16,11 @@ Layout (schema version :data:`SCHEMA_VERSION`):
 :func:`read_info` and :func:`read_split` read it and fail with a DataError naming the file and
 the fix on a missing, truncated or foreign file or another schema version.
 
-Schema versions: 1 had no masks; 2 (segmentation targets) adds them. A version-1 file is refused
-with the fix (delete it, rerun the preprocess rule): the two differ only for segmentation, but
-one version per layout keeps the check a single comparison.
+Schema versions: 1 had no masks; 2 (segmentation targets) adds them. A version-1 cache of a
+classification dataset has exactly the layout version 2 writes for one, so it is read as it is:
+converting CheXpert again (hours) for a field it cannot have would help nobody. A segmentation
+cache must be version 2; anything else (a version-1 file claiming masks, an unknown version) is
+refused with the fix (delete it, rerun the preprocess rule).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from medtransfer.data.formats import RESIZE_MODES, SPLITS
 from medtransfer.errors import ConfigError, DataError
 
 SCHEMA_VERSION = 2
+CLASSIFICATION_VERSIONS = (1, 2)  # the classification layout did not change from 1 to 2
 CHUNK_BYTES = 64 << 20  # images converted per step: bounds memory for any dataset size
 REQUIRED_ATTRS = ("name", "task", "class_names", "source", "source_checksum", "image_size", "channels",
                   "mean", "std", "schema_version")
@@ -127,10 +130,12 @@ def open_cache(path: str | Path) -> Iterator[h5py.File]:
         raise DataError(f"dataset cache {path} is truncated or not an HDF5 file ({err}); {_fix(path)}") from None
     with h5:
         version = h5.attrs.get("schema_version")
-        if version is None or int(version) != SCHEMA_VERSION:
+        segmentation = h5.attrs.get("task") == "segmentation"
+        readable = (SCHEMA_VERSION,) if segmentation else CLASSIFICATION_VERSIONS
+        if version is None or int(version) not in readable:
             raise DataError(f"dataset cache {path} has schema version {version}, this medtransfer reads version "
                             f"{SCHEMA_VERSION}; {_fix(path)}")
-        datasets = ("images", "labels", "masks") if h5.attrs.get("task") == "segmentation" else ("images", "labels")
+        datasets = ("images", "labels", "masks") if segmentation else ("images", "labels")
         missing = [a for a in REQUIRED_ATTRS if a not in h5.attrs] + [
             f"{s}/{d}" for s in SPLITS for d in datasets if f"{s}/{d}" not in h5]
         if missing:
