@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 from medtransfer.data import make_loader
 from medtransfer.data.streaming import build_cache_resumable
 from medtransfer.errors import ConfigError
@@ -248,3 +249,25 @@ def test_a_source_pretraining_with_several_processes_is_checked_too():
     config["sources"]["natural"]["pretrain"]["training"] = {"gpus_per_job": 4, "batch_size": 30}
     with pytest.raises(ConfigError, match=r"sources\.natural\.pretrain\.training\.batch_size: 30"):
         Study(config)
+
+
+def test_the_rules_ask_for_the_jobs_gpus_and_launch_torchrun_only_for_several(tmp_path):
+    """A dry run: fine-tunes with gpus_per_job 2 ask gpu=2 and run under torchrun; pretraining
+    with its own gpus_per_job 1 stays the plain CLI on one GPU."""
+    config = tiny_config()
+    config["train"]["gpus_per_job"] = 2
+    config["pretrain"]["gpus_per_job"] = 1
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                             "-n", "-p", "--cores", "4", "--resources", "gpu=4", "--until", "finetune"],
+                            capture_output=True, text=True, timeout=TIMEOUT_S,
+                            env={**ENV, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{ENV.get('PATH', '')}"})
+    assert result.returncode == 0, result.stderr
+    blocks = result.stdout.split("\n\n")
+    finetunes = [b for b in blocks if "rule finetune:" in b]
+    pretrains = [b for b in blocks if "rule pretrain:" in b]
+    assert len(finetunes) == 4 and len(pretrains) == 1, result.stdout[-3000:]  # 2 inits x 2 seeds
+    for block in finetunes:
+        assert "gpu=2" in block and "torchrun --standalone --nproc_per_node 2 -m medtransfer.cli finetune" in block
+    assert "gpu=1" in pretrains[0] and "medtransfer pretrain --spec" in pretrains[0], pretrains[0]
+    assert "torchrun" not in pretrains[0]
