@@ -29,6 +29,7 @@ from medtransfer.data import make_loader
 from medtransfer.data.streaming import build_cache_resumable
 from medtransfer.errors import ConfigError
 from medtransfer.grid import Study
+from medtransfer.training.finetune import finetune
 
 TIMEOUT_S = 240
 EPOCHS, STEPS_PER_EPOCH, BATCH = 2, 8, 32
@@ -116,10 +117,20 @@ def metrics(setup: Setup, workdir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def jobs(setup):
-    """The uninterrupted 1-process and 2-process runs, started side by side."""
+    """The uninterrupted 1-process and 2-process runs, side by side."""
     one, two = setup.workdir("one"), setup.workdir("two")
-    processes = {"one": (one, start(one, 1)), "two": (two, start(two, 2))}
-    yield {name: finished(workdir, process) for name, (workdir, process) in processes.items()}
+    process = start(two, 2)
+    # the 1-process run in this process, on one thread as each of the two workers, while they run
+    # (a third interpreter would import torch again: seconds on this machine)
+    threads, cwd = torch.get_num_threads(), os.getcwd()
+    try:
+        torch.set_num_threads(1)
+        os.chdir(one)
+        finetune(json.loads((one / "spec.json").read_text()), device="cpu", progress=False)
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+    yield {"one": one, "two": finished(two, process)}
 
 
 def test_each_process_reads_its_share_of_every_global_batch_and_the_same_augmentation(setup):
@@ -192,7 +203,7 @@ def test_one_and_two_processes_reach_the_same_weights_and_metrics(setup, jobs):
             assert m2[split][name] == pytest.approx(m1[split][name], abs=1e-3), (split, name)
     assert (m1["provenance"]["world_size"], m1["provenance"]["backend"]) == (1, None)
     assert (m2["provenance"]["world_size"], m2["provenance"]["backend"]) == (2, "gloo")
-    # rank 0 alone wrote: one log line per finished run, no stray temp files
+    # rank 0 alone wrote: one "run ... test" line, no stray temp files
     assert (jobs["two"] / "job.log").read_text().count("INFO medtransfer: run ") == 1
     assert not [p for p in setup.run_dir(jobs["two"]).iterdir() if p.name.startswith(".")]
 
@@ -271,3 +282,48 @@ def test_the_rules_ask_for_the_jobs_gpus_and_launch_torchrun_only_for_several(tm
         assert "gpu=2" in block and "torchrun --standalone --nproc_per_node 2 -m medtransfer.cli finetune" in block
     assert "gpu=1" in pretrains[0] and "medtransfer pretrain --spec" in pretrains[0], pretrains[0]
     assert "torchrun" not in pretrains[0]
+
+
+def _simclr_loss_worker(rank: int, size: int, init_file: str, out: str) -> None:
+    """One process of a 2-process group: SimCLR's loss on its share of a fixed batch of views."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
+    try:
+        views = simclr_views()
+        loss = simclr_method().loss([v[rank::size] for v in views], 0)
+        torch.save(float(loss), Path(out) / f"{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def simclr_method():
+    from medtransfer import models
+    from medtransfer.training import ssl
+
+    torch.manual_seed(0)
+    backbone = models.create("cbr_tiny", 2, in_chans=3, width=0.125)
+    method = ssl.build("simclr", backbone, ssl.resolve_options("simclr", None, "test"), steps_per_epoch=1, epochs=1)
+    return method.eval()  # BatchNorm on running statistics: each image's embedding is its own
+
+
+def simclr_views() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return [torch.rand(16, 3, 16, 16, generator=generator) for _ in range(2)]
+
+
+def test_simclr_under_ddp_takes_its_negatives_from_every_process(tmp_path):
+    """lightly's gather_distributed is on in a process group: the mean of the two processes'
+    NT-Xent losses on their halves is the one-process loss of the whole batch (without gathering
+    each half would be its own, smaller, set of negatives and the loss another number)."""
+    # fork: the children inherit the imported modules (spawn would import torch and lightly again)
+    torch.multiprocessing.start_processes(_simclr_loss_worker, args=(2, str(tmp_path / "init"), str(tmp_path)),
+                                          nprocs=2, start_method="fork")
+    gathered = np.mean([torch.load(tmp_path / f"{rank}.pt") for rank in range(2)])
+    method, views = simclr_method(), simclr_views()
+    with torch.no_grad():
+        whole = float(method.loss(views, 0))
+        alone = np.mean([float(method.loss([v[rank::2] for v in views], 0)) for rank in range(2)])
+    assert gathered == pytest.approx(whole, rel=1e-5)
+    assert abs(alone - whole) > 1e-2  # the check above can tell the difference

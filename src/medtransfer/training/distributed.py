@@ -32,7 +32,7 @@ from torch import nn
 
 from medtransfer.devices import select_device
 
-__all__ = ["CPUSyncBatchNorm", "World", "start", "stop", "wrap_loss", "world_size_from_env"]
+__all__ = ["CPUSyncBatchNorm", "World", "joined", "start", "stop", "wrap_loss", "world_size_from_env"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,11 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+
+def joined() -> bool:
+    """True inside a process group of several processes (what the SSL losses gather across)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_size_from_env() -> int:

@@ -32,6 +32,9 @@ class SSLObjective:
     first global view of the last batch).
     """
 
+    #: for DDP: SwAV's prototypes take no gradient while frozen in the first epoch
+    find_unused_parameters = True
+
     def __init__(self, method: SSLMethod, views: Views, *, device: torch.device, precision: Precision,
                  monitor: tuple[Any, Any, int] | None) -> None:
         self.module, self.views, self.device, self.precision = method, views.to(device), device, precision
