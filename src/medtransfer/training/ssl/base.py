@@ -46,6 +46,8 @@ class SSLMethod(nn.Module):
 
     name: ClassVar[str]
     uses: ClassVar[str]  # what the method takes from lightly, for meta.json
+    #: some trainable parameters take no gradient in some steps (DDP must then look for them)
+    unused_parameters: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, options: dict[str, Any], *, steps_per_epoch: int,
                  epochs: int) -> None:

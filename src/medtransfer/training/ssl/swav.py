@@ -26,6 +26,7 @@ from .base import METHODS, SSLMethod
 class SwAV(SSLMethod):
     name = "swav"
     uses = "lightly SwaVProjectionHead, SwaVPrototypes, SwaVLoss (Sinkhorn-Knopp)"
+    unused_parameters = True  # the prototypes take no gradient while frozen (the first epoch)
 
     def __init__(self, backbone, options, **kwargs) -> None:
         super().__init__(backbone, options, **kwargs)
