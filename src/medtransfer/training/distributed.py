@@ -23,9 +23,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -74,6 +77,26 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every process's ``obj`` (picklable), in rank order, on every process."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def seed_streams(self) -> None:
+        """Give each process RNG streams of its own, derived from the job's seed and the rank, so
+        dropout masks and SSL views are independent across processes (with the same streams the
+        i-th image of every process would get the same mask and the same crop). Call after the
+        model is built (its init must be the same everywhere); no-op for one process."""
+        if not self.distributed:
+            return
+        seed = int(np.random.SeedSequence([torch.initial_seed(), self.rank]).generate_state(1, np.uint32)[0])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
 
 def joined() -> bool:

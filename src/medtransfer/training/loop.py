@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from medtransfer.training.checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
+from medtransfer.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from medtransfer.training.distributed import World, wrap_loss
 from medtransfer.training.precision import Precision
 
@@ -142,6 +142,7 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
         module.to(memory_format=torch.channels_last)
     batch_loss = wrap_loss(objective, world, device, sync_bn=bool(training.get("sync_batchnorm", True)),
                            find_unused_parameters=bool(getattr(objective, "find_unused_parameters", False)))
+    world.seed_streams()
     optimizer = make_optimizer([p for p in objective.parameters() if p.requires_grad], training["optimizer"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, epochs, training["schedule"]))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.autocast_dtype == torch.float16)
@@ -158,14 +159,19 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
         objective.load_state_dict(resumed["objective"])
         start_epoch, start_batch = resumed["epoch"], resumed["batch"]
         history, elapsed = resumed["history"], resumed["elapsed"]
-        restore_rng_states(resumed["rng"])
+        # each process continues its own streams (one process: the only one, under "rng")
+        streams = resumed.get("rng_ranks")
+        restore_rng_states(streams[world.rank] if world.distributed and streams and len(streams) == world.size
+                           else resumed["rng"])
         log.info("resumed from %s at epoch %d batch %d", checkpoint_path, start_epoch + 1, start_batch)
 
     def checkpoint(epoch: int, batch: int, running_loss: float, seen: int) -> None:
-        if not world.is_main:  # the processes hold the same state; one writes it
+        streams = world.gather(rng_states()) if world.distributed else None
+        if not world.is_main:  # the processes hold the same weights and state; one writes them
             world.barrier()
             return
         save_checkpoint(checkpoint_path, {
+            **({"rng_ranks": streams} if streams is not None else {}),
             "spec_hash": spec_hash, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "objective": objective.state_dict(), "epoch": epoch, "batch": batch,
