@@ -30,7 +30,9 @@ from pathlib import Path
 from medtransfer.data.streaming import build_cache_resumable
 from medtransfer.grid import Study
 
-SETTINGS = {"1 process x 1 thread": (1, 1), "1 process x 2 threads": (1, 2), "2 processes x 1 thread (DDP, gloo)": (2, 2)}
+#: name -> (processes, --threads of the job, shared out among its processes)
+SETTINGS = {"1 process x 1 thread": (1, 1), "1 process x 2 threads": (1, 2),
+            "2 processes x 1 thread (DDP, gloo)": (2, 2)}
 
 
 def study_config(arch: str, size: int, n_train: int, epochs: int, batch: int, processes: int) -> dict:

@@ -7,9 +7,10 @@ The workflow launches a job with ``gpus_per_job: N > 1`` as ``torchrun --standal
 
 - :func:`wrap_loss`: the objective's loss behind ``DistributedDataParallel`` (gradients averaged
   over processes during backward) with BatchNorm synchronised across processes;
-- :meth:`World.sum`, :meth:`World.barrier`: the few collectives the loop itself needs (the
-  global training loss, one decision per step about checkpointing and SIGTERM, waiting for
-  rank 0's checkpoint);
+- :meth:`World.sum`, :meth:`World.barrier`, :meth:`World.gather`: the few collectives the loop
+  itself needs (the global training loss, one decision per step about checkpointing and SIGTERM,
+  every process's RNG states for rank 0's checkpoint, waiting for that checkpoint);
+- :meth:`World.seed_streams`: RNG streams of each process's own.
 
 Each process reads its share of every global batch from the HDF5 cache itself
 (``medtransfer.data.make_loader(world=(rank, size))``: DistributedSampler's split, per batch).
