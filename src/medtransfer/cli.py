@@ -36,8 +36,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     configure_threads(args.threads)
     meta = pretrain(_spec(args.spec), device=args.device, progress=not args.no_progress)
-    log.info("source %s/%s (%s): test %s, k-NN %s", meta["source"], meta["arch"], meta["method"],
-             meta.get("test", "-"), meta["knn"])
+    if meta:  # rank 0 of a multi-process job, or the only process
+        log.info("source %s/%s (%s): test %s, k-NN %s", meta["source"], meta["arch"], meta["method"],
+                 meta.get("test", "-"), meta["knn"])
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
@@ -46,7 +47,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
     configure_threads(args.threads)
     metrics = finetune(_spec(args.spec), device=args.device, progress=not args.no_progress)
-    log.info("run %s test %s", metrics["run"], metrics["test"])
+    if metrics:  # rank 0 of a multi-process job, or the only process
+        log.info("run %s test %s", metrics["run"], metrics["test"])
 
 
 def cmd_features(args: argparse.Namespace) -> None:

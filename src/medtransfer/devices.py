@@ -65,12 +65,13 @@ def managed_by_scheduler() -> bool:
     return "SLURM_JOB_ID" in os.environ and "CUDA_VISIBLE_DEVICES" in os.environ
 
 
-def select_device(requested: str | None = None) -> torch.device:
-    """The device for this job.
+def select_device(requested: str | None = None, local_rank: int = 0) -> torch.device:
+    """The device for this job (for process ``local_rank`` on this node of a multi-process job).
 
     ``requested`` (or env MEDTRANSFER_DEVICE): "cpu", "cuda", "cuda:N" or None/"auto". With
-    "auto" a job uses a GPU when CUDA is available: under a scheduler the first visible one,
-    otherwise the first one no other medtransfer job on this machine holds.
+    "auto" a job uses a GPU when CUDA is available: under a scheduler the visible one of its
+    ``local_rank`` (SLURM's ``--gpus=N`` makes exactly the job's N GPUs visible), otherwise the
+    first one no other medtransfer job (or other process of this job) on this machine holds.
     """
     requested = requested or os.environ.get("MEDTRANSFER_DEVICE") or "auto"
     if requested == "cpu":
@@ -83,15 +84,18 @@ def select_device(requested: str | None = None) -> torch.device:
         return torch.device("cpu")
     n_devices = torch.cuda.device_count()
     if managed_by_scheduler() or n_devices == 1:
-        return torch.device("cuda:0")
+        return torch.device(f"cuda:{local_rank}")
     return torch.device(f"cuda:{claim_gpu(n_devices)}")
 
 
 def configure_threads(threads: int | None) -> None:
     """Use the threads Snakemake gave the job (``{threads}``), not every core of the node: torch's,
-    and those of numpy's BLAS (the similarity measures' eigen/SVD steps run there on the CPU)."""
+    and those of numpy's BLAS (the similarity measures' eigen/SVD steps run there on the CPU). A job
+    of several processes (torchrun sets WORLD_SIZE) shares them out, so it never oversubscribes."""
     if threads:
-        torch.set_num_threads(max(1, int(threads)))
+        processes = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+        per_process = max(1, int(threads) // processes)
+        torch.set_num_threads(per_process)
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(max(1, int(threads)))  # stays in force for the process
+        threadpool_limits(per_process)  # stays in force for the process

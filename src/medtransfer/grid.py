@@ -354,6 +354,34 @@ def _check_milestones(milestones: list[float], key: str) -> None:
         )
 
 
+def processes_per_job(training: dict, key: str = "train") -> int:
+    """The processes (one per GPU) that train one job together: ``gpus_per_job`` of a training
+    section (default 1), checked to be an integer >= 1 that divides the global ``batch_size``
+    (each process trains on batch_size / gpus_per_job images per step). ``key`` names the section
+    in errors."""
+    n = training.get("gpus_per_job", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"config key {key}.gpus_per_job: {n!r}; give an integer >= 1 (the GPUs, one process "
+                          "each, that train one job together; 1 trains in one process)")
+    batch = int(training["batch_size"])
+    if batch % n:
+        lower, upper = (batch // n) * n, (batch // n + 1) * n
+        choices = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ConfigError(f"config key {key}.batch_size: {batch} is the global batch, shared by {key}.gpus_per_job "
+                          f"= {n} processes, so it must be divisible by {n}; set batch_size to {choices}, "
+                          "or gpus_per_job to a divisor of it")
+    return n
+
+
+def launcher(processes: int) -> str:
+    """The command that starts ``medtransfer`` for a job of ``processes`` processes: the CLI itself
+    for one, PyTorch's ``torchrun`` (one node, ``processes`` workers, a free rendezvous port) for
+    more; the rules put the sub-command after it."""
+    if processes <= 1:
+        return "medtransfer"
+    return f"torchrun --standalone --nproc_per_node {int(processes)} -m medtransfer.cli"
+
+
 @dataclass
 class Study:
     """The validated, expanded study of a config."""
@@ -374,6 +402,7 @@ class Study:
         self.resources = deep_merge(DEFAULT_RESOURCES, config.get("resources"))
         for key, training in (("train", self.train), ("pretrain", self.pretrain_defaults)):
             _check_milestones(training["schedule"].get("milestones", []), f"{key}.schedule.milestones")
+            processes_per_job(training, key)
 
         for i, target in enumerate(study["targets"]):
             self._check_dataset(target, f"study.targets[{i}]")
@@ -476,6 +505,7 @@ class Study:
             raise ConfigError(f"config key {key}.dataset: {entry['dataset']!r} is a segmentation dataset (its "
                               "targets are masks); pretrain on its images as an image folder instead "
                               "({format: imagefolder, labels: false} for the self-supervised methods)")
+        processes_per_job(deep_merge(self.pretrain_defaults, entry.get("training")), f"{key}.training")
         method = entry.get("method", "supervised")
         resolve_options(method, entry.get("options"), key)
         if method == "supervised" and self.datasets[entry["dataset"]].get("labels", True) is False:

@@ -46,9 +46,11 @@ def package_versions() -> dict[str, str]:
 
 
 def provenance(*, spec_hash: str, seed: int | None = None, device: str | None = None,
-               wall_seconds: float | None = None, commit: str | None = None) -> dict:
+               wall_seconds: float | None = None, commit: str | None = None, world_size: int = 1,
+               backend: str | None = None) -> dict:
     """``commit``: the code version read when the job started (``git_commit()`` then); a long
-    run must not take the commit of a checkout that moved on while it trained."""
+    run must not take the commit of a checkout that moved on while it trained. ``world_size``
+    and ``backend``: the processes that trained the job together (torchrun; 1 and None alone)."""
     return {
         "config_hash": spec_hash,
         "seed": seed,
@@ -56,6 +58,8 @@ def provenance(*, spec_hash: str, seed: int | None = None, device: str | None = 
         "packages": package_versions(),
         "host": socket.gethostname(),
         "device": device,
+        "world_size": int(world_size),
+        "backend": backend,
         "wall_seconds": wall_seconds,
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

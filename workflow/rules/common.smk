@@ -7,7 +7,7 @@ from snakemake.utils import validate
 
 from medtransfer import paths
 from medtransfer.errors import ConfigError
-from medtransfer.grid import Study
+from medtransfer.grid import Study, launcher, processes_per_job
 from medtransfer.joblogs import report_failed_jobs
 from medtransfer.paths import Run
 from medtransfer.report import layout as report_layout
@@ -87,6 +87,27 @@ def pretrain_spec(wildcards):
 
 def finetune_spec(wildcards):
     return as_json(STUDY.run_spec(run_of(wildcards)))
+
+
+def pretrain_gpus(wildcards):
+    """The GPUs of one pretraining job (its training's gpus_per_job): `resources: gpu`."""
+    spec = STUDY.pretrain_spec(wildcards.source, wildcards.arch)
+    return processes_per_job(spec["training"])
+
+
+def finetune_gpus(wildcards):
+    """The GPUs of one fine-tuning job (train.gpus_per_job): `resources: gpu`."""
+    return processes_per_job(STUDY.run_spec(run_of(wildcards))["training"])
+
+
+def pretrain_launcher(wildcards):
+    """`medtransfer`, or torchrun with one process per GPU of the job."""
+    return launcher(pretrain_gpus(wildcards))
+
+
+def finetune_launcher(wildcards):
+    """`medtransfer`, or torchrun with one process per GPU of the job."""
+    return launcher(finetune_gpus(wildcards))
 
 
 def features_spec(wildcards):

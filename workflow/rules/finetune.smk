@@ -16,8 +16,9 @@ rule finetune:
     resources:
         mem_mb=per_attempt("finetune", "mem_mb"),
         runtime=per_attempt("finetune", "runtime"),
-        gpu=1,
+        gpu=finetune_gpus,
     params:
         spec=finetune_spec,
+        launcher=finetune_launcher,
     shell:
-        "medtransfer finetune --spec {params.spec:q} --threads {threads} --no-progress >> {log} 2>&1"
+        "{params.launcher} finetune --spec {params.spec:q} --threads {threads} --no-progress >> {log} 2>&1"

@@ -12,11 +12,12 @@ rule pretrain:
     resources:
         mem_mb=per_attempt("pretrain", "mem_mb"),
         runtime=per_attempt("pretrain", "runtime"),
-        gpu=1,
+        gpu=pretrain_gpus,
     params:
         spec=pretrain_spec,
+        launcher=pretrain_launcher,
     shell:
-        "medtransfer pretrain --spec {params.spec:q} --threads {threads} --no-progress >> {log} 2>&1"
+        "{params.launcher} pretrain --spec {params.spec:q} --threads {threads} --no-progress >> {log} 2>&1"
 
 
 rule pretrain_table:

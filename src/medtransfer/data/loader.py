@@ -17,6 +17,13 @@ iterating (as with ``DistributedSampler``), and a resumed run sees exactly the s
 Segmentation caches: the batch's targets are its masks, int64 [B, H, W] class ids, read beside
 the images and moved by the same crop and flip (drawn once for both), resized with nearest
 neighbour to ``image_size``.
+
+In a job of several processes (``world=(rank, size)``) every process computes the same global
+order and batches of ``batch_size`` images and keeps its share of each batch (DistributedSampler's
+``[rank::size]``, per global batch); the augmentation of the whole global batch is drawn on every
+process and each keeps its images' draws. So an image gets the same crop and flip, in the same
+step, whatever the number of processes, and the processes' batches together are the
+one-process batch.
 """
 
 from __future__ import annotations
@@ -154,13 +161,18 @@ class BatchLoader:
                  indices: np.ndarray | None = None, device: str | torch.device = "cpu", channels: int = 3,
                  normalize: str | Mapping[str, Any] = "dataset", image_size: int | None = None,
                  resize_mode: str = "nearest", augment: Mapping[str, Any] | None = None, drop_last: bool = False,
-                 max_memory_mb: int = 2048, num_workers: int = 2) -> None:
+                 max_memory_mb: int = 2048, num_workers: int = 2, world: tuple[int, int] = (0, 1)) -> None:
         self.path = str(cache_path)
         self.info = read_info(cache_path)
         if split not in self.info.split_sizes:
             raise ValueError(f"split must be one of {list(self.info.split_sizes)}, not {split!r}")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.rank, self.world_size = int(world[0]), int(world[1])
+        if self.world_size > 1 and batch_size % self.world_size:
+            raise ConfigError(f"train.batch_size {batch_size} is the global batch of {self.world_size} processes "
+                              f"(train.gpus_per_job) and must be divisible by it; choose a multiple of "
+                              f"{self.world_size}")
         self.split, self.batch_size, self.shuffle, self.seed = split, int(batch_size), bool(shuffle), int(seed)
         self.drop_last, self.num_workers = bool(drop_last), int(num_workers)
         self.device = torch.device(device)
@@ -225,14 +237,32 @@ class BatchLoader:
             return torch.randperm(self.num_examples, generator=epoch_generator(self.seed, self.epoch, _ORDER_STREAM))
         return torch.arange(self.num_examples)
 
-    def _batches(self) -> list[torch.Tensor]:
-        return list(self.order().split(self.batch_size))[:len(self)]
+    def _global_batches(self) -> list[torch.Tensor]:
+        order = self.order()
+        if self.world_size > 1 and not self.drop_last and len(order) % self.world_size:
+            # DistributedSampler's padding: repeat the first positions so every process has as many
+            # images (and steps) as the others; the padded images count twice in that epoch
+            pad = self.world_size - len(order) % self.world_size
+            order = torch.cat([order, order[:pad]])
+        return list(order.split(self.batch_size))[:len(self)]
 
-    def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def _batches(self) -> list[torch.Tensor]:
+        # DistributedSampler's split (indices[rank::size] of the epoch's order), per global batch
+        return [positions[self.rank::self.world_size] for positions in self._global_batches()]
+
+    def batch_rows(self) -> list[np.ndarray]:
+        """This process's rows of the split (into the cache), batch by batch, for the current epoch."""
+        return [self.indices[positions.numpy()] for positions in self._batches()]
+
+    def _augment(self, x: torch.Tensor, generator: torch.Generator, global_size: int | None = None) -> torch.Tensor:
+        """Crop and flip ``x``; the draws are made for a batch of ``global_size`` (default: ``x``'s)
+        and this process's share of them kept."""
         b, _, h, w = x.shape
+        draws = global_size or b
+        mine = slice(None) if global_size is None else slice(self.rank, None, self.world_size)
         if self.crop_padding > 0:
             p = self.crop_padding
-            offsets = torch.randint(0, 2 * p + 1, (b, 2), generator=generator).to(x.device)
+            offsets = torch.randint(0, 2 * p + 1, (draws, 2), generator=generator)[mine].to(x.device)
             padded = F.pad(x, (p, p, p, p))
             rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # [B, H]
             cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # [B, W]
@@ -240,28 +270,30 @@ class BatchLoader:
             # advanced indices around a slice put their dims first: [B, H, W, C]
             x = padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
         if self.hflip:
-            flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+            flip = (torch.rand(draws, generator=generator) < 0.5)[mine].to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x
 
-    def transform(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 [B, C, H, W] on the device -> the normalised float32 batch the model sees."""
+    def transform(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                  global_size: int | None = None) -> torch.Tensor:
+        """uint8 [B, C, H, W] on the device -> the normalised float32 batch the model sees
+        (``global_size``: the global batch that ``images`` are this process's share of)."""
         x = images.float()
         if generator is not None and (self.crop_padding > 0 or self.hflip):
-            x = self._augment(x, generator)
+            x = self._augment(x, generator, global_size)
         x = interpolate(x, self.image_size, self.resize_mode)
         if x.shape[1] != self.channels:
             x = x.expand(-1, self.channels, -1, -1)
         return (x * self._scale + self._shift).contiguous()
 
-    def transform_pair(self, images: torch.Tensor, masks: torch.Tensor,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def transform_pair(self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None,
+                       global_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images [B, C, H, W] and masks [B, 1, H, W] -> the normalised batch and int64 masks
         [B, size, size]: one crop and flip for both (the mask rides along as an extra channel;
         padding is background), then each resized (the mask with nearest neighbour)."""
         x = torch.cat([images, masks], dim=1).float()
         if generator is not None and (self.crop_padding > 0 or self.hflip):
-            x = self._augment(x, generator)
+            x = self._augment(x, generator, global_size)
         x, y = x[:, :-1], x[:, -1:]
         x = interpolate(x, self.image_size, self.resize_mode)
         y = interpolate(y, self.image_size, "nearest")
@@ -271,27 +303,28 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self._batches()
+        sizes = [len(p) for p in self._global_batches()] if self.world_size > 1 else [None] * len(batches)
         generator = epoch_generator(self.seed, self.epoch, _AUGMENT_STREAM)
         if self._images is not None:
-            for positions in batches:
+            for positions, size in zip(batches, sizes, strict=True):
                 positions = positions.to(self.device)
                 if self.masks:
-                    yield self.transform_pair(self._images[positions], self._masks[positions], generator)
+                    yield self.transform_pair(self._images[positions], self._masks[positions], generator, size)
                 else:
-                    yield self.transform(self._images[positions], generator), self._labels[positions]
+                    yield self.transform(self._images[positions], generator, size), self._labels[positions]
             return
         dataset = _H5Batches(self.path, self.split, [self.indices[p.numpy()] for p in batches], masks=self.masks)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
                                              pin_memory=self.device.type == "cuda")
         try:
-            for positions, item in zip(batches, loader, strict=True):
+            for positions, size, item in zip(batches, sizes, loader, strict=True):
                 positions = positions.to(self.device)
                 if self.masks:
                     images, masks = (t.to(self.device, non_blocking=True) for t in item)
-                    yield self.transform_pair(images, masks, generator)
+                    yield self.transform_pair(images, masks, generator, size)
                 else:
                     images = item.to(self.device, non_blocking=True)
-                    yield self.transform(images, generator), self._labels[positions]
+                    yield self.transform(images, generator, size), self._labels[positions]
         finally:
             dataset.close()
 
@@ -300,7 +333,7 @@ def make_loader(cache_path: str | Path, split: str, *, batch_size: int, shuffle:
                 indices: np.ndarray | None = None, device: str | torch.device = "cpu", channels: int = 3,
                 normalize: str | Mapping[str, Any] = "dataset", image_size: int | None = None,
                 resize_mode: str = "nearest", augment: Mapping[str, Any] | None = None, drop_last: bool = False,
-                max_memory_mb: int = 2048, num_workers: int = 2) -> BatchLoader:
+                max_memory_mb: int = 2048, num_workers: int = 2, world: tuple[int, int] = (0, 1)) -> BatchLoader:
     """A :class:`BatchLoader` over ``split`` of the cache at ``cache_path``.
 
     - ``indices``: rows of the split to use (e.g. :func:`~medtransfer.data.fractions.subset_indices`);
@@ -313,8 +346,10 @@ def make_loader(cache_path: str | Path, split: str, *, batch_size: int, shuffle:
       per image from a generator seeded by (seed, epoch).
     - ``max_memory_mb``: the largest selection loaded whole onto the device; larger ones stream
       with ``num_workers`` processes.
+    - ``world``: ``(rank, size)`` of a multi-process job: this process yields its share
+      (``batch_size / size`` images) of every global batch of ``batch_size``.
     """
     return BatchLoader(cache_path, split, batch_size=batch_size, shuffle=shuffle, seed=seed, indices=indices,
                        device=device, channels=channels, normalize=normalize, image_size=image_size,
                        resize_mode=resize_mode, augment=augment, drop_last=drop_last,
-                       max_memory_mb=max_memory_mb, num_workers=num_workers)
+                       max_memory_mb=max_memory_mb, num_workers=num_workers, world=world)

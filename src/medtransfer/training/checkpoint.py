@@ -5,6 +5,8 @@ state, scheduler, the position (epoch, batch), the RNG states, the history so fa
 weights. Data order and augmentation are pure functions of (seed, epoch) in the loader, so with
 these restored a resumed run takes exactly the steps an uninterrupted run takes (on CPU).
 The checkpoint records the hash of the job spec; a checkpoint of another spec is ignored.
+A job of several processes (DDP) is written by rank 0 with every process's RNG states under
+``rng_ranks`` (each process has streams of its own); everything else is the same on every rank.
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ from medtransfer import data, init, models
 from medtransfer.models import segmentation
 from medtransfer.atomic import atomic_path, torch_save, write_json
 from medtransfer.data.cache import interpolate
-from medtransfer.devices import select_device
 from medtransfer.grid import spec_hash
 from medtransfer.models.fusion import FusionNetwork, calibrate, fusion_head
 from medtransfer.provenance import git_commit, provenance
+from medtransfer.training import distributed
 from medtransfer.training.trainer import evaluate, fit, precision_for
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,16 @@ def spec_loader(spec: dict, split: str, device: torch.device, *, batch_size: int
                             shuffle=shuffle, device=device, channels=3, **settings)
 
 
-def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | None) -> dict[str, Any]:
-    """Train (shuffled, augmented, subset), val and test loaders for a run or a pretraining."""
+def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | None,
+                 world: distributed.World | None = None) -> dict[str, Any]:
+    """Train (shuffled, augmented, subset), val and test loaders for a run or a pretraining; in a
+    job of several processes (``world``) the train loader yields this process's share of each
+    global batch of ``batch_size``, and every process reads all of val and test."""
+    world = world or distributed.World()
     return {
         "train": spec_loader(spec, "train", device, batch_size=spec["training"]["batch_size"], shuffle=True,
-                             indices=train_indices, augment=spec["training"]["augment"]),
+                             indices=train_indices, augment=spec["training"]["augment"],
+                             world=(world.rank, world.size)),
         "val": spec_loader(spec, "val", device),
         "test": spec_loader(spec, "test", device),
     }
@@ -163,14 +168,18 @@ def write_predictions(path: Path, evaluations: dict[str, Any], task: str, class_
 
 
 def finetune(spec: dict, *, device: str | None = None, progress: bool = True) -> dict:
-    """Run one fine-tuning job; return the metrics dict written to metrics.json."""
+    """Run one fine-tuning job; return the metrics dict written to metrics.json.
+
+    Under torchrun (``train.gpus_per_job`` > 1) every process trains its share of each batch;
+    rank 0 writes every file and returns the metrics, the other ranks return ``{}``.
+    """
     wall_start = time.monotonic()
     commit = git_commit()  # now, not when training ends hours later on a checkout that moved on
     run_dir = Path(spec["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     training = spec["training"]
     job_hash = spec_hash(spec)
-    torch_device = select_device(device)
+    world, torch_device = distributed.start(device)
     seed_everything(spec["seed"], training["deterministic"])
 
     info = data.read_info(spec["cache"])
@@ -178,20 +187,24 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
     train_labels = data.read_labels(spec["cache"], "train")
     train_indices = data.train_subset(info.task, train_labels, spec["fraction"], spec["seed"],
                                       num_classes=info.num_classes, dataset=spec["dataset"])
-    loaders = make_loaders(spec, torch_device, train_indices)
+    loaders = make_loaders(spec, torch_device, train_indices, world)
     if isinstance(model, FusionNetwork):  # the linear protocol's standardisation, from the start weights
         calibrate(model.to(torch_device), spec_loader(spec, "train", torch_device, indices=train_indices),
                   torch_device)
     saved = {"arch": spec["arch"], "num_classes": info.num_classes, "create_kwargs": create_kwargs,
              "init": spec["init"], **({"fusion": True} if isinstance(model, FusionNetwork) else {}),
              **({"segmentation": model.config} if isinstance(model, segmentation.SegmentationNetwork) else {})}
-    torch_save({"state_dict": model.state_dict(), **saved}, run_dir / "init.pt")
-    write_json(run_dir / "init.json", {"run": spec["run"], **record})
+    if world.is_main:
+        torch_save({"state_dict": model.state_dict(), **saved}, run_dir / "init.pt")
+        write_json(run_dir / "init.json", {"run": spec["run"], **record})
 
     precision = precision_for(torch_device, training)
     result = fit(model, loaders["train"], loaders["val"], task=info.task, training=training,
                  device=torch_device, checkpoint_path=run_dir / "checkpoint.pt", spec_hash=job_hash,
-                 precision=precision, progress=progress)
+                 precision=precision, progress=progress, world=world)
+    distributed.stop(world)  # from here rank 0 alone evaluates and writes
+    if not world.is_main:
+        return {}
 
     model.load_state_dict(result.best_state)
     examples = (spec.get("segmentation") or {}).get("examples", 0)
@@ -214,7 +227,7 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
         "train_seconds": result.train_seconds,
         "precision": precision.record(),
         "provenance": provenance(spec_hash=job_hash, seed=spec["seed"], device=str(torch_device),
-                                 wall_seconds=time.monotonic() - wall_start, commit=commit),
+                                 wall_seconds=time.monotonic() - wall_start, commit=commit, **world.record()),
         "spec": spec,
     }
     # metrics.json last: its presence means the run is complete.

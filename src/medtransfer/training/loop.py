@@ -7,6 +7,11 @@ optimizer and learning-rate schedule, autocast and channels_last, tqdm progress,
 checkpoint at the end of every epoch and every ``checkpoint_minutes`` inside long epochs, exact
 resume from it (model, optimizer, schedule, scaler, objective state, RNG, position in the
 epoch), and a clean stop on SIGTERM (SLURM preemption or time limit) after saving.
+
+A job of several processes (torchrun, :mod:`medtransfer.training.distributed`) runs this same
+loop in every process: the loss goes through DistributedDataParallel, the processes agree once
+per step on the global loss and on whether to checkpoint or stop, and rank 0 alone writes the
+checkpoint, which every process loads on resume. With one process none of that runs.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from medtransfer.training.checkpoint import load_checkpoint, restore_rng_states, save_checkpoint
+from medtransfer.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
+from medtransfer.training.distributed import World, wrap_loss
 from medtransfer.training.precision import Precision
 
 log = logging.getLogger(__name__)
@@ -115,7 +121,7 @@ class _SigtermFlag:
 
 def train_epochs(objective: Objective, train_loader, *, training: dict, device: torch.device,
                  checkpoint_path: str | Path, spec_hash: str, precision: Precision,
-                 progress: bool = True) -> tuple[list[dict[str, Any]], float]:
+                 progress: bool = True, world: World | None = None) -> tuple[list[dict[str, Any]], float]:
     """Run ``training["epochs"]`` epochs of ``objective`` on ``train_loader``; return the history
     (one dict per epoch: ``epoch``, ``train_loss``, the objective's columns, ``lr``, ``seconds``)
     and the training seconds summed over every attempt.
@@ -123,12 +129,20 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
     ``train_loader`` must offer ``set_epoch(epoch)`` and the same batches for the same epoch, so a
     resumed run replays its order; ``checkpoint_path`` holds the resumable state, used when its
     ``spec_hash`` matches.
+
+    ``world``: this process's place in a multi-process job (default: the only process);
+    ``train_loader`` then yields this process's share of each global batch, and
+    ``training["sync_batchnorm"]`` (default true) synchronises BatchNorm across processes.
     """
     epochs = int(training["epochs"])
+    world = world or World()
     module = objective.module
     module.to(device)
     if precision.channels_last:
         module.to(memory_format=torch.channels_last)
+    batch_loss = wrap_loss(objective, world, device, sync_bn=bool(training.get("sync_batchnorm", True)),
+                           find_unused_parameters=bool(getattr(objective, "find_unused_parameters", False)))
+    world.seed_streams()
     optimizer = make_optimizer([p for p in objective.parameters() if p.requires_grad], training["optimizer"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, epochs, training["schedule"]))
     scaler = torch.amp.GradScaler(device.type, enabled=precision.autocast_dtype == torch.float16)
@@ -145,17 +159,26 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
         objective.load_state_dict(resumed["objective"])
         start_epoch, start_batch = resumed["epoch"], resumed["batch"]
         history, elapsed = resumed["history"], resumed["elapsed"]
-        restore_rng_states(resumed["rng"])
+        # each process continues its own streams (one process: the only one, under "rng")
+        streams = resumed.get("rng_ranks")
+        restore_rng_states(streams[world.rank] if world.distributed and streams and len(streams) == world.size
+                           else resumed["rng"])
         log.info("resumed from %s at epoch %d batch %d", checkpoint_path, start_epoch + 1, start_batch)
 
     def checkpoint(epoch: int, batch: int, running_loss: float, seen: int) -> None:
+        streams = world.gather(rng_states()) if world.distributed else None
+        if not world.is_main:  # the processes hold the same weights and state; one writes them
+            world.barrier()
+            return
         save_checkpoint(checkpoint_path, {
+            **({"rng_ranks": streams} if streams is not None else {}),
             "spec_hash": spec_hash, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "objective": objective.state_dict(), "epoch": epoch, "batch": batch,
             "running": (running_loss, seen), "history": history,
             "elapsed": elapsed + (time.monotonic() - clock),
         })
+        world.barrier()  # no process stops (SIGTERM) before the checkpoint is on disk
 
     with _SigtermFlag() as sigterm:
         for epoch in range(start_epoch, epochs):
@@ -166,7 +189,8 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
             train_loader.set_epoch(epoch)
             running_loss, seen = (resumed["running"] if resumed is not None and epoch == start_epoch
                                   and start_batch > 0 else (0.0, 0))
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not progress)
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
+                       disable=not progress or not world.is_main)
             for batch, (x, y) in enumerate(bar):
                 if epoch == start_epoch and batch < start_batch:
                     continue  # replays the loader's deterministic order up to where we stopped
@@ -175,20 +199,27 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
                 if precision.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 step = epoch * steps_per_epoch + batch
-                loss = objective.loss(x, y, step)
+                loss = batch_loss(x, y, step)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 objective.before_step(step)
                 scaler.step(optimizer)
                 scaler.update()
                 objective.after_step(step)
-                running_loss += float(loss.detach()) * len(x)
-                seen += len(x)
                 now = time.monotonic()
-                if sigterm.raised or now - last_save > checkpoint_every:
+                stopping, due = sigterm.raised, now - last_save > checkpoint_every
+                if world.distributed:  # the global loss, and one decision for every process
+                    total, count, stopping, due = world.sum(
+                        [float(loss.detach()) * len(x), len(x), float(stopping), float(due)], device)
+                    running_loss += total
+                    seen += int(count)
+                else:
+                    running_loss += float(loss.detach()) * len(x)
+                    seen += len(x)
+                if stopping or due:
                     checkpoint(epoch, batch + 1, running_loss, seen)
                     last_save = now
-                    if sigterm.raised:
+                    if stopping:
                         raise Preempted(f"SIGTERM at epoch {epoch + 1}, batch {batch + 1}; "
                                         f"checkpoint saved to {checkpoint_path}; rerun to resume")
             scheduler.step()
@@ -199,6 +230,6 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
             elapsed += row["seconds"]
             clock = time.monotonic()
             checkpoint(epoch + 1, 0, 0.0, 0)
-            if sigterm.raised:
+            if world.sum([float(sigterm.raised)], device)[0]:
                 raise Preempted(f"SIGTERM after epoch {epoch + 1}; checkpoint saved to {checkpoint_path}")
     return history, elapsed

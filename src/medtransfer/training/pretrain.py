@@ -27,11 +27,11 @@ import torch
 
 from medtransfer import data, init, models
 from medtransfer.atomic import torch_save, write_json
-from medtransfer.devices import select_device
 from medtransfer.errors import ConfigError
 from medtransfer.grid import spec_hash
 from medtransfer.models.embedding import embed_loader, embedding_spread, knn_accuracy
 from medtransfer.provenance import git_commit, provenance
+from medtransfer.training import distributed
 from medtransfer.training.finetune import input_size, make_loaders, seed_everything, spec_loader
 from medtransfer.training.loop import train_epochs
 from medtransfer.training.precision import precision_for
@@ -82,7 +82,12 @@ def _check_batches(spec: dict, info, method: str) -> None:
 
 
 def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) -> dict:
-    """Pretrain ``spec["arch"]`` on ``spec["cache"]`` with ``spec["method"]``; return meta.json's content."""
+    """Pretrain ``spec["arch"]`` on ``spec["cache"]`` with ``spec["method"]``; return meta.json's content.
+
+    Under torchrun (``gpus_per_job`` > 1) every process trains its share of each batch (the SSL
+    losses gather what they need across processes); rank 0 evaluates and writes, the others
+    return ``{}``.
+    """
     from medtransfer.training import ssl
 
     wall_start = time.monotonic()
@@ -91,7 +96,7 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
     out_dir = Path(spec["out_dir"])
     training = spec["training"]
     job_hash = spec_hash(spec)
-    torch_device = select_device(device)
+    world, torch_device = distributed.start(device)
     info = data.read_info(spec["cache"])
     _check_batches(spec, info, method)
     options = ssl.resolve_options(method, spec.get("options"), f"sources.{spec['source']}.pretrain")
@@ -102,10 +107,13 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
     extra: dict[str, Any] = {}
 
     if method == "supervised":
-        loaders = make_loaders(spec, torch_device, train_indices=None)
+        loaders = make_loaders(spec, torch_device, train_indices=None, world=world)
         result = fit(model, loaders["train"], loaders["val"], task=info.task, training=training,
                      device=torch_device, checkpoint_path=out_dir / "checkpoint.pt", spec_hash=job_hash,
-                     precision=precision, progress=progress)
+                     precision=precision, progress=progress, world=world)
+        distributed.stop(world)  # from here rank 0 alone evaluates and writes
+        if not world.is_main:
+            return {}
         model.load_state_dict(result.best_state)
         history, train_seconds = result.history, result.train_seconds
         backbone = model
@@ -113,7 +121,8 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
                  "best_epoch": result.best_epoch}
     else:
         train_loader = spec_loader(spec, "train", torch_device, batch_size=training["batch_size"], shuffle=True,
-                               drop_last=True, normalize={"mean": 0.0, "std": 1.0})
+                                   drop_last=True, normalize={"mean": 0.0, "std": 1.0},
+                                   world=(world.rank, world.size))
         mean, std = data.normalisation(training["normalize"], info, 3)
         views = ssl.Views(options, size=input_size(spec) or info.image_size, gray=info.channels == 1,
                           mean=mean, std=std)
@@ -127,7 +136,10 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
         objective = ssl.SSLObjective(method_module, views, device=torch_device, precision=precision, monitor=monitor)
         history, train_seconds = train_epochs(objective, train_loader, training=training, device=torch_device,
                                               checkpoint_path=out_dir / "checkpoint.pt", spec_hash=job_hash,
-                                              precision=precision, progress=progress)
+                                              precision=precision, progress=progress, world=world)
+        distributed.stop(world)
+        if not world.is_main:
+            return {}
         backbone = method_module.export_backbone()
         extra = {"options": options, "views": views.describe(), "uses": method_module.uses,
                  "collapsed_epochs": objective.collapsed_epochs}
@@ -160,7 +172,7 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
         "train_seconds": train_seconds,
         "precision": precision.record(),
         "provenance": provenance(spec_hash=job_hash, seed=spec["seed"], device=str(torch_device),
-                                 wall_seconds=time.monotonic() - wall_start, commit=commit),
+                                 wall_seconds=time.monotonic() - wall_start, commit=commit, **world.record()),
         "spec": spec,
     }
     torch_save({"state_dict": state, "arch": spec["arch"], "num_classes": max(1, info.num_classes),

@@ -151,18 +151,20 @@ def fit(
     spec_hash: str,
     precision: Precision | None = None,
     progress: bool = True,
+    world=None,
 ) -> FitResult:
     """Train ``model`` in place; return the best-validation weights and the per-epoch history.
 
     ``train_loader`` must offer ``set_epoch(epoch)`` and deterministic batches per epoch.
     ``checkpoint_path`` is where the resumable state lives; if it holds a checkpoint of the
-    same ``spec_hash`` training continues from it.
+    same ``spec_hash`` training continues from it. ``world``: this process's place in a
+    multi-process job (:class:`medtransfer.training.distributed.World`; default one process).
     """
     precision = precision or precision_for(device, training)
     objective = SupervisedObjective(model, task=task, val_loader=val_loader, device=device, precision=precision,
                                     select_on=training.get("select_on", "val_auc"))
     history, seconds = train_epochs(objective, train_loader, training=training, device=device,
                                     checkpoint_path=checkpoint_path, spec_hash=spec_hash, precision=precision,
-                                    progress=progress)
+                                    progress=progress, world=world)
     return FitResult(best_state=objective.best_state, best_epoch=objective.best_epoch, history=history,
                      train_seconds=seconds)

@@ -20,7 +20,8 @@ class BarlowTwins(SSLMethod):
         super().__init__(backbone, options, **kwargs)
         o = self.options
         self.projection = BarlowTwinsProjectionHead(self.feature_dim, o["proj_hidden_dim"], o["out_dim"])
-        self.criterion = BarlowTwinsLoss(lambda_param=o["lambda_param"])
+        # the cross-correlation over the global batch under DDP
+        self.criterion = BarlowTwinsLoss(lambda_param=o["lambda_param"], gather_distributed=self.distributed)
 
     def loss(self, views: list[torch.Tensor], step: int) -> torch.Tensor:
         with self.autocast():

@@ -14,6 +14,7 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
 from medtransfer.registry import Registry
+from medtransfer.training.distributed import joined
 
 #: Method name -> SSLMethod subclass (names and defaults: ``options.METHOD_DEFAULTS``).
 METHODS: Registry = Registry("pretraining method")
@@ -37,10 +38,16 @@ class SSLMethod(nn.Module):
     Subclasses set ``name`` and implement :meth:`loss`; the module's state dict holds everything a
     resumed run needs (teachers, queues, DINO's center are submodules or buffers). The backbone's
     linear classifier is unused and frozen: it stays as the architecture's init and WT replaces it.
+
+    ``distributed``: built inside a job of several processes (torchrun); the methods then pass
+    lightly's ``gather_distributed`` options, so negatives, queues and Sinkhorn statistics cover
+    the global batch, not one process's share (DINO's centre is all-reduced by lightly itself).
     """
 
     name: ClassVar[str]
     uses: ClassVar[str]  # what the method takes from lightly, for meta.json
+    #: some trainable parameters take no gradient in some steps (DDP must then look for them)
+    unused_parameters: ClassVar[bool] = False
 
     def __init__(self, backbone: nn.Module, options: dict[str, Any], *, steps_per_epoch: int,
                  epochs: int) -> None:
@@ -51,6 +58,7 @@ class SSLMethod(nn.Module):
         self.options = dict(options)
         self.feature_dim = int(backbone.num_features)
         self.steps_per_epoch, self.epochs = int(steps_per_epoch), int(epochs)
+        self.distributed = joined()
         self.autocast: Callable[[], Any] = contextlib.nullcontext  # set by SSLObjective
 
     def _non_persistent_buffers(self) -> dict[str, torch.Tensor]:

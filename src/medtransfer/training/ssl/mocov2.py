@@ -23,8 +23,11 @@ class MoCoV2(SSLMethod):
         self.projection = MoCoProjectionHead(self.feature_dim, o["proj_hidden_dim"], o["out_dim"])
         self.key_backbone = frozen_copy(self.backbone)
         self.key_projection = frozen_copy(self.projection)
+        # under DDP every process enqueues every process's keys, so the queue is the one a single
+        # process would hold
         self.criterion = NTXentLoss(temperature=o["temperature"],
-                                    memory_bank_size=(int(o["queue_size"]), int(o["out_dim"])))
+                                    memory_bank_size=(int(o["queue_size"]), int(o["out_dim"])),
+                                    gather_distributed=self.distributed)
 
     def loss(self, views: list[torch.Tensor], step: int) -> torch.Tensor:
         query_view, key_view = views[0], views[1]
@@ -32,10 +35,10 @@ class MoCoV2(SSLMethod):
             query = self.projection(self.embed(query_view))
             with torch.no_grad():
                 if self.options["shuffle_bn"]:
-                    key_view, shuffle = batch_shuffle(key_view)
+                    key_view, shuffle = batch_shuffle(key_view, distributed=self.distributed)
                 key = self.key_projection(embed(self.key_backbone, key_view))
                 if self.options["shuffle_bn"]:
-                    key = batch_unshuffle(key, shuffle)
+                    key = batch_unshuffle(key, shuffle, distributed=self.distributed)
         return self.criterion(query.float(), key.float())
 
     def after_step(self, step: int) -> None:

@@ -36,6 +36,8 @@ class SSLObjective:
                  monitor: tuple[Any, Any, int] | None) -> None:
         self.module, self.views, self.device, self.precision = method, views.to(device), device, precision
         method.autocast = lambda: autocast(device, precision)
+        # for DDP (a traversal of the graph per step, so only where a method needs it)
+        self.find_unused_parameters = method.unused_parameters
         self.monitor = monitor
         self._last_view: torch.Tensor | None = None
         self.collapsed_epochs: list[int] = []

@@ -1,5 +1,5 @@
 """SimCLR (Chen et al. 2020): two views, a 2-layer MLP projection, NT-Xent over the batch.
-lightly: ``SimCLRProjectionHead``, ``NTXentLoss``."""
+lightly: ``SimCLRProjectionHead``, ``NTXentLoss`` (``gather_distributed`` under DDP)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ class SimCLR(SSLMethod):
         super().__init__(backbone, options, **kwargs)
         o = self.options
         self.projection = SimCLRProjectionHead(self.feature_dim, o["proj_hidden_dim"], o["out_dim"])
-        self.criterion = NTXentLoss(temperature=o["temperature"])
+        # negatives from every process's images: the global batch, as in one process
+        self.criterion = NTXentLoss(temperature=o["temperature"], gather_distributed=self.distributed)
 
     def loss(self, views: list[torch.Tensor], step: int) -> torch.Tensor:
         with self.autocast():

@@ -26,6 +26,7 @@ from .base import METHODS, SSLMethod
 class SwAV(SSLMethod):
     name = "swav"
     uses = "lightly SwaVProjectionHead, SwaVPrototypes, SwaVLoss (Sinkhorn-Knopp)"
+    unused_parameters = True  # the prototypes take no gradient while frozen (the first epoch)
 
     def __init__(self, backbone, options, **kwargs) -> None:
         super().__init__(backbone, options, **kwargs)
@@ -35,9 +36,11 @@ class SwAV(SSLMethod):
                                          n_steps_frozen_prototypes=int(o["freeze_prototypes_epochs"])
                                          * self.steps_per_epoch)
         self.criterion = SwaVLoss(temperature=o["temperature"], sinkhorn_iterations=int(o["sinkhorn_iterations"]),
-                                  sinkhorn_epsilon=o["sinkhorn_epsilon"])
+                                  sinkhorn_epsilon=o["sinkhorn_epsilon"],
+                                  sinkhorn_gather_distributed=self.distributed)  # equipartition over the global batch
         self.queues = torch.nn.ModuleList(
-            MemoryBankModule((int(o["queue_size"]), o["out_dim"]), feature_dim_first=False)
+            MemoryBankModule((int(o["queue_size"]), o["out_dim"]), feature_dim_first=False,
+                             gather_distributed=self.distributed)
             for _ in range(2)) if int(o["queue_size"]) > 0 else None
 
     def _queue_scores(self, z: list[torch.Tensor], step: int) -> list[torch.Tensor] | None:
