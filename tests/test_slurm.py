@@ -17,6 +17,7 @@ no test hooks. The four Snakemake runs start together and the tests read their r
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -199,7 +200,7 @@ def start_snakemake(root: Path, name: str, config: dict, *targets: str, fail_att
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The four cluster runs of this file, started at once (the cluster runs them side by side)."""
+    """The five cluster runs of this file, started at once (the cluster runs them side by side)."""
     reason = cluster_answers()
     if reason:
         pytest.skip(f"no SLURM cluster: {reason}")
@@ -210,9 +211,12 @@ def runs(tmp_path_factory):
     study = Study(config)
     source, arch = study.pretrain_jobs()[0]
     # gpu_model: a pretrain job whose input exists (a placeholder: sbatch refuses the job before it runs)
-    placeholder = root / "gpu_model" / study.pretrain_spec(source, arch)["cache"]
-    placeholder.parent.mkdir(parents=True)
-    placeholder.touch()
+    for name in ("gpu_model", "two_gpus"):
+        placeholder = root / name / study.pretrain_spec(source, arch)["cache"]
+        placeholder.parent.mkdir(parents=True)
+        placeholder.touch()
+    two_gpus = copy.deepcopy(config)
+    two_gpus["pretrain"]["gpus_per_job"] = 2  # one DDP job of 2 processes (train.batch_size 32 divides)
     started: dict[str, SnakemakeRun] = {}
     try:
         # the whole study, where the first attempt of one preprocess job fails
@@ -223,6 +227,8 @@ def runs(tmp_path_factory):
                                                    env={"SBATCH_PARTITION": "no-such-partition"})
         started["gpu_model"] = start_snakemake(root, "gpu_model", config, paths.pretrain_model(source, arch),
                                                env={"MEDTRANSFER_GPU_MODEL": "nosuchgpu"})
+        started["two_gpus"] = start_snakemake(root, "two_gpus", two_gpus, paths.pretrain_model(source, arch),
+                                              env={"MEDTRANSFER_GPU_MODEL": "nosuchgpu"})
         yield started
     finally:
         for run in started.values():
@@ -310,6 +316,13 @@ def test_sbatch_partition_chooses_the_partition(runs):
     assert code != 0
     assert "-p no-such-partition" in log and "invalid partition" in log.lower(), log[-3000:]
     assert job_records(runs["bad_partition"].workdir) == []
+
+
+def test_a_job_of_several_processes_asks_slurm_for_as_many_gpus(runs):
+    """train.gpus_per_job (here pretrain's) is the job's gpu resource, so sbatch gets --gpus=N."""
+    code, log = runs["two_gpus"].result()
+    assert code != 0  # the model name makes sbatch refuse the request before the job runs
+    assert "--gpus=nosuchgpu:2" in log, log[-3000:]
 
 
 def test_the_gpu_model_reaches_gpu_rules_only(runs):
