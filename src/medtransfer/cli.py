@@ -125,13 +125,10 @@ def cmd_figure(args: argparse.Namespace) -> None:
     from medtransfer.report.captions import write_caption
 
     function, kind = FIGURES[args.name]
-    if kind.startswith(("similarity", "representation_gain")) and args.measure:
-        function(args.input, args.out, measure=args.measure)
-    else:
-        function(args.input, args.out)
-    # the report's caption, from the same CSV (results/figures/NAME.rst beside the PDF by default)
-    # the caption describes the measure the figure drew (representation_gain draws one too)
+    # figures of similarity measures draw one measure; their caption describes that one
     measure = args.measure if kind.startswith(("similarity", "representation_gain")) else None
+    function(args.input, args.out, **({"measure": measure} if measure else {}))
+    # the report's caption, from the same CSV (results/figures/NAME.rst beside the PDF by default)
     write_caption(args.name, args.input, args.caption or Path(args.out).with_suffix(".rst"), measure=measure)
 
 
@@ -223,9 +220,6 @@ def cmd_fid(args: argparse.Namespace) -> None:
     from medtransfer.analysis.fid import domain_distance
 
     spec = _spec(args.spec)
-    for source in spec.get("skipped_sources", []):
-        log.warning("source %s has no dataset to measure (timm or file weights): no FID; name a stand-in dataset "
-                    "under analysis.fid.source_datasets.%s", source, source)
     _write_csv(domain_distance(spec), spec["out"])
 
 

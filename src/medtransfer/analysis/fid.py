@@ -270,7 +270,11 @@ DOMAIN_DISTANCE_COLUMNS = ("source", "source_dataset", "target", "features", "si
 
 def domain_distance(spec: dict) -> pd.DataFrame:
     """domain_distance.csv rows: one per (source, target) of ``spec["pairs"]`` ({"source",
-    "source_dataset", "target", "source_stats", "target_stats"}), FID from the two stats files."""
+    "source_dataset", "target", "source_stats", "target_stats"}), FID from the two stats files.
+    Sources in ``spec["skipped_sources"]`` (timm / file weights without a dataset) are logged."""
+    for source in spec.get("skipped_sources", []):
+        log.warning("source %s has no dataset to measure (timm or file weights): no FID; name a stand-in dataset "
+                    "under analysis.fid.source_datasets.%s", source, source)
     rows, cache = [], {}
 
     def stats(path: str) -> dict:

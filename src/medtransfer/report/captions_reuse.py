@@ -220,10 +220,17 @@ def _filters(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
         if paired.empty:
             parts.append(f"{lit(init)} has no pair of init and fine-tuned kernels")
             continue
-        change = float((paired["value_final"] - paired["value_init"]).abs().mean())
-        scale = float(paired["value_init"].abs().mean())
+        # the analysis's own definition (filters.csv), on the kernels the figure draws; imported
+        # here so the other figure jobs do not pay torch's import
+        import torch
+
+        from medtransfer.analysis.filters import kernel_change
+
+        stats_ = kernel_change(torch.from_numpy(paired["value_init"].to_numpy()),
+                               torch.from_numpy(paired["value_final"].to_numpy()))
+        change, scale = stats_["mean_abs_change"], stats_["init_mean_abs"]
         changes[init] = change
-        relative = f" ({100 * change / scale:.1f} % of mean ``|W_init|`` {num(scale)})" if scale > 0 else ""
+        relative = f" ({100 * stats_['relative_change']:.1f} % of mean ``|W_init|`` {num(scale)})" if scale > 0 else ""
         parts.append(f"{lit(init)} {num(change)}{relative}")
     n_filters = frame["filter"].nunique()
     head = (f"{panel(cell['dataset'], cell['arch'], cell['fraction'])}, seed {int(cell['seed'])} (1 seed), "
