@@ -390,10 +390,3 @@ def test_save_figure_is_atomic_and_pairs_png(tmp_path, fast_pdf):
     assert_written(out)
     with pytest.raises(ValueError):
         save_figure(fig, tmp_path / "fig.png")
-
-
-def test_run_columns_match_the_grid():
-    from medtransfer.figures.io import RUN_COLUMNS
-    from medtransfer.grid import RUN_COLUMNS as GRID_RUN_COLUMNS
-
-    assert RUN_COLUMNS == GRID_RUN_COLUMNS

@@ -19,8 +19,6 @@ Init labels (the ``{init}`` path component) are built from the config entry:
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -29,8 +27,10 @@ from typing import Any
 import yaml
 
 from medtransfer import paths
+from medtransfer.columns import RUN_COLUMNS, run_columns  # noqa: F401 - re-exported for one release
 from medtransfer.errors import ConfigError, MedtransferError
 from medtransfer.paths import Run
+from medtransfer.specs import spec_hash  # noqa: F401 - re-exported for one release
 from medtransfer.protocols import DVME_DEFAULTS, FROZEN_PROTOCOLS, KNN_DEFAULTS, LINEAR_DEFAULTS, PROTOCOLS
 from medtransfer.training.ssl.options import resolve_options
 
@@ -202,12 +202,6 @@ def deep_merge(base: dict, override: dict | None) -> dict:
     return merged
 
 
-def spec_hash(spec: Any) -> str:
-    """A short, stable hash of a JSON-able spec (key order does not matter)."""
-    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def load_config(path: str | Path, schema: str | Path | None = None) -> dict:
     """Read a YAML config and validate it against the JSON schema (the Snakefile does the same
     with snakemake.utils.validate). Errors name the key path and the allowed values."""
@@ -316,7 +310,6 @@ def expand_init(entry: str | dict, index: int) -> list[InitSpec]:
     return [InitSpec(name, source, k, slim, archs) for k in ks]
 
 
-RUN_COLUMNS = ("dataset", "arch", "protocol", "init", "init_name", "source", "k", "fraction", "seed")
 
 
 def fusion_members(spec: InitSpec, arch: str) -> list[tuple[str, str]]:
@@ -324,22 +317,6 @@ def fusion_members(spec: InitSpec, arch: str) -> list[tuple[str, str]]:
     "name@arch"): ``arch`` (the run's) where an entry names none; none for any other init."""
     return [(name, member_arch or arch)
             for name, _, member_arch in (member.partition("@") for member in spec.sources or ())]
-
-
-def run_columns(run_spec: dict) -> dict:
-    """The columns that identify a run in every tidy CSV, from its spec (``Study.run_spec``)."""
-    init = run_spec["init"]
-    return {
-        "dataset": run_spec["dataset"],
-        "arch": run_spec["arch"],
-        "protocol": run_spec.get("protocol", "finetune"),
-        "init": init["label"],
-        "init_name": init["name"],
-        "source": init["source"] or "+".join(init.get("sources") or []),
-        "k": "" if init["k"] is None else init["k"],
-        "fraction": float(run_spec["fraction"]),
-        "seed": int(run_spec["seed"]),
-    }
 
 
 def _check_milestones(milestones: list[float], key: str) -> None:

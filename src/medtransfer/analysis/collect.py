@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medtransfer.grid import RUN_COLUMNS, run_columns
+from medtransfer.columns import RUN_COLUMNS, run_columns
 
 
 def collect_metrics(metrics_files: list[str]) -> pd.DataFrame:

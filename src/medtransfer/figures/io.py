@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from medtransfer.columns import RUN_COLUMNS
 from medtransfer.errors import DataError
 
-# Identify one run in every per-run CSV (same as medtransfer.grid.RUN_COLUMNS).
-RUN_COLUMNS: tuple[str, ...] = ("dataset", "arch", "protocol", "init", "init_name", "source", "k", "fraction", "seed")
 # One run's identity; init already spells out init_name, source and k.
 RUN_KEY: tuple[str, ...] = ("dataset", "arch", "init", "fraction", "seed")
 

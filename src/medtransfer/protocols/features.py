@@ -19,7 +19,7 @@ import numpy as np
 from medtransfer import data
 from medtransfer.atomic import atomic_path
 from medtransfer.devices import select_device
-from medtransfer.grid import spec_hash
+from medtransfer.specs import spec_hash
 from medtransfer.models.embedding import embed_loader
 from medtransfer.provenance import git_commit, provenance
 from medtransfer.training.finetune import initialised_model, seed_everything, spec_loader

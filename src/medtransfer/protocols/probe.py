@@ -14,7 +14,7 @@ import numpy as np
 from medtransfer import data
 from medtransfer.atomic import write_json
 from medtransfer.errors import ConfigError
-from medtransfer.grid import spec_hash
+from medtransfer.specs import spec_hash
 from medtransfer.protocols.dvme import dvme_scores, select_dvme
 from medtransfer.protocols.features import read_features
 from medtransfer.protocols.knn import knn_predict

@@ -25,7 +25,7 @@ from medtransfer import data, init, models
 from medtransfer.models import segmentation
 from medtransfer.atomic import atomic_path, torch_save, write_json
 from medtransfer.data.cache import interpolate
-from medtransfer.grid import spec_hash
+from medtransfer.specs import spec_hash
 from medtransfer.models.fusion import FusionNetwork, calibrate, fusion_head
 from medtransfer.provenance import git_commit, provenance
 from medtransfer.training import distributed

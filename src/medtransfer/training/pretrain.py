@@ -28,7 +28,7 @@ import torch
 from medtransfer import data, init, models
 from medtransfer.atomic import torch_save, write_json
 from medtransfer.errors import ConfigError
-from medtransfer.grid import spec_hash
+from medtransfer.specs import spec_hash
 from medtransfer.models.embedding import embed_loader, embedding_spread, knn_accuracy
 from medtransfer.provenance import git_commit, provenance
 from medtransfer.training import distributed
