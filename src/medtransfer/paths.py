@@ -1,4 +1,4 @@
-"""Every path of the stage contracts, spelled once (DESIGN.md, "Contracts between stages").
+"""Every path of the stage contracts, spelled once (docs/DESIGN.md, "Contracts between stages").
 
 The Snakemake rules import these helpers, so a path is never written twice. All paths are
 relative to the results root (``results/`` by default) and returned as strings, because that
@@ -48,8 +48,8 @@ def dataset_cache(dataset: str, root: str = RESULTS) -> str:
 
 
 def pretrain_dir(source: str, arch: str, root: str = RESULTS) -> str:
-    # DESIGN names results/pretrain/{source}/; a source is pretrained once per architecture,
-    # so the architecture is a level below it.
+    # The first design named results/pretrain/{source}/; a source is pretrained once per
+    # architecture, so the architecture is a level below it (docs/DESIGN.md, "Paths").
     return f"{root}/pretrain/{source}/{arch}"
 
 

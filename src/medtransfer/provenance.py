@@ -1,7 +1,7 @@
 """What produced a result: code version, packages, machine, device, seed, config hash.
 
 Every JSON output of the workflow embeds ``provenance(...)`` so that a number can be traced to
-a config, a seed and a code version (DESIGN.md).
+a config, a seed and a code version (docs/DESIGN.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The HDF5 cache of a dataset, ``results/data/{dataset}.h5`` (DESIGN.md, "HDF5 cache").
+"""The HDF5 cache of a dataset, ``results/data/{dataset}.h5`` (docs/DESIGN.md, "The HDF5 cache").
 
 Layout (schema version :data:`SCHEMA_VERSION`):
 

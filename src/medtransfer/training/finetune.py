@@ -1,4 +1,4 @@
-"""Fine-tune one cell of the study grid and write the run's files (DESIGN.md contracts).
+"""Fine-tune one cell of the study grid and write the run's files (docs/DESIGN.md, "Run files").
 
 ``finetune(spec)`` takes the JSON spec the workflow built for the run (medtransfer.grid
 ``Study.run_spec``) and writes, in the run directory: ``init.pt`` + ``init.json`` (the weights
