@@ -8,7 +8,7 @@ chunked by image:
 - decode only: the same decode + resize in a plain thread pool of ``--workers`` threads, results
   thrown away: no HDF5, no statistics. The ceiling any converter with that many threads can reach
   on this machine (PNG inflation scales worse across cores than JPEG decoding here).
-- medtransfer: :class:`medtransfer.data.streaming.DecodedImages` (``--workers`` decoding threads)
+- medtransfer: :class:`medtransfer.data.images.DecodedImages` (``--workers`` decoding threads)
   written by :func:`medtransfer.data.streaming.write_cache` (chunks of ~64 MB, the next chunk
   decoded while the current one is written, resumable, train mean/std accumulated), with the
   given worker count and with 1 worker.
@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medtransfer.data.folders import available_cores, default_decode_threads, load_image
-from medtransfer.data.formats import RawDataset
-from medtransfer.data.streaming import DecodedImages, write_cache
+from medtransfer.data.images import DecodedImages, available_cores, default_decode_threads, load_image
+from medtransfer.data.raw import RawDataset
+from medtransfer.data.streaming import write_cache
 
 
 def make_images(folder: Path, n: int, size: int, fmt: str, seed: int = 0) -> list[Path]:

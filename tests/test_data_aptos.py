@@ -1,10 +1,10 @@
-"""APTOS 2019 on a tiny copy of its Kaggle layout (medtransfer.data.aptos)."""
+"""APTOS 2019 on a tiny copy of its Kaggle layout (medtransfer.data.formats.aptos)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import medtransfer.data.aptos  # noqa: F401  registers the format
+import medtransfer.data.formats.aptos  # noqa: F401  registers the format
 from medtransfer.data import read_dataset, read_info, read_split
 from medtransfer.data.streaming import write_cache
 from medtransfer.errors import DataError

@@ -1,4 +1,4 @@
-"""CBIS-DDSM on a tiny copy of its TCIA layout (medtransfer.data.cbis_ddsm).
+"""CBIS-DDSM on a tiny copy of its TCIA layout (medtransfer.data.formats.cbis_ddsm).
 
 DICOM tests need pydicom and are skipped without it; the same layout with converted PNG files
 exercises everything else.
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import medtransfer.data.cbis_ddsm  # noqa: F401  registers the format
+import medtransfer.data.formats.cbis_ddsm  # noqa: F401  registers the format
 from medtransfer.data import read_dataset, read_info, read_split
-from medtransfer.data.cbis_ddsm import dicom_pixels
+from medtransfer.data.formats.cbis_ddsm import dicom_pixels
 from medtransfer.data.streaming import write_cache
 from medtransfer.errors import ConfigError, DataError
 

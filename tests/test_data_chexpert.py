@@ -1,12 +1,12 @@
-"""CheXpert on a tiny copy of its downloaded layout (medtransfer.data.chexpert)."""
+"""CheXpert on a tiny copy of its downloaded layout (medtransfer.data.formats.chexpert)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import medtransfer.data.chexpert  # noqa: F401  registers the format
+import medtransfer.data.formats.chexpert  # noqa: F401  registers the format
 from medtransfer.data import read_dataset, read_info, read_split
-from medtransfer.data.chexpert import COMPETITION, OBSERVATIONS
+from medtransfer.data.formats.chexpert import COMPETITION, OBSERVATIONS
 from medtransfer.data.streaming import write_cache
 from medtransfer.errors import ConfigError, DataError
 

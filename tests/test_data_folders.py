@@ -1,4 +1,4 @@
-"""Image-folder and CSV formats on fixtures written to tmp_path (medtransfer.data.folders)."""
+"""Image-folder and CSV formats on fixtures written to tmp_path (medtransfer.data.formats.folders)."""
 
 import numpy as np
 import pytest

@@ -1,12 +1,12 @@
-"""ISIC 2019 on a tiny copy of its downloaded layout (medtransfer.data.isic)."""
+"""ISIC 2019 on a tiny copy of its downloaded layout (medtransfer.data.formats.isic)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import medtransfer.data.isic  # noqa: F401  registers the format
+import medtransfer.data.formats.isic  # noqa: F401  registers the format
 from medtransfer.data import read_dataset
-from medtransfer.data.isic import CLASSES
+from medtransfer.data.formats.isic import CLASSES
 from medtransfer.errors import ConfigError, DataError
 
 GT_HEADER = "image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK"

@@ -13,7 +13,7 @@ from scipy import ndimage
 from medtransfer.cli import main as cli_main
 from medtransfer.data import (SCHEMA_VERSION, build_cache, make_loader, read_dataset, read_info, read_masks,
                               read_split, segmentation_subset, train_subset)
-from medtransfer.data.synthetic import TASKS, generate, generate_segmentation
+from medtransfer.data.formats.synthetic import TASKS, generate, generate_segmentation
 from medtransfer.errors import ConfigError, DataError
 
 # --------------------------------------------------------------------------- files on disk

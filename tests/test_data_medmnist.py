@@ -1,4 +1,4 @@
-"""MedMNIST format: official files, md5 checks, download failure offline (medtransfer.data.medmnist)."""
+"""MedMNIST format: official files, md5 checks, download failure offline (medtransfer.data.formats.medmnist)."""
 
 import shutil
 import time
@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medtransfer.data import build_cache, medmnist, read_dataset, read_info, read_split
+from medtransfer.data import build_cache, read_dataset, read_info, read_split
+from medtransfer.data.formats import medmnist
 from medtransfer.errors import ConfigError, DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "medmnist"

@@ -1,4 +1,4 @@
-"""PatchCamelyon on tiny HDF5 files of the official layout (medtransfer.data.pcam)."""
+"""PatchCamelyon on tiny HDF5 files of the official layout (medtransfer.data.formats.pcam)."""
 
 import gzip
 import shutil
@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
-import medtransfer.data.pcam  # noqa: F401  registers the format
+import medtransfer.data.formats.pcam  # noqa: F401  registers the format
 from medtransfer.data import read_dataset, read_info, read_split
-from medtransfer.data.pcam import H5Images, file_name
+from medtransfer.data.formats.pcam import H5Images, file_name
 from medtransfer.data.streaming import write_cache
 from medtransfer.errors import DataError
 

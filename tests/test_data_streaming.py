@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from medtransfer.data import FORMATS, RawDataset, build_cache, read_info, read_split
-from medtransfer.data.streaming import DecodedImages, build_cache_resumable, partial_path, write_cache
+from medtransfer.data.images import DecodedImages
+from medtransfer.data.streaming import build_cache_resumable, partial_path, write_cache
 from medtransfer.errors import DataError
 
 

@@ -1,4 +1,4 @@
-"""Embedded synthetic datasets (medtransfer.data.synthetic)."""
+"""Embedded synthetic datasets (medtransfer.data.formats.synthetic)."""
 
 import time
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medtransfer.data import read_dataset
-from medtransfer.data.synthetic import SHAPE_CLASSES, generate
+from medtransfer.data.formats.synthetic import SHAPE_CLASSES, generate
 from medtransfer.errors import ConfigError
 
 

@@ -303,7 +303,7 @@ def test_timing_and_durations():
 
 
 def test_front_page_names_the_study_its_sizes_time_and_commands(tmp_path, monkeypatch):
-    from medtransfer.data.cache import build_cache
+    from medtransfer.data.streaming import build_cache
 
     monkeypatch.chdir(tmp_path)
     config = tiny_config()

@@ -340,7 +340,7 @@ def test_schema_knows_the_segmentation_block():
 
 def test_grid_names_match_the_data_and_model_registries():
     from medtransfer.data import FORMATS
-    from medtransfer.data.synthetic import TASKS
+    from medtransfer.data.formats.synthetic import TASKS
     from medtransfer.grid import SEGMENTATION_DECODERS, SEGMENTATION_FORMATS, SEGMENTATION_SYNTHETIC_TASKS
 
     assert SEGMENTATION_DECODERS == segmentation.DECODERS

@@ -369,7 +369,7 @@ def test_unlabelled_data_cannot_be_a_target_or_pretrain_supervised(tmp_path):
 
 
 def test_a_folder_of_loose_images_suggests_labels_false(tmp_path):
-    from medtransfer.data.folders import read_imagefolder
+    from medtransfer.data.formats.folders import read_imagefolder
     from medtransfer.errors import DataError
 
     from PIL import Image

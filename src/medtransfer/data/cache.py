@@ -12,7 +12,8 @@ Layout (schema version :data:`SCHEMA_VERSION`):
   channel over the train split, pixel values in [0, 1]; std is the population std),
   ``schema_version``, ``attributes`` (JSON object: the format's provenance, e.g. split policy).
 
-:func:`build_cache` writes it (atomically: a killed job leaves no file that looks finished);
+:func:`medtransfer.data.streaming.build_cache` writes it (atomically: a killed job leaves no file
+that looks finished);
 :func:`read_info` and :func:`read_split` read it and fail with a DataError naming the file and
 the fix on a missing, truncated or foreign file or another schema version.
 
@@ -26,7 +27,7 @@ refused with the fix (delete it, rerun the preprocess rule).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medtransfer.data.formats import RESIZE_MODES, SPLITS
+from medtransfer.data.raw import RESIZE_MODES, SPLITS
 from medtransfer.errors import ConfigError, DataError
 
 SCHEMA_VERSION = 2
@@ -73,22 +74,6 @@ def resize_uint8(images: np.ndarray, size: int, mode: str) -> np.ndarray:
         return images
     out = interpolate(torch.from_numpy(np.ascontiguousarray(images)).float(), size, mode)
     return out.round_().clamp_(0, 255).to(torch.uint8).numpy()
-
-
-# --- writing ---------------------------------------------------------------------------------------
-
-def build_cache(name: str, entry: Mapping[str, Any], out_path: str | Path, *, progress: bool = False) -> None:
-    """Read dataset ``name`` from its config ``entry`` and write its HDF5 cache to ``out_path``.
-
-    Images are resized to ``entry["size"]`` when given and different (mode ``entry["resize"]``,
-    default bilinear), converted in chunks of ~64 MB so the source never sits in memory whole.
-    The writer is :func:`medtransfer.data.streaming.write_cache`: one implementation of the
-    schema, which also resumes a conversion that was killed.
-    """
-    # imported here: streaming builds on this module's schema helpers
-    from medtransfer.data.streaming import build_cache_resumable
-
-    build_cache_resumable(name, entry, out_path, progress=progress)
 
 
 # --- reading ---------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medtransfer.data.formats import stratify_key
+from medtransfer.data.splits import stratify_key
 from medtransfer.errors import ConfigError
 
 

@@ -1,13 +1,15 @@
 """Seeded, stratified, patient-aware splits for sources that lack a validation (or test) split.
 
+:func:`stratified_split` cuts examples per class; :func:`complete_splits` makes a source's missing
+val/test out of its train split with it.
+
 Images of one patient (or lesion) are correlated, so a split that puts them on both sides
 overstates performance. :func:`grouped_split` keeps every group whole: each group gets the class
-most of its examples have (for multilabel data the first positive label,
-:func:`medtransfer.data.formats.stratify_key`), and within each class a seeded permutation of the
-groups is cut by :func:`medtransfer.data.formats.stratified_split`. Fractions therefore count
-groups; the images follow their group, and the cache records the resulting sizes. (scikit-learn's
-``StratifiedGroupKFold`` balances better but loops over groups in Python: minutes for CheXpert's
-65k patients.)
+most of its examples have (for multilabel data the first positive label, :func:`stratify_key`),
+and within each class a seeded permutation of the groups is cut by :func:`stratified_split`.
+Fractions therefore count groups; the images follow their group, and the cache records the
+resulting sizes. (scikit-learn's ``StratifiedGroupKFold`` balances better but loops over groups
+in Python: minutes for CheXpert's 65k patients.)
 """
 
 from __future__ import annotations
@@ -17,8 +19,72 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.data.formats import stratified_split, stratify_key
-from medtransfer.errors import DataError
+from medtransfer.data.raw import NO_LABEL
+from medtransfer.errors import ConfigError, DataError
+
+
+def stratify_key(labels: np.ndarray) -> np.ndarray:
+    """Group id per example for stratification: the class for single-label data; for multilabel
+    [N, K] the first positive label, or K for an example with no positive label."""
+    if labels.ndim == 1:
+        return labels.astype(np.int64)
+    positive = np.nan_to_num(labels, nan=0.0) > 0.5
+    return np.where(positive.any(axis=1), positive.argmax(axis=1), labels.shape[1]).astype(np.int64)
+
+
+def stratified_split(labels: np.ndarray, fractions: Mapping[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Split ``range(len(labels))`` into parts of the given fractions, stratified by class.
+
+    ``fractions`` maps part names to fractions of each class (e.g. ``{"val": 0.1}``); what is left
+    goes to ``"rest"``. Within each class a seeded permutation is cut in order, with
+    ``round(fraction * n_class)`` examples per part. Returns sorted int64 indices per part.
+    """
+    if sum(fractions.values()) >= 1.0 or any(f < 0 for f in fractions.values()):
+        raise ConfigError(f"split fractions {dict(fractions)} must be >= 0 and sum to less than 1")
+    groups = stratify_key(np.asarray(labels))
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in [*fractions, "rest"]}
+    for group in np.unique(groups):
+        members = rng.permutation(np.flatnonzero(groups == group))
+        start = 0
+        for part, fraction in fractions.items():
+            count = int(np.floor(fraction * len(members) + 0.5))
+            parts[part].append(members[start:start + count])
+            start += count
+        parts["rest"].append(members[start:])
+    return {k: np.sort(np.concatenate(v)).astype(np.int64) if v else np.zeros(0, np.int64)
+            for k, v in parts.items()}
+
+
+def complete_splits(
+    splits: dict[str, tuple[Any, np.ndarray]],
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    attributes: dict[str, Any],
+) -> dict[str, tuple[Any, np.ndarray]]:
+    """Make missing ``val`` (and ``test``) splits out of ``train``, stratified and seeded.
+
+    Images must be numpy arrays here. What was done is written to ``attributes['split_policy']``
+    (the cache records it), e.g. ``"val: 10% of source train, stratified, split_seed 0"``.
+    """
+    if "train" not in splits:
+        raise DataError("the source has no train split")
+    missing = {s: f for s, f in (("val", val_fraction), ("test", test_fraction)) if s not in splits}
+    if not missing:
+        attributes.setdefault("split_policy", "source splits")
+        return splits
+    images, labels = splits["train"]
+    parts = stratified_split(labels, missing, seed)
+    out = dict(splits)
+    out["train"] = (images[parts["rest"]], labels[parts["rest"]])
+    for split in missing:
+        out[split] = (images[parts[split]], labels[parts[split]])
+    made = "; ".join(f"{s}: {f:g} of source train" for s, f in missing.items())
+    how = "random (unlabelled)" if np.all(np.asarray(labels) == NO_LABEL) else "stratified by class"
+    attributes["split_policy"] = f"{made}; {how}, split_seed {seed}"
+    return out
 
 
 def group_classes(keys: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
@@ -104,7 +170,7 @@ def split_source_train(
 ) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, Any]]:
     """Make train/val/test of a source that has one labelled set (APTOS, ISIC).
 
-    ``images`` is a :class:`~medtransfer.data.streaming.DecodedImages` (split by ``subset``, still
+    ``images`` is a :class:`~medtransfer.data.images.DecodedImages` (split by ``subset``, still
     lazy) or a numpy array. Test is cut first, then val from the rest, both from whole groups.
     Returns the splits and the attributes to record (``split_policy``, ``made_splits``).
     """

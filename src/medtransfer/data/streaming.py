@@ -1,17 +1,13 @@
-"""Large sources: images decoded on demand, and a cache writer that can be resumed.
+"""Writing the HDF5 cache (:mod:`medtransfer.data.cache` has its schema): :func:`build_cache` reads a
+dataset with its format and :func:`write_cache` writes it, resumably.
 
-Two pieces, both for datasets too large to hold in memory (CheXpert's 224k radiographs, PCam's
-327k patches):
-
-- :class:`DecodedImages` is the lazy "array-like" that :class:`~medtransfer.data.formats.RawDataset`
-  allows as a split's images: ``images[i:j]`` decodes and resizes files i..j-1 in parallel threads
-  (PIL and pydicom release the GIL while decoding and resizing) and returns uint8 [j-i, C, S, S].
-- :func:`write_cache` writes the same file as :func:`medtransfer.data.cache.build_cache`, chunk by
-  chunk, reading the next chunks while the current one is written, with one progress bar in images.
-  It works in ``.{name}.partial`` beside the output and records after every chunk how far it got
-  (plus the running pixel sums for the train mean/std), so a killed job continues where it stopped
-  when run again with the same source and config. Only when every split is written is the file
-  renamed to its final name; a partial file never looks finished.
+:func:`write_cache` works chunk by chunk, for datasets too large to hold in memory (CheXpert's
+224k radiographs, PCam's 327k patches), reading the next chunks (decoding them, for a
+:class:`~medtransfer.data.images.DecodedImages`) while the current one is written, with one
+progress bar in images. It works in ``.{name}.partial`` beside the output and records after every
+chunk how far it got (plus the running pixel sums for the train mean/std), so a killed job
+continues where it stopped when run again with the same source and config. Only when every split
+is written is the file renamed to its final name; a partial file never looks finished.
 """
 
 from __future__ import annotations
@@ -20,9 +16,8 @@ import hashlib
 import json
 import logging
 import os
-import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,15 +27,10 @@ import numpy as np
 from tqdm import tqdm
 
 from medtransfer.data.cache import CHUNK_BYTES, SCHEMA_VERSION, resize_uint8
-from medtransfer.data.folders import default_decode_threads, load_image
-from medtransfer.data.formats import SPLITS, RawDataset, read_dataset
+from medtransfer.data.raw import SPLITS, RawDataset, read_dataset
 from medtransfer.errors import ConfigError, DataError
 
 log = logging.getLogger("medtransfer")
-
-Decoder = Callable[[Path, int, int, str], np.ndarray]
-"""``decode(path, size, channels, resize) -> uint8 [channels, size, size]``; raises OSError or
-ValueError for an unreadable file (as :func:`medtransfer.data.folders.load_image`)."""
 
 # entry keys that change how fast a cache is written, not what it holds: a resume ignores them
 SPEED_KEYS = ("workers",)
@@ -49,89 +39,15 @@ SPEED_KEYS = ("workers",)
 READ_AHEAD = 2
 
 
-class DecodedImages:
-    """Image files as a uint8 [N, C, size, size] array-like, decoded when sliced.
+def build_cache(name: str, entry: Mapping[str, Any], out_path: str | Path, *, progress: bool = False) -> None:
+    """Read dataset ``name`` from its config ``entry`` and write its HDF5 cache to ``out_path``.
 
-    Args:
-        paths: one file per image.
-        size, channels, resize: output size (square, no crop), 1 or 3 channels, PIL filter name.
-        workers: decoding threads (default :func:`default_decode_threads`).
-        describe: ``describe[i]`` names image i in error messages (e.g. ``"train.csv row 12"``).
-        decode: the decoder (default :func:`medtransfer.data.folders.load_image`: PNG, JPEG, ...).
+    Images are resized to ``entry["size"]`` when given and different (mode ``entry["resize"]``,
+    default bilinear), converted in chunks of ~64 MB so the source never sits in memory whole.
+    The writer is :func:`write_cache`: one implementation of the schema, which also resumes a
+    conversion that was killed.
     """
-
-    def __init__(self, paths: Sequence[str | Path], size: int, channels: int, resize: str = "bilinear", *,
-                 workers: int | None = None, describe: Sequence[str] | None = None,
-                 decode: Decoder | None = None) -> None:
-        self.paths = [Path(p) for p in paths]
-        self.size, self.channels, self.resize = int(size), int(channels), resize
-        self.describe = list(describe) if describe is not None else None
-        if self.describe is not None and len(self.describe) != len(self.paths):
-            raise ValueError("describe needs one entry per path")
-        self.decode = decode or load_image
-        self.workers = int(workers) if workers else default_decode_threads()
-        self.shape = (len(self.paths), self.channels, self.size, self.size)
-        self.dtype = np.dtype(np.uint8)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()  # slices may be read from several threads at once
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> DecodedImages:
-        """The images at ``indices``, still lazy."""
-        indices = np.asarray(indices, np.int64)
-        return DecodedImages([self.paths[i] for i in indices], self.size, self.channels, self.resize,
-                             workers=self.workers, decode=self.decode,
-                             describe=None if self.describe is None else [self.describe[i] for i in indices])
-
-    def _rows(self, index: Any) -> Sequence[int]:
-        if isinstance(index, slice):
-            return range(*index.indices(len(self)))
-        rows = np.asarray(index)
-        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
-            raise TypeError("DecodedImages takes a slice or a 1-d array of indices")
-        return [int(i) for i in rows]
-
-    def _load(self, i: int) -> np.ndarray:
-        try:
-            return self.decode(self.paths[i], self.size, self.channels, self.resize)
-        except (OSError, ValueError, DataError) as err:
-            what = f"{self.describe[i]}: image {self.paths[i]}" if self.describe else f"image {self.paths[i]}"
-            raise DataError(f"{what} cannot be read ({err}); fix or remove it") from None
-
-    def __getitem__(self, index: slice | Sequence[int] | np.ndarray) -> np.ndarray:
-        rows = self._rows(index)
-        out = np.empty((len(rows), *self.shape[1:]), np.uint8)
-
-        def work(k: int) -> None:
-            out[k] = self._load(rows[k])
-
-        if len(rows) < 2:
-            for k in range(len(rows)):
-                work(k)
-        else:  # through the pool even for one worker: slices read at once still share `workers` threads
-            with self._pool_lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
-            for _ in self._pool.map(work, range(len(rows))):  # re-raises the first error
-                pass
-        return out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[:]
-        return out if dtype is None else out.astype(dtype)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def __getstate__(self) -> dict:  # a thread pool or lock does not pickle; a copy makes its own
-        return {k: v for k, v in self.__dict__.items() if k not in ("_pool", "_pool_lock")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _pool=None, _pool_lock=threading.Lock())
+    build_cache_resumable(name, entry, out_path, progress=progress)
 
 
 # --- the resumable writer --------------------------------------------------------------------------
@@ -321,5 +237,5 @@ def _read(images: Any, start: int, stop: int, masks: Any = None) -> tuple[np.nda
 
 def build_cache_resumable(name: str, entry: Mapping[str, Any], out_path: str | Path, *,
                           resume: bool = True, progress: bool = True) -> None:
-    """:func:`medtransfer.data.cache.build_cache`, written by :func:`write_cache` (resumable)."""
+    """:func:`build_cache`, written by :func:`write_cache` (resumable)."""
     write_cache(name, entry, read_dataset(name, entry), out_path, resume=resume, progress=progress)

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.data.formats import RawDataset, complete_splits, md5_file, register_format, require, task_for
+from medtransfer.data.formats.common import md5_file, task_for
+from medtransfer.data.raw import RawDataset, register_format, require
+from medtransfer.data.splits import complete_splits
 from medtransfer.errors import DataError
 
 

@@ -41,11 +41,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from medtransfer.data.folders import PIL_FILTERS, _common_keys, load_image
-from medtransfer.data.formats import RawDataset, md5_file, register_format, require
+from medtransfer.data.formats.common import decoding_keys, listing_checksum, md5_file, read_table, row_names
+from medtransfer.data.images import PIL_FILTERS, DecodedImages, load_image
+from medtransfer.data.raw import RawDataset, register_format, require
 from medtransfer.data.splits import check_disjoint, describe_split, grouped_split
-from medtransfer.data.streaming import DecodedImages
-from medtransfer.data.tables import listing_checksum, read_table, row_names
 from medtransfer.errors import ConfigError, DataError
 
 ABNORMALITIES = ("mass", "calc")
@@ -138,7 +137,7 @@ def _rows_of(root: Path, kinds: list[str]) -> Any:
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read the CBIS-DDSM description CSVs and locate their images (decoded lazily)."""
     root = Path(require(entry, "root", name))
-    size, channels, resize, workers = _common_keys({"channels": 1, **entry}, name)
+    size, channels, resize, workers = decoding_keys({"channels": 1, **entry}, name)
     kinds = entry.get("abnormality", list(ABNORMALITIES))
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
     if not kinds or any(k not in ABNORMALITIES for k in kinds):

@@ -42,7 +42,8 @@ import numpy as np
 from tqdm import tqdm
 
 from medtransfer.atomic import atomic_path
-from medtransfer.data.formats import SPLITS, RawDataset, md5_file, register_format, require
+from medtransfer.data.formats.common import md5_file
+from medtransfer.data.raw import SPLITS, RawDataset, register_format, require
 from medtransfer.errors import ConfigError, DataError
 
 ZENODO_RECORD = "10519652"

@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.data.formats import SPLITS, RawDataset, register_format, require
+from medtransfer.data.raw import SPLITS, RawDataset, register_format, require
 from medtransfer.errors import ConfigError
 
 GENERATOR_VERSION = 2  # bump when the images change, so the checksum and the cache change

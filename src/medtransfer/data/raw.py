@@ -1,8 +1,9 @@
-"""Dataset formats: how a config entry's source becomes a :class:`RawDataset`.
+"""The format registry and its contract: how a config entry's source becomes a :class:`RawDataset`.
 
 A format is one function ``read(name, entry) -> RawDataset`` registered in :data:`FORMATS`
-with a decorator, in a module of its own that ``medtransfer/data/__init__.py`` imports, saying
-which keys its entries must have (and, optionally, a check of their values that reads no file)::
+with a decorator, in a module of its own under :mod:`medtransfer.data.formats` (importing that
+package registers them all), saying which keys its entries must have (and, optionally, a check
+of their values that reads no file)::
 
     @register_format("myformat", required={"root": "the folder holding the files"})
     def read(name: str, entry: dict) -> RawDataset: ...
@@ -17,16 +18,15 @@ format returned, so every format gets the same guarantees (all of train/val/test
 
 Entry keys every format shares: ``format``, ``root`` (a folder; not needed for ``synthetic``),
 optional ``size`` (H = W of the cache) and ``resize`` (``nearest``, ``bilinear`` (default),
-``area``, ``bicubic``), used by :func:`medtransfer.data.cache.build_cache`.
+``area``, ``bicubic``), used by :func:`medtransfer.data.streaming.build_cache`.
+
+This module imports no format: the formats import it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -194,106 +194,6 @@ def check_masks(where: str, raw: RawDataset) -> None:
             raise DataError(f"{where}: {split} masks hold class id {int(masks.max())}, but only "
                             f"{len(raw.class_names)} classes are declared ({', '.join(raw.class_names)})")
 
-
-def md5_file(path: str | Path, block: int = 1 << 20) -> str:
-    """md5 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def md5_of_listing(root: str | Path, files: Iterable[str | Path]) -> str:
-    """Digest of a file list: each file's path relative to ``root`` and its size, sorted.
-
-    Cheap (no file is read), independent of where ``root`` lives, and changes when a file is
-    added, removed, renamed or resized. ``files`` are paths as opened (absolute or relative to
-    the working directory).
-    """
-    base = Path(root).resolve()
-    entries = sorted(
-        f"{Path(os.path.relpath(Path(f).resolve(), base)).as_posix()}\t{Path(f).stat().st_size}\n" for f in files
-    )
-    digest = hashlib.md5()
-    for line in entries:
-        digest.update(line.encode())
-    return digest.hexdigest()
-
-
-def stratify_key(labels: np.ndarray) -> np.ndarray:
-    """Group id per example for stratification: the class for single-label data; for multilabel
-    [N, K] the first positive label, or K for an example with no positive label."""
-    if labels.ndim == 1:
-        return labels.astype(np.int64)
-    positive = np.nan_to_num(labels, nan=0.0) > 0.5
-    return np.where(positive.any(axis=1), positive.argmax(axis=1), labels.shape[1]).astype(np.int64)
-
-
-def stratified_split(labels: np.ndarray, fractions: Mapping[str, float], seed: int) -> dict[str, np.ndarray]:
-    """Split ``range(len(labels))`` into parts of the given fractions, stratified by class.
-
-    ``fractions`` maps part names to fractions of each class (e.g. ``{"val": 0.1}``); what is left
-    goes to ``"rest"``. Within each class a seeded permutation is cut in order, with
-    ``round(fraction * n_class)`` examples per part. Returns sorted int64 indices per part.
-    """
-    if sum(fractions.values()) >= 1.0 or any(f < 0 for f in fractions.values()):
-        raise ConfigError(f"split fractions {dict(fractions)} must be >= 0 and sum to less than 1")
-    groups = stratify_key(np.asarray(labels))
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in [*fractions, "rest"]}
-    for group in np.unique(groups):
-        members = rng.permutation(np.flatnonzero(groups == group))
-        start = 0
-        for part, fraction in fractions.items():
-            count = int(np.floor(fraction * len(members) + 0.5))
-            parts[part].append(members[start:start + count])
-            start += count
-        parts["rest"].append(members[start:])
-    return {k: np.sort(np.concatenate(v)).astype(np.int64) if v else np.zeros(0, np.int64)
-            for k, v in parts.items()}
-
-
-def complete_splits(
-    splits: dict[str, tuple[Any, np.ndarray]],
-    *,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    attributes: dict[str, Any],
-) -> dict[str, tuple[Any, np.ndarray]]:
-    """Make missing ``val`` (and ``test``) splits out of ``train``, stratified and seeded.
-
-    Images must be numpy arrays here. What was done is written to ``attributes['split_policy']``
-    (the cache records it), e.g. ``"val: 10% of source train, stratified, split_seed 0"``.
-    """
-    if "train" not in splits:
-        raise DataError("the source has no train split")
-    missing = {s: f for s, f in (("val", val_fraction), ("test", test_fraction)) if s not in splits}
-    if not missing:
-        attributes.setdefault("split_policy", "source splits")
-        return splits
-    images, labels = splits["train"]
-    parts = stratified_split(labels, missing, seed)
-    out = dict(splits)
-    out["train"] = (images[parts["rest"]], labels[parts["rest"]])
-    for split in missing:
-        out[split] = (images[parts[split]], labels[parts[split]])
-    made = "; ".join(f"{s}: {f:g} of source train" for s, f in missing.items())
-    how = "random (unlabelled)" if np.all(np.asarray(labels) == NO_LABEL) else "stratified by class"
-    attributes["split_policy"] = f"{made}; {how}, split_seed {seed}"
-    return out
-
-
-def task_for(num_classes: int, override: str | None, where: str) -> str:
-    """'binary' for 2 classes, else 'multiclass', unless the config overrides it."""
-    if override is None:
-        return "binary" if num_classes == 2 else "multiclass"
-    if override not in ("binary", "multiclass", "ordinal"):
-        raise ConfigError(f"{where}.task is {override!r}; allowed for single-label data: binary, multiclass, ordinal")
-    if override == "binary" and num_classes != 2:
-        raise ConfigError(f"{where}.task is 'binary' but the data has {num_classes} classes")
-    return override
 
 
 def require(entry: Mapping[str, Any], key: str, name: str, hint: str = "") -> Any:

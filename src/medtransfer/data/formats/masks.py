@@ -53,9 +53,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from medtransfer.data.folders import IMAGE_EXTENSIONS, SPLIT_ALIASES, _common_keys, _split_keys, check_folder_entry
-from medtransfer.data.formats import SPLITS, RawDataset, md5_file, md5_of_listing, register_format, require, stratified_split
-from medtransfer.data.streaming import DecodedImages
+from medtransfer.data.formats.common import (SPLIT_ALIASES, check_decoding_keys, decoding_keys, md5_file,
+                                             md5_of_listing, read_table, row_names, split_keys)
+from medtransfer.data.images import IMAGE_EXTENSIONS, DecodedImages
+from medtransfer.data.raw import SPLITS, RawDataset, register_format, require
+from medtransfer.data.splits import stratified_split
 from medtransfer.errors import ConfigError, DataError
 
 MISSING_POLICIES = ("error", "skip")
@@ -130,7 +132,7 @@ def load_mask(item: Item, lookup: np.ndarray, values: Sequence[int], size: int |
 
 class DecodedMasks(DecodedImages):
     """The masks of a split as a lazy uint8 [N, 1, size, size] array-like (decoded when sliced,
-    in threads, like :class:`~medtransfer.data.streaming.DecodedImages`)."""
+    in threads, like :class:`~medtransfer.data.images.DecodedImages`)."""
 
     def __init__(self, items: Sequence[Item], size: int, values: Sequence[int], *, workers: int | None = None,
                  key: str = "mask_values") -> None:
@@ -215,8 +217,6 @@ def _folder_items(name: str, top: Path, images_dir: str, mask_dirs: list[str], p
 
 def _csv_items(name: str, entry: dict[str, Any], root: Path, missing: str,
                skipped: list[str]) -> tuple[dict[str, list[Item]], Path]:
-    from medtransfer.data.tables import read_table, row_names
-
     csv_path = root / str(entry["file"])
     image_column = str(require(entry, "image_column", name, "the CSV column of image paths"))
     mask_columns = require(entry, "mask_column", name, "the CSV column(s) of mask paths")
@@ -277,7 +277,7 @@ def _mask_values(name: str, entry: dict[str, Any], classes: list[str]) -> list[i
 
 def check_masks_entry(name: str, entry: dict[str, Any]) -> None:
     """A masks entry's decoding keys, classes and mask values (``ConfigError``), before any file is read."""
-    check_folder_entry(name, entry)
+    check_decoding_keys(name, entry)
     _mask_values(name, entry, _classes(name, entry))
     if entry.get("missing_masks", "error") not in MISSING_POLICIES:
         raise ConfigError(f"datasets.{name}.missing_masks is {entry['missing_masks']!r}; allowed: "
@@ -299,7 +299,7 @@ def read_masks(name: str, entry: dict[str, Any]) -> RawDataset:
     root = Path(require(entry, "root", name, "the folder of the images and masks"))
     if not root.is_dir():
         raise DataError(f"datasets.{name}.root: folder {root} does not exist")
-    size, channels, resize, workers = _common_keys(entry, name)
+    size, channels, resize, workers = decoding_keys(entry, name)
     classes = _classes(name, entry)
     values = _mask_values(name, entry, classes)
     missing = entry.get("missing_masks", "error")
@@ -334,10 +334,10 @@ def read_masks(name: str, entry: dict[str, Any]) -> RawDataset:
     lookup = value_lookup(values)
     foreground = {split: survey(items, lookup, values, workers, f"datasets.{name}.mask_values", f"{name} {split}")
                   for split, items in listing.items()}
-    split_keys = _split_keys(entry)
-    made = {s: split_keys[f"{s}_fraction"] for s in ("val", "test") if s not in listing}
+    split_options = split_keys(entry)
+    made = {s: split_options[f"{s}_fraction"] for s in ("val", "test") if s not in listing}
     if made:
-        seed = split_keys["seed"]
+        seed = split_options["seed"]
         parts = stratified_split(foreground["train"].astype(np.int64), made, seed)
         pool, pool_foreground = listing["train"], foreground["train"]
         for split in [*made, "rest"]:

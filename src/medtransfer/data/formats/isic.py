@@ -30,11 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.data.folders import _common_keys, _split_keys
-from medtransfer.data.formats import RawDataset, md5_file, register_format, require
+from medtransfer.data.formats.common import decoding_keys, listing_checksum, md5_file, read_table, row_names, split_keys
+from medtransfer.data.images import DecodedImages
+from medtransfer.data.raw import RawDataset, register_format, require
 from medtransfer.data.splits import split_source_train
-from medtransfer.data.streaming import DecodedImages
-from medtransfer.data.tables import listing_checksum, read_table, row_names
 from medtransfer.errors import ConfigError, DataError
 
 CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
@@ -83,7 +82,7 @@ def _lesions(root: Path, images: list[str], name: str, group_by: str) -> np.ndar
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read ISIC 2019's training ground truth, metadata and images (decoded lazily)."""
     root = Path(require(entry, "root", name))
-    size, channels, resize, workers = _common_keys(entry, name)
+    size, channels, resize, workers = decoding_keys(entry, name)
     default = "lesion" if (root / METADATA).is_file() else "image"
     group_by = str(entry.get("group_by", default))
     if group_by not in ("lesion", "image"):
@@ -103,7 +102,7 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     lesions = _lesions(root, names, name, group_by)
     images = DecodedImages(paths, size, channels, resize, workers=workers, describe=rows)
     splits, attributes = split_source_train(images, labels, lesions, source=GROUND_TRUTH, grouping=group_by,
-                                            **_split_keys(entry))
+                                            **split_keys(entry))
     attributes.update({"metric": METRIC, "images_listing_md5": listing})
     if lesions is not None:
         attributes["metadata_md5"] = md5_file(root / METADATA)

@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.data.folders import _common_keys, _split_keys
-from medtransfer.data.formats import RawDataset, md5_file, register_format, require
+from medtransfer.data.formats.common import decoding_keys, listing_checksum, md5_file, read_table, row_names, split_keys
+from medtransfer.data.images import DecodedImages
+from medtransfer.data.raw import RawDataset, register_format, require
 from medtransfer.data.splits import split_source_train
-from medtransfer.data.streaming import DecodedImages
-from medtransfer.data.tables import listing_checksum, read_table, row_names
 from medtransfer.errors import DataError
 
 GRADES = ("0 no DR", "1 mild", "2 moderate", "3 severe", "4 proliferative DR")
@@ -42,7 +41,7 @@ METRIC = "kappa"
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read APTOS 2019's train.csv and train_images/ (images decoded lazily)."""
     root = Path(require(entry, "root", name))
-    size, channels, resize, workers = _common_keys(entry, name)
+    size, channels, resize, workers = decoding_keys(entry, name)
     csv_path = root / "train.csv"
     table = read_table(csv_path, ["id_code", "diagnosis"], hint=f"download APTOS 2019 from {DOWNLOAD}")
     rows = row_names(csv_path, len(table))
@@ -63,7 +62,7 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     listing = listing_checksum(root, paths, rows)
     images = DecodedImages(paths, size, channels, resize, workers=workers, describe=rows)
     splits, attributes = split_source_train(images, labels, None, source="train.csv", grouping="image",
-                                            **_split_keys(entry))
+                                            **split_keys(entry))
     attributes.update({"metric": METRIC, "images_listing_md5": listing,
                        "note": "APTOS 2019 has no patient ids: images are split independently"})
     return RawDataset(splits=splits, task="ordinal", class_names=list(GRADES), source=str(csv_path),

@@ -45,128 +45,21 @@ label outside ``classes`` stops with a DataError naming the file (and the CSV ro
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
-from medtransfer.data.formats import (
-    NO_LABEL,
-    SPLITS,
-    RawDataset,
-    complete_splits,
-    md5_file,
-    md5_of_listing,
-    register_format,
-    require,
-    task_for,
-)
+from medtransfer.data.formats.common import (SPLIT_ALIASES, check_decoding_keys, decoding_keys, md5_file,
+                                             md5_of_listing, split_keys, task_for)
+from medtransfer.data.images import IMAGE_EXTENSIONS, load_images
+from medtransfer.data.raw import NO_LABEL, SPLITS, RawDataset, register_format, require
+from medtransfer.data.splits import complete_splits
 from medtransfer.errors import ConfigError, DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-PIL_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "area": Image.Resampling.BOX,
-    "bicubic": Image.Resampling.BICUBIC,
-}
-SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
-
-# --- reading images --------------------------------------------------------------------------------
-
-def available_cores() -> int:
-    """Cores this process may run on (a SLURM or taskset allocation, not the whole machine)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def default_decode_threads() -> int:
-    """Decoding threads when config gives no ``workers``: the usable cores plus one. PIL releases
-    the GIL while it decodes and resizes, but not while it parses headers or while the writer
-    thread is in h5py; the extra thread fills those gaps (measured on 2 cores: JPEG 1.73x -> 1.92x,
-    PNG 1.76x -> 1.84x over a one-process loop; BENCHMARKS.md)."""
-    return available_cores() + 1
-
-
-def load_image(path: str | Path, size: int, channels: int, resize: str = "bilinear") -> np.ndarray:
-    """One image file -> uint8 [channels, size, size], resized with PIL (no crop)."""
-    with Image.open(path) as img:
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit gray (common for X-rays): scale to 8 bits instead of clipping at 255
-            data = np.asarray(img, dtype=np.float64) / 257.0
-            img = Image.fromarray(np.clip(np.rint(data), 0, 255).astype(np.uint8), mode="L")
-        img = img.convert("L" if channels == 1 else "RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), PIL_FILTERS[resize])
-        array = np.asarray(img, dtype=np.uint8)
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
-
-
-def load_images(paths: Sequence[str | Path], size: int, channels: int, resize: str, workers: int | None,
-                describe: Sequence[str] | None = None, desc: str = "images") -> np.ndarray:
-    """Decode and resize ``paths`` in parallel -> uint8 [N, channels, size, size].
-
-    Threads suffice: PIL releases the GIL while decoding and resizing. ``describe[i]`` names the
-    item in error messages (e.g. "labels.csv row 12"); by default the path itself.
-    """
-    out = np.empty((len(paths), channels, size, size), np.uint8)
-
-    def work(i: int) -> None:
-        try:
-            out[i] = load_image(paths[i], size, channels, resize)
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            what = f"{describe[i]}: image {paths[i]}" if describe is not None else f"image {paths[i]}"
-            raise DataError(f"{what} cannot be read ({err}); fix or remove it") from None
-
-    workers = workers or default_decode_threads()
-    if workers == 1:
-        for i in tqdm(range(len(paths)), desc=desc, unit="img"):
-            work(i)
-        return out
-    with ThreadPoolExecutor(workers) as pool:
-        for _ in tqdm(pool.map(work, range(len(paths)), chunksize=64), total=len(paths), desc=desc, unit="img"):
-            pass
-    return out
-
-
-def check_folder_entry(name: str, entry: Mapping[str, Any]) -> None:
-    """The decoding keys of an imagefolder / csv entry (``ConfigError``), before any image is read."""
-    int(require(entry, "size", name))
-    if int(entry.get("channels", 3)) not in (1, 3):
-        raise ConfigError(f"datasets.{name}.channels is {entry['channels']}; allowed: 1, 3")
-    resize = entry.get("resize", "bilinear")
-    if resize not in PIL_FILTERS:
-        raise ConfigError(f"datasets.{name}.resize is {resize!r}; allowed: {', '.join(PIL_FILTERS)}")
-
-
-def check_csv_entry(name: str, entry: Mapping[str, Any]) -> None:
-    """A csv entry's decoding keys and its label column(s) (``ConfigError``), before reading the file."""
-    check_folder_entry(name, entry)
-    if ("label_column" in entry) == ("label_columns" in entry):
-        raise ConfigError(f"datasets.{name}: give exactly one of 'label_column' (one label per row) "
-                          "or 'label_columns' (a list of 0/1 columns, multilabel)")
-
-
-def _common_keys(entry: dict[str, Any], name: str) -> tuple[int, int, str, int | None]:
-    check_folder_entry(name, entry)
-    workers = entry.get("workers")
-    size, channels, resize = int(entry["size"]), int(entry.get("channels", 3)), entry.get("resize", "bilinear")
-    return size, channels, resize, int(workers) if workers else None
-
-
-def _split_keys(entry: dict[str, Any]) -> dict[str, Any]:
-    return {"val_fraction": float(entry.get("val_fraction", 0.1)),
-            "test_fraction": float(entry.get("test_fraction", 0.2)),
-            "seed": int(entry.get("split_seed", 0))}
-
+# --- both: class names --------------------------------------------------------------------------
 
 def _class_index(values: Sequence[Any], classes: Sequence[Any] | None) -> tuple[list[str], dict[str, int]]:
     """Class names and a value -> index map (values compared as strings)."""
@@ -188,13 +81,13 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 @register_format("imagefolder", required={"root": "the folder with one sub-folder per class",
-                                          "size": "images are resized to size x size"}, check=check_folder_entry)
+                                          "size": "images are resized to size x size"}, check=check_decoding_keys)
 def read_imagefolder(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read a tree of one folder per class, with or without train/val/test on top."""
     root = Path(require(entry, "root", name))
     if not root.is_dir():
         raise DataError(f"datasets.{name}.root: folder {root} does not exist")
-    size, channels, resize, workers = _common_keys(entry, name)
+    size, channels, resize, workers = decoding_keys(entry, name)
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
     if split_dirs and "train" not in split_dirs:
         raise DataError(f"{root} has {', '.join(split_dirs)}/ but no train/ folder")
@@ -226,7 +119,7 @@ def read_imagefolder(name: str, entry: dict[str, Any]) -> RawDataset:
         for split, (paths, labels) in listing.items()
     }
     attributes: dict[str, Any] = {}
-    splits = complete_splits(splits, attributes=attributes, **_split_keys(entry))
+    splits = complete_splits(splits, attributes=attributes, **split_keys(entry))
     return RawDataset(
         splits=splits,
         task=task_for(len(class_names), entry.get("task"), f"datasets.{name}"),
@@ -249,13 +142,21 @@ def _read_unlabeled(name: str, entry: dict[str, Any], root: Path, tops: dict[str
                       np.full(len(paths), NO_LABEL, np.int64))
               for split, paths in listing.items()}
     attributes: dict[str, Any] = {}
-    splits = complete_splits(splits, attributes=attributes, **_split_keys(entry))
+    splits = complete_splits(splits, attributes=attributes, **split_keys(entry))
     return RawDataset(splits=splits, task="unlabeled", class_names=[], source=str(root),
                       checksum=md5_of_listing(root, [p for paths in listing.values() for p in paths]),
                       attributes=attributes)
 
 
 # --- csv -------------------------------------------------------------------------------------------
+
+def check_csv_entry(name: str, entry: Mapping[str, Any]) -> None:
+    """A csv entry's decoding keys and its label column(s) (``ConfigError``), before reading the file."""
+    check_decoding_keys(name, entry)
+    if ("label_column" in entry) == ("label_columns" in entry):
+        raise ConfigError(f"datasets.{name}: give exactly one of 'label_column' (one label per row) "
+                          "or 'label_columns' (a list of 0/1 columns, multilabel)")
+
 
 def _multilabel(table: Any, columns: list[str], csv_path: Path) -> np.ndarray:
     import pandas as pd
@@ -282,7 +183,7 @@ def read_csv(name: str, entry: dict[str, Any]) -> RawDataset:
     root = Path(require(entry, "root", name))
     csv_path = root / str(require(entry, "file", name))
     check_csv_entry(name, entry)
-    size, channels, resize, workers = _common_keys(entry, name)
+    size, channels, resize, workers = decoding_keys(entry, name)
     path_column = str(require(entry, "path_column", name))
     if not csv_path.is_file():
         raise DataError(f"datasets.{name}.file: {csv_path} does not exist")
@@ -338,7 +239,7 @@ def read_csv(name: str, entry: dict[str, Any]) -> RawDataset:
     splits = {s: (images[split_of == s], labels[split_of == s]) for s in SPLITS if (split_of == s).any()}
     # the checksum is the CSV's md5; the image files are fingerprinted by name and size beside it
     attributes: dict[str, Any] = {"images_listing_md5": md5_of_listing(root, paths)}
-    splits = complete_splits(splits, attributes=attributes, **_split_keys(entry))
+    splits = complete_splits(splits, attributes=attributes, **split_keys(entry))
     return RawDataset(
         splits=splits,
         task=task,

@@ -26,7 +26,7 @@ patients, radiologist consensus labels) is the test split, since the official te
 public. No patient is in two splits (checked). Paths in the CSVs start with the release folder
 (``CheXpert-v1.0-small/train/...``), which is dropped, so the folder can have any name.
 
-Images are decoded lazily (:class:`~medtransfer.data.streaming.DecodedImages`): ``channels``
+Images are decoded lazily (:class:`~medtransfer.data.images.DecodedImages`): ``channels``
 (default 1, gray; the loader repeats it to 3), ``resize`` (PIL filter), ``workers`` (threads).
 Task ``multilabel``, metric ``auc`` (mean per-label ROC-AUC over labelled entries).
 """
@@ -41,11 +41,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from medtransfer.data.folders import _common_keys
-from medtransfer.data.formats import RawDataset, md5_file, register_format, require
+from medtransfer.data.formats.common import decoding_keys, listing_checksum, md5_file, read_table, row_names
+from medtransfer.data.images import DecodedImages
+from medtransfer.data.raw import RawDataset, register_format, require
 from medtransfer.data.splits import check_disjoint, describe_split, grouped_split
-from medtransfer.data.streaming import DecodedImages
-from medtransfer.data.tables import listing_checksum, read_table, row_names
 from medtransfer.errors import ConfigError, DataError
 
 OBSERVATIONS = (
@@ -178,7 +177,7 @@ def _read_csv(root: Path, file: str, labels: list[str], policies: dict[str, str]
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read CheXpert's train.csv and valid.csv (images decoded lazily)."""
     root = _find_root(Path(require(entry, "root", name)))
-    size, channels, resize, workers = _common_keys({"channels": 1, **entry}, name)
+    size, channels, resize, workers = decoding_keys({"channels": 1, **entry}, name)
     labels = _label_names(entry, name)
     policies = uncertainty_policies(entry, labels, name)
     unmentioned = str(entry.get("unmentioned", "negative"))

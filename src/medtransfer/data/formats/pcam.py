@@ -23,7 +23,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from medtransfer.data.formats import SPLITS, RawDataset, md5_file, register_format, require
+from medtransfer.data.formats.common import md5_file
+from medtransfer.data.raw import SPLITS, RawDataset, register_format, require
 from medtransfer.errors import DataError
 
 SOURCE_SPLITS = {"train": "train", "val": "valid", "test": "test"}
