@@ -1,7 +1,7 @@
 """Captions of the feature-reuse and cross-run figures (figures/reuse.py, figures/domain.py).
 
 Each is a :class:`~medtransfer.report.caption_tools.Caption` named in its figure's catalog row
-(:mod:`medtransfer.figures.catalog`). Same conventions as :mod:`medtransfer.report.captions`:
+(:mod:`medtransfer.figures.catalog`). Same conventions (:mod:`medtransfer.report.caption_tools`):
 each gets the figure's tidy CSV and returns one bullet per panel of the figure, means ± sample sd
 over seeds with the seed count.
 
