@@ -489,7 +489,7 @@ def fid_gain_csv(path, with_st=True):
 
 @pytest.mark.parametrize("with_st", [True, False])
 def test_fid_figures_draw_and_say_what_the_study_lacks(tmp_path, with_st):
-    from medtransfer.figures import FIGURES
+    from medtransfer.figures.catalog import FIGURES
 
     csv = fid_gain_csv(tmp_path / "fid_gain.csv", with_st)
     for name in ("fid_gain", "fid_st_share"):
@@ -502,7 +502,7 @@ def test_fid_figures_draw_and_say_what_the_study_lacks(tmp_path, with_st):
 
 
 def test_prediction_and_representation_figures_draw(tmp_path):
-    from medtransfer.figures import FIGURES
+    from medtransfer.figures.catalog import FIGURES
 
     rng = np.random.default_rng(13)
     rows = []

@@ -13,10 +13,17 @@ import pandas as pd
 import pytest
 
 from medtransfer.errors import DataError
-from medtransfer.figures import FIGURES
 from medtransfer.figures.convergence import epochs_to_fraction_of_best
-from medtransfer.figures.domain import FID_GAIN_COLUMNS, PREDICTION_COLUMNS, REPRESENTATION_RUNS_COLUMNS
-from medtransfer.figures.io import HISTORY_COLUMNS, INIT_FINAL_COLUMNS, METRICS_COLUMNS, PAIRS_COLUMNS
+from medtransfer.columns import (
+    FID_GAIN_FIGURE_COLUMNS,
+    HISTORY_COLUMNS,
+    INIT_FINAL_COLUMNS,
+    METRICS_COLUMNS,
+    PAIRS_COLUMNS,
+    PREDICTION_SIMILARITY_READ_COLUMNS,
+    REPRESENTATION_GAIN_RUNS_READ_COLUMNS,
+)
+from medtransfer.figures.catalog import FIGURES
 from medtransfer.figures.style import init_dashes, init_palette, new_figure, save_figure
 from medtransfer.figures.tables import summary_table
 
@@ -36,9 +43,9 @@ COLUMNS = {  # a classification study: the segmentation columns are there, empty
     "history": HISTORY_COLUMNS + ("val_dice", "val_iou"),
     "similarity_init_final": INIT_FINAL_COLUMNS,
     "similarity_pairs": PAIRS_COLUMNS,
-    "fid_gain": FID_GAIN_COLUMNS,
-    "prediction_similarity": PREDICTION_COLUMNS,
-    "representation_gain_runs": REPRESENTATION_RUNS_COLUMNS,
+    "fid_gain": FID_GAIN_FIGURE_COLUMNS,
+    "prediction_similarity": PREDICTION_SIMILARITY_READ_COLUMNS,
+    "representation_gain_runs": REPRESENTATION_GAIN_RUNS_READ_COLUMNS,
 }
 
 
@@ -172,9 +179,9 @@ def assert_written(out_pdf: Path) -> None:
 # figures of the CSV kinds made here; the feature-reuse figures are tested in test_reuse_figures.py
 @pytest.mark.parametrize("name", sorted(name for name, spec in FIGURES.items() if spec.input in COLUMNS))
 def test_every_figure_writes_pdf_and_png(name, results, tmp_path):
-    function, kind = FIGURES[name]
+    figure = FIGURES[name]
     out = tmp_path / "figures" / f"{name}.pdf"
-    assert function(results[kind], out) == out
+    assert figure.function(results[figure.input], out) == out
     assert_written(out)
 
 
@@ -209,8 +216,9 @@ def test_missing_column_raises_data_error_naming_it(kind, results, tmp_path):
     broken = tmp_path / f"{kind}.csv"
     pd.read_csv(results[kind]).drop(columns=[dropped]).to_csv(broken, index=False)
     segmentation = {"test_dice": "test_dice", "convergence_dice": "val_dice"}  # figures of other columns
-    for name, (function, csv_kind) in FIGURES.items():
-        if csv_kind != kind:
+    for name, figure in FIGURES.items():
+        function = figure.function
+        if figure.input != kind:
             continue
         if name in segmentation:
             column = segmentation[name]
@@ -234,11 +242,11 @@ def test_missing_file_raises_data_error(tmp_path):
 def test_empty_csv_draws_no_data(tmp_path, fast_pdf):
     for kind, columns in COLUMNS.items():
         (tmp_path / f"{kind}.csv").write_text(",".join(columns) + "\n")  # header only
-    for name, (function, kind) in FIGURES.items():
-        if kind not in COLUMNS:  # test_reuse_figures.py
+    for name, figure in FIGURES.items():
+        if figure.input not in COLUMNS:  # test_reuse_figures.py
             continue
         out = tmp_path / "figures" / f"{name}.pdf"
-        function(tmp_path / f"{kind}.csv", out)
+        figure.function(tmp_path / f"{figure.input}.csv", out)
         assert_written(out)
     table = summary_table(tmp_path / "metrics.csv", tmp_path / "s.csv", tmp_path / "s.md")
     assert table.empty and "no data" in (tmp_path / "s.md").read_text()

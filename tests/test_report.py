@@ -18,9 +18,11 @@ from docutils.core import publish_parts
 
 from conftest import REPO, tiny_config
 from medtransfer import paths
-from medtransfer.grid import FIGURE_INPUTS, Study
-from medtransfer.report import layout
-from medtransfer.report.captions import CAPTIONS, caption_text, missing_captions
+from medtransfer.figures.catalog import FIGURES, Figure
+from medtransfer.grid import Study
+from medtransfer.report import layout, places
+from medtransfer.report.caption_tools import Caption
+from medtransfer.report.captions import caption_text, missing_captions
 from medtransfer.report.front import duration, front_rst, timing
 from medtransfer.report.tables import sortable_table_html, write_report_table
 
@@ -218,7 +220,8 @@ def test_every_caption_renders_as_snakemake_renders_it(metrics, tmp_path, monkey
     inputs["similarity_init_final"] = write(blocks, tmp_path, "init_final")
     template = (REPO / "workflow" / "report" / "figure.rst").read_text()
     monkeypatch.chdir(tmp_path)
-    for name, kind in FIGURE_INPUTS.items():
+    for name, figure in FIGURES.items():
+        kind = figure.input
         if kind not in inputs:
             continue
         caption = Path(f"results/figures/{name}.rst")
@@ -231,13 +234,16 @@ def test_every_caption_renders_as_snakemake_renders_it(metrics, tmp_path, monkey
 
 def test_a_figure_without_a_caption_of_its_own_gets_the_generic_one(metrics, monkeypatch):
     frame, path = metrics
-    monkeypatch.setitem(FIGURE_INPUTS, "brand_new", "metrics")  # as another branch may add one
+    place = layout.figure_place("brand_new")  # a figure not in the catalog goes to "Other figures"
+    # as a new analysis may add one, before its caption
+    monkeypatch.setitem(FIGURES, "brand_new", Figure("brand_new", "metrics",
+                                                     "medtransfer.figures.performance:plot_test_metric", place))
     assert missing_captions() == ["brand_new"]
     text = caption_text("brand_new", path)
     assert "no caption of its own" in text and f"{len(frame)} rows" in text and "``lesions``" in text
     render_rst(text)
-    assert layout.figure_place("weight_drift").category == layout.FEATURE_REUSE
-    assert layout.figure_place("brand_new").category == layout.OTHER
+    assert layout.figure_place("weight_drift").category == places.FEATURE_REUSE
+    assert layout.figure_place("brand_new").category == places.OTHER
 
 
 def test_list_the_figures_that_lack_a_caption_of_their_own():
@@ -245,13 +251,13 @@ def test_list_the_figures_that_lack_a_caption_of_their_own():
     missing = missing_captions()
     if missing:
         warnings.warn(f"figures with the generic caption only: {', '.join(missing)}", stacklevel=1)
-    assert set(CAPTIONS) <= set(FIGURE_INPUTS) | set(layout.FIGURE_PLACES)
+    assert all(isinstance(figure.caption, Caption) for figure in FIGURES.values() if figure.caption_ref)
 
 
 def test_every_figure_has_its_section_and_sections_sort_as_listed():
-    assert set(FIGURE_INPUTS) <= set(layout.FIGURE_PLACES)
+    assert all(figure.place.category in places.CATEGORIES for figure in FIGURES.values())
     # Snakemake sorts categories by name: the numbers keep the papers' order
-    assert sorted(layout.CATEGORIES) == list(layout.CATEGORIES)
+    assert sorted(places.CATEGORIES) == list(places.CATEGORIES)
     labels = {ext: layout.figure_labels("test_auc", ext) for ext in ("png", "pdf")}
     assert list(labels["png"]) == ["figure", "format"] and labels["png"]["figure"] == labels["pdf"]["figure"]
     # the toggle starts on the first value in sort order: the PNG, which the browser can show
@@ -337,19 +343,21 @@ def test_front_page_names_the_study_its_sizes_time_and_commands(tmp_path, monkey
 @pytest.mark.parametrize("content", ["", "header"])
 def test_every_caption_says_so_when_its_csv_has_no_rows(content, tmp_path):
     """A study without those runs yet draws a "no data" figure; its caption must not fail either."""
-    from medtransfer.analysis.fid_gain import FID_GAIN_COLUMNS
-    from medtransfer.analysis.predictions import PREDICTION_SIMILARITY_COLUMNS
-    from medtransfer.analysis.representation_gain import RUNS_COLUMNS
-    from medtransfer.figures.io import (FILTER_KERNEL_COLUMNS, HISTORY_COLUMNS, INIT_FINAL_COLUMNS, LAYER_KNN_COLUMNS,
-                                        METRICS_COLUMNS, PAIRS_COLUMNS, REINIT_COLUMNS, WEIGHT_DRIFT_COLUMNS)
+    from medtransfer.columns import (FID_GAIN_COLUMNS, FILTER_KERNEL_COLUMNS, HISTORY_COLUMNS, INIT_FINAL_COLUMNS,
+                                     LAYER_KNN_READ_COLUMNS, METRICS_COLUMNS, PAIRS_COLUMNS,
+                                     PREDICTION_SIMILARITY_COLUMNS, REINIT_READ_COLUMNS,
+                                     REPRESENTATION_GAIN_RUNS_COLUMNS, WEIGHT_DRIFT_READ_COLUMNS)
 
     # the header each stage writes (the cross-run CSVs: the analysis modules' own column lists)
     headers = {"metrics": METRICS_COLUMNS, "history": HISTORY_COLUMNS, "similarity_init_final": INIT_FINAL_COLUMNS,
-               "similarity_pairs": PAIRS_COLUMNS, "weight_drift": WEIGHT_DRIFT_COLUMNS, "reinit": REINIT_COLUMNS,
-               "layer_knn": LAYER_KNN_COLUMNS, "filter_kernels": FILTER_KERNEL_COLUMNS, "fid_gain": FID_GAIN_COLUMNS,
-               "prediction_similarity": PREDICTION_SIMILARITY_COLUMNS, "representation_gain_runs": RUNS_COLUMNS}
+               "similarity_pairs": PAIRS_COLUMNS, "weight_drift": WEIGHT_DRIFT_READ_COLUMNS,
+               "reinit": REINIT_READ_COLUMNS, "layer_knn": LAYER_KNN_READ_COLUMNS,
+               "filter_kernels": FILTER_KERNEL_COLUMNS, "fid_gain": FID_GAIN_COLUMNS,
+               "prediction_similarity": PREDICTION_SIMILARITY_COLUMNS,
+               "representation_gain_runs": REPRESENTATION_GAIN_RUNS_COLUMNS}
     assert missing_captions() == []  # every figure has findings of its own to leave empty
-    for name, kind in FIGURE_INPUTS.items():
+    for name, figure in FIGURES.items():
+        kind = figure.input
         path = tmp_path / f"{kind}.csv"
         path.write_text(",".join(headers[kind]) + "\n" if content == "header" else "")
         text = caption_text(name, path, measure="linear_cka")

@@ -11,23 +11,23 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtransfer.errors import DataError
-from medtransfer.figures import FIGURES
-from medtransfer.figures.io import (
+from medtransfer.columns import (
     FILTER_KERNEL_COLUMNS,
-    LAYER_KNN_COLUMNS,
-    REINIT_COLUMNS,
+    LAYER_KNN_READ_COLUMNS,
+    REINIT_READ_COLUMNS,
     RUN_COLUMNS,
-    WEIGHT_DRIFT_COLUMNS,
+    WEIGHT_DRIFT_READ_COLUMNS,
 )
+from medtransfer.errors import DataError
+from medtransfer.figures.catalog import FIGURES
 from medtransfer.figures.reuse import kernel_tiles
 
 from test_figures import assert_written
 
 INITS = {"RI": ("RI", ""), "ST_natural": ("ST", "natural"), "WT_natural": ("WT", "natural")}
 BLOCKS = {"resnet18": ["stem", "layer1.0", "layer2.0", "head"], "cbr_small": ["block1", "block2", "head"]}
-COLUMNS = {"weight_drift": WEIGHT_DRIFT_COLUMNS, "reinit": REINIT_COLUMNS, "layer_knn": LAYER_KNN_COLUMNS,
-           "filter_kernels": FILTER_KERNEL_COLUMNS}
+COLUMNS = {"weight_drift": WEIGHT_DRIFT_READ_COLUMNS, "reinit": REINIT_READ_COLUMNS,
+           "layer_knn": LAYER_KNN_READ_COLUMNS, "filter_kernels": FILTER_KERNEL_COLUMNS}
 REUSE_FIGURES = sorted(name for name, spec in FIGURES.items() if spec.input in COLUMNS)
 
 
@@ -79,7 +79,7 @@ def test_the_reuse_figures_are_registered():
 
 @pytest.mark.parametrize("name", REUSE_FIGURES)
 def test_every_reuse_figure_writes_pdf_and_png(name, results, tmp_path):
-    function, kind = FIGURES[name]
+    function, kind = FIGURES[name].function, FIGURES[name].input
     out = tmp_path / "figures" / f"{name}.pdf"
     assert function(results[kind], out) == out
     assert_written(out)
@@ -87,7 +87,7 @@ def test_every_reuse_figure_writes_pdf_and_png(name, results, tmp_path):
 
 @pytest.mark.parametrize("name", REUSE_FIGURES)
 def test_empty_csv_draws_no_data_and_a_missing_column_is_named(name, tmp_path):
-    function, kind = FIGURES[name]
+    function, kind = FIGURES[name].function, FIGURES[name].input
     empty = tmp_path / f"{kind}.csv"
     empty.write_text(",".join(COLUMNS[kind]) + "\n")
     function(empty, tmp_path / "empty.pdf")

@@ -121,13 +121,13 @@ def cmd_collect(args: argparse.Namespace) -> None:
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
-    from medtransfer.figures import FIGURES
+    from medtransfer.figures.catalog import FIGURES
     from medtransfer.report.captions import write_caption
 
-    function, kind = FIGURES[args.name]
+    figure = FIGURES[args.name]
     # figures of similarity measures draw one measure; their caption describes that one
-    measure = args.measure if kind.startswith(("similarity", "representation_gain")) else None
-    function(args.input, args.out, **({"measure": measure} if measure else {}))
+    measure = args.measure if figure.one_measure else None
+    figure.function(args.input, args.out, **({"measure": measure} if measure else {}))
     # the report's caption, from the same CSV (results/figures/NAME.rst beside the PDF by default)
     write_caption(args.name, args.input, args.caption or Path(args.out).with_suffix(".rst"), measure=measure)
 

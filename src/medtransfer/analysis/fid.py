@@ -31,6 +31,7 @@ import torch
 
 from medtransfer import data
 from medtransfer.atomic import atomic_path
+from medtransfer.columns import DOMAIN_DISTANCE_COLUMNS
 from medtransfer.errors import ConfigError, DataError, WeightsError
 
 log = logging.getLogger(__name__)
@@ -262,10 +263,6 @@ def read_statistics(path: str | Path) -> dict:
         out.update({key: handle.attrs[key] for key in ("n", "dataset", "split", "features", "size")})
     out["n"], out["size"] = int(out["n"]), int(out["size"])
     return out
-
-
-DOMAIN_DISTANCE_COLUMNS = ("source", "source_dataset", "target", "features", "size", "split", "n_source",
-                           "n_target", "n_features", "fid")
 
 
 def domain_distance(spec: dict) -> pd.DataFrame:

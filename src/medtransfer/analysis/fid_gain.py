@@ -22,14 +22,10 @@ import numpy as np
 import pandas as pd
 
 from medtransfer.analysis.gain import gain_over_ri, mean_sd, read_finetune_metrics
+from medtransfer.columns import FID_GAIN_COLUMNS
 from medtransfer.errors import DataError
 
 log = logging.getLogger(__name__)
-
-FID_GAIN_COLUMNS = ("dataset", "arch", "fraction", "source", "source_dataset", "features", "fid", "metric",
-                    "n_ri", "n_wt", "n_st", "ri_mean", "wt_mean", "st_mean", "wt_gain_mean", "wt_gain_sd",
-                    "st_gain_mean", "st_gain_sd", "st_share", "note")
-
 
 def fid_gain(distance: pd.DataFrame, metrics: pd.DataFrame, metric: str,
              source_datasets: dict[str, dict[str, str]]) -> pd.DataFrame:

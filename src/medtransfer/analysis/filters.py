@@ -26,12 +26,11 @@ import torch
 from torch import nn
 
 from medtransfer.analysis.runfiles import build_model, read_checkpoint
+from medtransfer.columns import FILTER_KERNEL_COLUMNS, RUN_COLUMNS
 from medtransfer.errors import DataError
 
-#: Columns of filters.csv after the run columns.
-FILTERS_COLUMNS = ("run", "layer", "n_weights", "mean_abs_change", "init_mean_abs", "relative_change")
 #: Columns of filter_kernels.csv after the run columns.
-KERNEL_COLUMNS = ("run", "layer", "state", "filter", "channel", "row", "col", "value")
+KERNEL_COLUMNS = FILTER_KERNEL_COLUMNS[len(RUN_COLUMNS):]
 
 
 def first_conv(model: nn.Module) -> str:
@@ -81,7 +80,8 @@ def _conv1(run_dir: str | Path, run: str) -> tuple[str, dict[str, torch.Tensor]]
 
 
 def filters_table(spec: dict) -> pd.DataFrame:
-    """filters.csv rows of ``spec["runs"]`` (each ``{"run", "run_dir", "columns"}``)."""
+    """filters.csv rows (:data:`medtransfer.columns.FILTERS_COLUMNS`) of ``spec["runs"]`` (each ``{"run",
+    "run_dir", "columns"}``)."""
     rows = []
     for entry in spec["runs"]:
         layer, weights = _conv1(entry["run_dir"], entry["run"])

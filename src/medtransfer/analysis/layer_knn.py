@@ -37,10 +37,6 @@ from medtransfer.errors import ConfigError
 from medtransfer.protocols.knn import knn_predict
 from medtransfer.training.metrics import classification_metrics
 
-#: Columns of layer_knn.csv after the run columns.
-LAYER_KNN_COLUMNS = ("run", "state", "split", "block", "block_index", "metric", "value", "k", "n_memory",
-                     "n_query", "n_features")
-
 
 def global_pool(output: torch.Tensor | tuple, channels_last_tokens: bool = False) -> torch.Tensor:
     """A block's output as [B, C]: the mean over every spatial position or token."""
@@ -142,7 +138,7 @@ def resolve_k(k: int, n_memory: int, cap_k: bool, run: str, fraction: float, dat
 
 
 def run_layer_knn(spec: dict, device: torch.device) -> pd.DataFrame:
-    """layer_knn.csv rows of one run. ``spec``: ``run``, ``run_dir``, ``columns``, ``states``,
+    """layer_knn.csv rows (:data:`medtransfer.columns.LAYER_KNN_COLUMNS`) of one run. ``spec``: ``run``, ``run_dir``, ``columns``, ``states``,
     ``split`` (the queries), ``k``, ``temperature``, ``cap_k``, ``max_memory_mb``."""
     from medtransfer.training.finetune import spec_loader
     from medtransfer.training.trainer import precision_for

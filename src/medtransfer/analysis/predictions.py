@@ -29,12 +29,8 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
+from medtransfer.columns import PREDICTION_SIMILARITY_COLUMNS
 from medtransfer.errors import DataError
-
-PREDICTION_SIMILARITY_COLUMNS = (
-    "run_a", "run_b", "dataset", "arch", "fraction", "init_a", "init_b", "seed_a", "seed_b", "kind", "split",
-    "task", "n_examples", "agreement", "kappa", "pearson", "spearman",
-)  # fmt: skip
 
 
 def read_predictions(path: str | Path, split: str, run: str) -> dict:

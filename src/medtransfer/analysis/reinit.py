@@ -34,8 +34,6 @@ from medtransfer.analysis.runfiles import read_metrics, read_states
 log = logging.getLogger(__name__)
 
 NONE, ALL = "none", "all"
-#: Columns of reinit.csv after the run columns.
-REINIT_COLUMNS = ("run", "split", "block", "block_index", "metric", "value", "drop")
 
 
 def reinit_state(init_state: Mapping[str, torch.Tensor], final_state: Mapping[str, torch.Tensor],
@@ -68,7 +66,7 @@ def reinit_rows(scores: Sequence[tuple[str, int, Mapping[str, float]]]) -> list[
 
 
 def run_reinit(spec: dict, device: torch.device) -> pd.DataFrame:
-    """reinit.csv rows of one run: ``spec`` has ``run``, ``run_dir``, ``columns`` and ``split``."""
+    """reinit.csv rows (:data:`medtransfer.columns.REINIT_COLUMNS`) of one run: ``spec`` has ``run``, ``run_dir``, ``columns`` and ``split``."""
     from medtransfer.training.finetune import spec_loader
     from medtransfer.training.trainer import evaluate, precision_for
 

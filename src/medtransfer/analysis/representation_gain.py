@@ -20,12 +20,12 @@ import pandas as pd
 from scipy import stats
 
 from medtransfer.analysis.gain import RUN_KEY, gain_over_ri, read_finetune_metrics
+from medtransfer.columns import (
+    REPRESENTATION_GAIN_COLUMNS,
+    REPRESENTATION_GAIN_RUNS_COLUMNS,
+)
 from medtransfer.errors import DataError
 
-REPRESENTATION_GAIN_COLUMNS = ("dataset", "arch", "block", "block_index", "measure", "metric", "spearman", "p_value",
-                               "n_runs", "note")
-RUNS_COLUMNS = ("dataset", "arch", "init", "init_name", "fraction", "seed", "block", "block_index", "measure",
-                "similarity", "metric", "gain")
 MIN_RUNS = 3  # fewer points give no rank correlation worth a p-value
 
 
@@ -48,7 +48,7 @@ def run_points(similarity: pd.DataFrame, metrics: pd.DataFrame, metric: str, inc
     if not include_ri:
         points = points[points["init"] != "RI"]
     points = points.dropna(subset=["similarity", "gain"]).assign(metric=metric)
-    return points[list(RUNS_COLUMNS)].reset_index(drop=True)
+    return points[list(REPRESENTATION_GAIN_RUNS_COLUMNS)].reset_index(drop=True)
 
 
 def correlations(points: pd.DataFrame) -> pd.DataFrame:

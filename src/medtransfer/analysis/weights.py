@@ -30,9 +30,6 @@ import torch
 from medtransfer import models
 from medtransfer.analysis.runfiles import read_states
 
-#: Columns of weight_drift.csv after the run columns.
-DRIFT_COLUMNS = ("run", "block", "block_index", "l2", "init_l2", "relative", "n_params")
-
 
 def weight_drift(init_state: Mapping[str, torch.Tensor], final_state: Mapping[str, torch.Tensor],
                  block_keys: Mapping[str, Sequence[str]], parameters: Collection[str]) -> list[dict]:
@@ -65,7 +62,8 @@ def weight_drift(init_state: Mapping[str, torch.Tensor], final_state: Mapping[st
 
 
 def run_weight_drift(run_dir: str | Path, run: str, columns: Mapping) -> pd.DataFrame:
-    """weight_drift.csv rows of one run: ``columns`` (the run columns) + :data:`DRIFT_COLUMNS`."""
+    """weight_drift.csv rows of one run (:data:`medtransfer.columns.WEIGHT_DRIFT_COLUMNS`): ``columns``
+    (the run columns), then the run's name and its blocks' drift."""
     model, init_state, final_state = read_states(run_dir, run)
     parameters = {name for name, p in model.named_parameters() if p.requires_grad}
     rows = weight_drift(init_state, final_state, models.block_keys(model), parameters)

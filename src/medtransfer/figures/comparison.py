@@ -12,7 +12,8 @@ import pandas as pd
 from scipy import stats
 
 from medtransfer.atomic import write_text
-from medtransfer.figures.io import RUN_COLUMNS, RUN_KEY, check_unique, read_results, with_protocol
+from medtransfer.columns import RUN_COLUMNS
+from medtransfer.figures.io import RUN_KEY, check_unique, read_results, with_protocol
 from medtransfer.figures.style import init_sort_key, metric_label
 from medtransfer.protocols import PROTOCOLS
 

@@ -15,8 +15,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
+from medtransfer.columns import RUN_COLUMNS
 from medtransfer.figures.io import (
-    RUN_COLUMNS,
     RUN_KEY,
     appearance_order,
     check_unique,
@@ -24,7 +24,12 @@ from medtransfer.figures.io import (
     read_results,
     select_row,
 )
-from medtransfer.figures.panels import line_handles, mark_no_runs, panel_title, seed_dots_by_init
+from medtransfer.figures.panels import (
+    line_handles,
+    mark_no_runs,
+    panel_title,
+    seed_dots_by_init,
+)
 from medtransfer.figures.style import (
     facet_axes,
     figure_style,

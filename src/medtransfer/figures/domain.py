@@ -21,6 +21,11 @@ import pandas as pd
 from matplotlib.cm import ScalarMappable
 from scipy import stats
 
+from medtransfer.columns import (
+    FID_GAIN_FIGURE_COLUMNS,
+    PREDICTION_SIMILARITY_READ_COLUMNS,
+    REPRESENTATION_GAIN_RUNS_READ_COLUMNS,
+)
 from medtransfer.figures.io import appearance_order, read_results
 from medtransfer.figures.panels import line_handles, marker_handles, panel_title
 from medtransfer.figures.style import (
@@ -35,12 +40,6 @@ from medtransfer.figures.style import (
     sort_inits,
 )
 
-FID_GAIN_COLUMNS = ("dataset", "arch", "fraction", "source", "source_dataset", "features", "fid", "metric",
-                    "wt_gain_mean", "wt_gain_sd", "st_share", "note")
-PREDICTION_COLUMNS = ("dataset", "arch", "fraction", "init_a", "init_b", "seed_a", "seed_b", "kind", "agreement",
-                      "kappa")
-REPRESENTATION_RUNS_COLUMNS = ("dataset", "arch", "init", "fraction", "seed", "block", "block_index", "measure",
-                               "similarity", "metric", "gain")
 _TARGET_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
@@ -53,7 +52,7 @@ def _fid_figure(csv: str | Path, out_pdf: str | Path, y: str, yerr: str | None, 
                 empty_note: str) -> Path:
     """``y`` (± ``yerr``) against FID: rows = architectures, columns = fractions; one point per
     (target, source), colour = the source's WT colour, marker = target."""
-    frame = read_results(csv, FID_GAIN_COLUMNS)
+    frame = read_results(csv, FID_GAIN_FIGURE_COLUMNS)
     with figure_style():
         if frame.empty:
             return save_no_data(title, f"no (source, target) pairs with an FID in {Path(csv).name}", out_pdf)
@@ -102,7 +101,7 @@ def _fid_figure(csv: str | Path, out_pdf: str | Path, y: str, yerr: str | None, 
 def plot_fid_gain(fid_gain_csv: str | Path, out_pdf: str | Path) -> Path:
     """WT's gain over RI (test metric, mean ± sd over seeds) against the FID between the source's
     dataset and the target, per architecture (rows) and fraction (columns)."""
-    frame = read_results(fid_gain_csv, FID_GAIN_COLUMNS)
+    frame = read_results(fid_gain_csv, FID_GAIN_FIGURE_COLUMNS)
     metric = metric_label(frame["metric"].iloc[0]) if len(frame) else "test metric"
     return _fid_figure(fid_gain_csv, out_pdf, "wt_gain_mean", "wt_gain_sd", f"WT − RI, {metric}\n(mean ± sd over seeds)",
                        "Gain of weight transfer over random init against domain distance",
@@ -112,7 +111,7 @@ def plot_fid_gain(fid_gain_csv: str | Path, out_pdf: str | Path) -> Path:
 def plot_fid_st_share(fid_gain_csv: str | Path, out_pdf: str | Path) -> Path:
     """(WT − ST) / (WT − RI) against FID: 1 = none of WT's gain is in the weight statistics
     alone, 0 = ST recovers all of it (group means over seeds, so no error bars)."""
-    frame = read_results(fid_gain_csv, FID_GAIN_COLUMNS)
+    frame = read_results(fid_gain_csv, FID_GAIN_FIGURE_COLUMNS)
     metric = metric_label(frame["metric"].iloc[0]) if len(frame) else "test metric"
     return _fid_figure(fid_gain_csv, out_pdf, "st_share", None, f"(WT − ST) / (WT − RI)\n{metric}, seed means",
                        "Share of the transfer gain that weight statistics do not explain",
@@ -123,7 +122,7 @@ def plot_prediction_similarity(csv: str | Path, out_pdf: str | Path) -> Path:
     """Init × init heatmaps of mean agreement and mean Cohen's kappa over seeds: rows are
     (target, architecture), columns (fraction, measure); the diagonal is two seeds of one init
     (the noise floor). Cells without a pair are blank."""
-    frame = read_results(csv, PREDICTION_COLUMNS)
+    frame = read_results(csv, PREDICTION_SIMILARITY_READ_COLUMNS)
     title = "How alike two runs predict on the test set (mean over seeds; diagonal: two seeds of one init)"
     with figure_style():
         if frame.empty:
@@ -188,7 +187,7 @@ def plot_representation_gain(csv: str | Path, out_pdf: str | Path, measure: str 
     """Each run's similarity(init, final) of a block against its gain over RI, one panel per
     block (columns) and target × architecture (rows), colour = init; the panel title gives the
     Spearman correlation over the panel's runs (the rows of representation_gain.csv)."""
-    frame = read_results(csv, REPRESENTATION_RUNS_COLUMNS)
+    frame = read_results(csv, REPRESENTATION_GAIN_RUNS_READ_COLUMNS)
     title = f"{measure_label(measure)}(init, final) per block against the gain over random init"
     with figure_style():
         if frame.empty:

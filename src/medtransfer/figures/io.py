@@ -1,7 +1,7 @@
 """Reading the tidy result CSVs that the figures and tables are drawn from.
 
-The column contracts live here (the stages that write the CSVs follow the same lists), and
-every reader checks them, so a CSV of the wrong kind or from an older version stops with a
+Every reader checks the columns it needs (from :mod:`medtransfer.columns`, where the stages that
+write the CSVs take them too), so a CSV of the wrong kind or from an older version stops with a
 message naming the file and the missing columns instead of drawing a wrong figure.
 """
 
@@ -12,21 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from medtransfer.columns import RUN_COLUMNS
 from medtransfer.errors import DataError
 
 # One run's identity; init already spells out init_name, source and k.
 RUN_KEY: tuple[str, ...] = ("dataset", "arch", "init", "fraction", "seed")
-
-METRICS_COLUMNS = RUN_COLUMNS + (
-    "task", "test_auc", "test_acc", "test_kappa", "val_auc", "best_epoch", "epochs", "train_seconds",
-)  # fmt: skip
-HISTORY_COLUMNS = RUN_COLUMNS + ("epoch", "train_loss", "val_loss", "val_auc", "val_acc", "lr", "seconds")
-INIT_FINAL_COLUMNS = RUN_COLUMNS + ("block", "block_index", "measure", "value")
-PAIRS_COLUMNS: tuple[str, ...] = (
-    "dataset", "arch", "fraction", "measure", "pair", "kind", "init_a", "seed_a", "init_b", "seed_b",
-    "block_a", "block_a_index", "block_b", "block_b_index", "value",
-)  # fmt: skip
 
 _TEXT_COLUMNS = (
     "dataset", "arch", "protocol", "init", "init_name", "source", "task", "block", "measure", "pair", "kind",
@@ -34,7 +23,10 @@ _TEXT_COLUMNS = (
 )  # fmt: skip
 # the cross-run analyses' CSVs (medtransfer.figures.domain)
 _TEXT_COLUMNS += ("run_a", "run_b", "split", "note", "features", "source_dataset", "metric", "state")
+# the feature-reuse CSVs (medtransfer.figures.reuse)
+_TEXT_COLUMNS += ("run", "state", "metric", "split", "layer")
 _INTEGER_COLUMNS = ("seed", "seed_a", "seed_b", "epoch", "block_index", "block_a_index", "block_b_index")
+_INTEGER_COLUMNS += ("n_params", "filter", "channel", "row", "col")
 
 
 def read_results(path: str | Path, required: Iterable[str]) -> pd.DataFrame:
@@ -124,11 +116,3 @@ def select_row(frame: pd.DataFrame, row: tuple[str, float | None]) -> pd.DataFra
         mask &= frame["fraction"] == fraction
     return frame[mask]
 
-
-# The feature-reuse CSVs (medtransfer.analysis.{weights, reinit, layer_knn, filters}; figures/reuse.py).
-WEIGHT_DRIFT_COLUMNS = RUN_COLUMNS + ("run", "block", "block_index", "l2", "relative", "n_params")
-REINIT_COLUMNS = RUN_COLUMNS + ("run", "block", "block_index", "metric", "value", "drop")
-LAYER_KNN_COLUMNS = RUN_COLUMNS + ("run", "state", "block", "block_index", "metric", "value")
-FILTER_KERNEL_COLUMNS = RUN_COLUMNS + ("run", "layer", "state", "filter", "channel", "row", "col", "value")
-_TEXT_COLUMNS = _TEXT_COLUMNS + ("run", "state", "metric", "split", "layer")
-_INTEGER_COLUMNS = _INTEGER_COLUMNS + ("n_params", "filter", "channel", "row", "col")

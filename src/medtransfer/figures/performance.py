@@ -19,8 +19,8 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from medtransfer.columns import RUN_COLUMNS
 from medtransfer.figures.io import (
-    RUN_COLUMNS,
     RUN_KEY,
     appearance_order,
     check_unique,

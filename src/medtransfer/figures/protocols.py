@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 from matplotlib.ticker import FuncFormatter
 
-from medtransfer.figures.io import RUN_COLUMNS, RUN_KEY, appearance_order, check_unique, read_results, with_protocol
+from medtransfer.columns import RUN_COLUMNS
+from medtransfer.figures.io import (
+    RUN_KEY,
+    appearance_order,
+    check_unique,
+    read_results,
+    with_protocol,
+)
 from medtransfer.figures.panels import mark_no_runs, panel_title
 from medtransfer.figures.style import (
     facet_axes,

@@ -20,12 +20,14 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
+from medtransfer.columns import (
+    FILTER_KERNEL_COLUMNS,
+    LAYER_KNN_READ_COLUMNS,
+    REINIT_READ_COLUMNS,
+    WEIGHT_DRIFT_READ_COLUMNS,
+)
 from medtransfer.errors import DataError
 from medtransfer.figures.io import (
-    FILTER_KERNEL_COLUMNS,
-    LAYER_KNN_COLUMNS,
-    REINIT_COLUMNS,
-    WEIGHT_DRIFT_COLUMNS,
     appearance_order,
     facet_rows,
     read_results,
@@ -111,7 +113,7 @@ def plot_weight_drift(drift_csv: str | Path, out_pdf: str | Path) -> Path:
     """Relative drift ‖θ_final − θ_init‖₂ / ‖θ_init‖₂ per block (Matsoukas et al.'s "L2 distance"),
     one line per init (mean over seeds, band ± sd); a log axis when it spans > 30×. Blocks whose
     init norm is 0 (relative drift undefined) are left out."""
-    frame = read_results(drift_csv, WEIGHT_DRIFT_COLUMNS).dropna(subset=["relative"])
+    frame = read_results(drift_csv, WEIGHT_DRIFT_READ_COLUMNS).dropna(subset=["relative"])
     title = "How far fine-tuning moved each block's weights"
     with figure_style():
         if frame.empty:
@@ -138,7 +140,7 @@ def plot_reinit(reinit_csv: str | Path, out_pdf: str | Path, metric: str = "auc"
     """Drop of the metric (fine-tuned − with the block reset to init) per block, one line per init
     (mean over seeds, band ± sd), and for every block at once ("all", last, a point per init with
     mean ± sd). Positive: the network needs what fine-tuning did to that block."""
-    frame = read_results(reinit_csv, REINIT_COLUMNS)
+    frame = read_results(reinit_csv, REINIT_READ_COLUMNS)
     frame = _select_metric(frame, metric, reinit_csv)
     frame = frame[frame["block"] != "none"].dropna(subset=["drop"])
     name = _metric_name(metric, _split_of(frame))
@@ -178,7 +180,7 @@ _STATE_NAMES = {"final": "fine-tuned", "init": "at init"}
 def plot_layer_knn(knn_csv: str | Path, out_pdf: str | Path, metric: str = "auc") -> Path:
     """Weighted k-NN metric on each block's pooled features, one colour per init, solid after
     fine-tuning and dashed at init (mean over seeds, band ± sd)."""
-    frame = read_results(knn_csv, LAYER_KNN_COLUMNS)
+    frame = read_results(knn_csv, LAYER_KNN_READ_COLUMNS)
     frame = _select_metric(frame, metric, knn_csv).dropna(subset=["value"])
     name = _metric_name(metric, _split_of(frame))
     k = ""

@@ -20,10 +20,9 @@ import seaborn as sns
 from matplotlib.cm import ScalarMappable
 from matplotlib.patches import Patch
 
+from medtransfer.columns import INIT_FINAL_COLUMNS, PAIRS_COLUMNS
 from medtransfer.errors import DataError
 from medtransfer.figures.io import (
-    INIT_FINAL_COLUMNS,
-    PAIRS_COLUMNS,
     appearance_order,
     facet_rows,
     read_results,

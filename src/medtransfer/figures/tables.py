@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from medtransfer.atomic import write_text
-from medtransfer.figures.io import RUN_COLUMNS, RUN_KEY, check_unique, read_results, with_protocol
-from medtransfer.protocols import PROTOCOLS
+from medtransfer.columns import RUN_COLUMNS
+from medtransfer.figures.io import RUN_KEY, check_unique, read_results, with_protocol
 from medtransfer.figures.style import init_sort_key, metric_label
+from medtransfer.protocols import PROTOCOLS
 
 GROUP = ("dataset", "arch", "protocol", "init", "fraction")
 # Summarised when the column is there; test_kappa (ordinal tasks) and test_dice / test_iou

@@ -1,12 +1,15 @@
 """The study report: Snakemake's own ``snakemake --report results/report.html``, arranged by the
 questions of the papers the study reruns.
 
+- :mod:`~medtransfer.report.places`: the report's sections (categories) and a result's place.
 - :mod:`~medtransfer.report.layout`: where each figure and table goes (category, subcategory,
-  labels) and the front page's job spec. Imported by the Snakefile, so it stays light
-  (standard library and :mod:`medtransfer.grid` only).
-- :mod:`~medtransfer.report.captions`: the caption registry, figure name -> a function of the
-  figure's tidy CSV -> reStructuredText (what it shows, what the paper found, what this run
-  found, with numbers). A figure without a caption of its own gets :func:`generic_caption`.
+  labels; a figure's from its row of :mod:`medtransfer.figures.catalog`) and the front page's
+  job spec. Imported by the Snakefile, so it stays light (no pandas, matplotlib or torch).
+- :mod:`~medtransfer.report.captions` and :mod:`~medtransfer.report.captions_reuse`: each
+  figure's caption, a function of the figure's tidy CSV -> reStructuredText (what it shows, what
+  the paper found, what this run found, with numbers), named in its catalog row; a figure without
+  one gets :func:`~medtransfer.report.captions.generic_caption`. Their shared formatting:
+  :mod:`~medtransfer.report.caption_tools`.
 - :mod:`~medtransfer.report.tables`: tables as self-contained sortable HTML pages.
 - :mod:`~medtransfer.report.front`: the front page (study, grid, dataset sizes, time, commands,
   config as run).

@@ -1,153 +1,55 @@
-"""Figure captions computed from the results: what a figure shows, what the paper it follows
-found, and what this run found, with numbers, seeds and spread.
+"""Captions of the performance, convergence and similarity figures, and the caption file of any
+figure: what a figure shows, what the paper it follows found, and what this run found, with
+numbers, seeds and spread.
 
-A caption is registered per figure name (the file stem under ``results/figures/``):
+A figure's caption is a :class:`~medtransfer.report.caption_tools.Caption` named in its catalog
+row (:mod:`medtransfer.figures.catalog`):
 
-    @caption("weight_drift", columns=(...), shows="...", paper="...")
-    def _weight_drift(frame: pd.DataFrame, measure: str | None) -> list[str]:
+    @caption(columns=(...), shows="...", paper="...")
+    def weight_drift(frame: pd.DataFrame, measure: str | None) -> list[str]:
         return ["one bullet per panel of the figure, with its numbers", ...]
 
-``frame`` is the figure's tidy CSV (grid.FIGURE_INPUTS names which one), read with the
-``columns`` checked. A figure without a registered caption gets :func:`generic_caption`, so
-every figure is in the report; :func:`missing_captions` lists those.
-
-Conventions in the text: means ± sample sd (ddof=1) over seeds to 3 decimals, differences signed
-(``+0.067``), fractions as percentages of the training data, init labels as literals.
+``frame`` is the figure's tidy CSV (the catalog row's ``input``), read with the ``columns``
+checked. A figure without a caption of its own gets :func:`generic_caption`, so every figure is
+in the report; :func:`missing_captions` lists those. The feature-reuse and cross-run figures'
+captions are in :mod:`medtransfer.report.captions_reuse`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from medtransfer.atomic import write_text
+from medtransfer.columns import INIT_FINAL_COLUMNS, PAIRS_COLUMNS, RUN_COLUMNS
+from medtransfer.figures.catalog import FIGURES
 from medtransfer.figures.convergence import epochs_to_fraction_of_best
-from medtransfer.figures.io import (
-    INIT_FINAL_COLUMNS,
-    PAIRS_COLUMNS,
-    RUN_COLUMNS,
-    appearance_order,
-    read_results,
-    with_protocol,
-)
+from medtransfer.figures.io import appearance_order, read_results, with_protocol
 from medtransfer.figures.style import measure_label, parse_init, sort_inits
-from medtransfer.grid import FIGURE_INPUTS
 from medtransfer.protocols import PROTOCOLS
-
-Found = Callable[[pd.DataFrame, "str | None"], list[str]]
-
-
-@dataclass(frozen=True)
-class CaptionSpec:
-    """A registered caption: the columns it reads, two fixed paragraphs and the findings."""
-
-    columns: tuple[str, ...]
-    shows: str
-    paper: str
-    found: Found
-
-
-CAPTIONS: dict[str, CaptionSpec] = {}
-
-
-def caption(name: str, *, columns: Sequence[str], shows: str, paper: str) -> Callable[[Found], Found]:
-    """Register ``found`` (frame, measure) -> bullet lines as the caption of figure ``name``."""
-
-    def register(found: Found) -> Found:
-        CAPTIONS[name] = CaptionSpec(tuple(columns), " ".join(shows.split()), " ".join(paper.split()), found)
-        return found
-
-    return register
+from medtransfer.report.caption_tools import (
+    baseline_init,
+    bullets,
+    caption,
+    lit,
+    mean_sd,
+    num,
+    panel,
+    panel_groups,
+    pct,
+    seeds_text,
+    signed,
+)
 
 
 def missing_captions(names: Iterable[str] | None = None) -> list[str]:
-    """Figures (of ``names``, default every figure in grid.FIGURE_INPUTS) that have no caption
-    of their own and get the generic one."""
-    return [name for name in (FIGURE_INPUTS if names is None else names) if name not in CAPTIONS]
-
-
-# ---- formatting -------------------------------------------------------------------------------
-
-
-def lit(text: object) -> str:
-    """An init label, dataset name, ... as an rst inline literal (safe for _ and *)."""
-    return f"``{text}``"
-
-
-def num(value: float, digits: int = 3) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
-def signed(value: float, digits: int = 3) -> str:
-    return "–" if not np.isfinite(value) else f"{value:+.{digits}f}"
-
-
-def mean_sd(values: Sequence[float] | np.ndarray, digits: int = 3) -> str:
-    """'0.649 ± 0.020' over seeds (sample sd); one value has no spread: '0.649 (1 seed)'."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return "–"
-    if values.size == 1:
-        return f"{values[0]:.{digits}f} (1 seed)"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-
-
-def pct(fraction: float) -> str:
-    return f"{100 * float(fraction):g} %"
-
-
-def seeds_text(counts: Iterable[int]) -> str:
-    """'2 seeds' or '2–3 seeds' for the number of seeds per cell."""
-    counts = sorted({int(c) for c in counts})
-    if not counts:
-        return "no seeds"
-    if len(counts) == 1:
-        return f"{counts[0]} seed" + ("s" if counts[0] != 1 else "")
-    return f"{counts[0]}–{counts[-1]} seeds"
-
-
-def panel(dataset: str, arch: str, fraction: float | None = None) -> str:
-    """'**lesions · cbr_tiny · 20 % data**', the figure's panel title in bold."""
-    parts = [str(dataset), str(arch)] + ([f"{pct(fraction)} data"] if fraction is not None else [])
-    return "**" + " · ".join(parts) + "**"
-
-
-def bullets(lines: Sequence[str]) -> str:
-    """An rst bullet list; a line starting with two spaces is a sub-bullet of the one before."""
-    out: list[str] = []
-    for line in lines:
-        if line.startswith("  "):
-            if out and not out[-1].startswith("  - "):
-                out.append("")  # rst wants a blank line before a nested list
-            out.append("  - " + line.strip())
-        else:
-            out += ["", "- " + line]
-    return "\n".join(out).strip() + "\n"
-
-
-def _groups(frame: pd.DataFrame, keys: Sequence[str]) -> list[tuple[tuple, pd.DataFrame]]:
-    """(key values, rows) per group: in the order the keys other than ``fraction`` first appear
-    (the order of the study config), fractions ascending within them."""
-    if frame.empty:
-        return []
-    keys = list(keys)
-    others = [i for i, key in enumerate(keys) if key != "fraction"]
-    groups = {key if isinstance(key, tuple) else (key,): rows
-              for key, rows in frame.groupby(keys, sort=False, dropna=False)}  # fmt: skip
-    first = {}
-    for key in groups:
-        first.setdefault(tuple(key[i] for i in others), len(first))
-    fraction = keys.index("fraction") if "fraction" in keys else None
-
-    def order(key: tuple) -> tuple:
-        return (first[tuple(key[i] for i in others)], float(key[fraction]) if fraction is not None else 0.0)
-
-    return [(key, groups[key]) for key in sorted(groups, key=order)]
+    """Figures (of ``names``, default every figure of the catalog) that have no caption of their
+    own and get the generic one."""
+    return [name for name in (FIGURES if names is None else names)
+            if name not in FIGURES or FIGURES[name].caption_ref is None]
 
 
 def _finetune(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -161,19 +63,14 @@ def _stats(frame: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
     return pd.DataFrame({"mean": grouped.mean(), "sd": grouped.std(ddof=1), "n": grouped.count()}).reset_index()
 
 
-def _baseline(inits: Sequence[str]) -> str:
-    """What the other inits are compared with: RI when the study has it."""
-    return "RI" if "RI" in inits else sort_inits(inits)[0]
-
-
 # ---- performance ------------------------------------------------------------------------------
 
-METRICS_COLUMNS = RUN_COLUMNS + ("test_auc",)
+# What the AUC captions read of metrics.csv (its columns: medtransfer.columns.METRICS_COLUMNS).
+_RUNS_WITH_TEST_AUC = RUN_COLUMNS + ("test_auc",)
 
 
 @caption(
-    "test_auc",
-    columns=METRICS_COLUMNS,
+    columns=_RUNS_WITH_TEST_AUC,
     shows="""Test AUC of every fine-tuning run, one panel per target dataset and architecture: x is
     the fraction of the training data, colour the initialisation (the same colour in every figure),
     each dot a seed and the tick with whiskers the mean ± sample sd over seeds.""",
@@ -182,7 +79,7 @@ METRICS_COLUMNS = RUN_COLUMNS + ("test_auc",)
     images: 92.2 → 94.6); Matsoukas et al. 2022 found the gain of weight transfer (WT) over random
     init (RI) growing as the dataset shrinks.""",
 )
-def _test_auc(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def test_auc(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     return _test_metric(frame, "test_auc") or ["no fine-tuning runs with a test AUC"]
 
 
@@ -190,11 +87,11 @@ def _test_metric(frame: pd.DataFrame, metric: str) -> list[str]:
     """Per panel: the best init at each fraction and every init's gap to the baseline, in ``metric``."""
     frame = _finetune(frame, metric)
     lines = []
-    for (dataset, arch), runs in _groups(frame, ("dataset", "arch")):
+    for (dataset, arch), runs in panel_groups(frame, ("dataset", "arch")):
         stats = _stats(runs, ("init", "fraction"), metric)
         inits = sort_inits(runs["init"])
         fractions = sorted(runs["fraction"].unique())
-        base = _baseline(inits)
+        base = baseline_init(inits)
         lines.append(f"{panel(dataset, arch)} ({seeds_text(stats['n'])} per initialisation):")
         best = []
         for fraction in fractions:
@@ -222,7 +119,6 @@ def _test_metric(frame: pd.DataFrame, metric: str) -> list[str]:
 
 
 @caption(
-    "test_dice",
     columns=RUN_COLUMNS,  # test_dice exists only once a study has a segmentation target
     shows="""Test Dice of every fine-tuning run of a segmentation target (a U-Net decoder over the
     initialised encoder; the foreground classes' mean Dice per image, averaged over images), one
@@ -233,14 +129,13 @@ def _test_metric(frame: pd.DataFrame, metric: str) -> list[str]:
     transfers best differs between the two: fine-grained (iNat2021) pretraining is better for
     segmentation, supervised ImageNet classification for classification.""",
 )
-def _test_dice(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def test_dice(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     lines = _test_metric(frame, "test_dice") if "test_dice" in frame else []
     return lines or ["no fine-tuning runs with a test Dice"]
 
 
 @caption(
-    "init_comparison",
-    columns=METRICS_COLUMNS,
+    columns=_RUNS_WITH_TEST_AUC,
     shows="""Random initialisation (RI), weight statistics only (ST, each tensor redrawn from the
     source tensor's mean and sd, Raghu's "Mean Var") and full weight transfer (WT) side by side:
     bars are the mean test AUC over seeds from chance (0.5), whiskers ± sample sd, dots the seeds;
@@ -249,11 +144,11 @@ def _test_dice(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     speed-up; Matsoukas et al. 2022 use ST to separate the scale of the pretrained weights from
     their features: the part of the RI → WT gap that ST does not close is feature reuse.""",
 )
-def _init_comparison(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def init_comparison(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame = _finetune(frame, "test_auc")
     frame = frame[frame["init_name"].isin(["RI", "ST", "WT"])]
     lines = []
-    for (dataset, arch, fraction), runs in _groups(frame, ("dataset", "arch", "fraction")):
+    for (dataset, arch, fraction), runs in panel_groups(frame, ("dataset", "arch", "fraction")):
         values = {init: runs.loc[runs["init"] == init, "test_auc"] for init in sort_inits(runs["init"])}
         means = ", ".join(f"{lit(init)} {mean_sd(v)}" for init, v in values.items())
         parts = [f"{panel(dataset, arch, fraction)}: {means}"]
@@ -281,8 +176,7 @@ def _init_comparison(frame: pd.DataFrame, measure: str | None = None) -> list[st
 
 
 @caption(
-    "metric_vs_k",
-    columns=METRICS_COLUMNS,
+    columns=_RUNS_WITH_TEST_AUC,
     shows="""Test AUC against k, the number of lowest canonical blocks transferred from the source
     (WT-ST-k: the rest from weight statistics; WT-RI-k: the rest random), mean ± sd over seeds with
     seeds as faint dots; ST and RI sit at k = 0 and WT at k = all, each also a dashed line with its
@@ -291,11 +185,11 @@ def _init_comparison(frame: pd.DataFrame, measure: str | None = None) -> list[st
     find that reusing the early layers accounts for much of it: a curve that reaches the WT line at
     small k says the same.""",
 )
-def _metric_vs_k(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def metric_vs_k(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame = _finetune(frame, "test_auc")
     partial = frame[frame["init_name"].isin(["WT-ST", "WT-RI"]) & frame["k"].notna()]
     lines = []
-    for (dataset, arch, fraction), runs in _groups(partial, ("dataset", "arch", "fraction")):
+    for (dataset, arch, fraction), runs in panel_groups(partial, ("dataset", "arch", "fraction")):
         cell = frame[(frame["dataset"] == dataset) & (frame["arch"] == arch) & (frame["fraction"] == fraction)]
         for series, sweep in runs.groupby(runs["init_name"] + "_" + runs["source"], sort=False):
             family, source = series.split("_", 1)
@@ -316,8 +210,7 @@ def _metric_vs_k(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
 
 
 @caption(
-    "protocols",
-    columns=METRICS_COLUMNS,
+    columns=_RUNS_WITH_TEST_AUC,
     shows="""Test AUC against the fraction of training labels (log scale), one panel per target and
     architecture (rows) and protocol (columns: fine-tuning, linear probe and k-NN on frozen
     features), one line per initialisation (mean over seeds, band ± sd).""",
@@ -325,10 +218,10 @@ def _metric_vs_k(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     than supervised ones under linear evaluation at small data (+14.79 % kappa on diabetic
     retinopathy, +5.4 % AUC on PCam), with smaller differences after fine-tuning.""",
 )
-def _protocols(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def protocols(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame = with_protocol(frame).dropna(subset=["test_auc"])
     lines = []
-    for (dataset, arch), runs in _groups(frame, ("dataset", "arch")):
+    for (dataset, arch), runs in panel_groups(frame, ("dataset", "arch")):
         lines.append(f"{panel(dataset, arch)}:")
         protocols = [p for p in PROTOCOLS if p in set(runs["protocol"])]
         for protocol in protocols:
@@ -350,12 +243,12 @@ def _protocols(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
 
 # ---- convergence ------------------------------------------------------------------------------
 
-HISTORY_COLUMNS = RUN_COLUMNS + ("epoch", "val_auc")
+# What the AUC captions read of history.csv (its columns: medtransfer.columns.HISTORY_COLUMNS).
+_EPOCHS_WITH_VAL_AUC = RUN_COLUMNS + ("epoch", "val_auc")
 
 
 @caption(
-    "convergence",
-    columns=HISTORY_COLUMNS,
+    columns=_EPOCHS_WITH_VAL_AUC,
     shows="""Validation AUC after every epoch of fine-tuning, one line per initialisation (mean over
     seeds, band ± sample sd), one panel per dataset, fraction of the training data and
     architecture. Lines that rise earlier converge faster; compare where they flatten, not only
@@ -363,7 +256,7 @@ HISTORY_COLUMNS = RUN_COLUMNS + ("epoch", "val_auc")
     paper="""Raghu et al. 2019 found that pretrained weights speed up convergence, and that weight
     statistics alone (Mean-Var) recover much of that speed-up.""",
 )
-def _convergence(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def convergence(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     return _convergence_of(frame, "val_auc", "validation AUC") or ["no validation AUC in the history"]
 
 
@@ -371,7 +264,7 @@ def _convergence_of(frame: pd.DataFrame, metric: str, label: str) -> list[str]:
     """Per panel: each init's mean ``metric`` at the first and the last epoch."""
     frame = frame.dropna(subset=[metric])
     lines = []
-    for (dataset, arch, fraction), runs in _groups(frame, ("dataset", "arch", "fraction")):
+    for (dataset, arch, fraction), runs in panel_groups(frame, ("dataset", "arch", "fraction")):
         first, last = int(runs["epoch"].min()), int(runs["epoch"].max())
         parts = []
         for init in sort_inits(runs["init"]):
@@ -386,7 +279,6 @@ def _convergence_of(frame: pd.DataFrame, metric: str, label: str) -> list[str]:
 
 
 @caption(
-    "convergence_dice",
     columns=RUN_COLUMNS + ("epoch",),  # val_dice likewise
     shows="""Validation Dice after every epoch of fine-tuning a segmentation target, one line per
     initialisation (mean over seeds, band ± sample sd), one panel per dataset, fraction of the
@@ -394,14 +286,13 @@ def _convergence_of(frame: pd.DataFrame, metric: str, label: str) -> list[str]:
     paper="""Raghu et al. 2019 found that pretrained weights speed up convergence of classifiers;
     this asks the same of an encoder under a randomly initialised decoder.""",
 )
-def _convergence_dice(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def convergence_dice(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     lines = _convergence_of(frame, "val_dice", "validation Dice") if "val_dice" in frame else []
     return lines or ["no validation Dice in the history"]
 
 
 @caption(
-    "epochs_to_95",
-    columns=HISTORY_COLUMNS,
+    columns=_EPOCHS_WITH_VAL_AUC,
     shows="""Epochs each run needed to first reach 95 % of its own best validation AUC, per
     initialisation; x is the fraction of the training data, colour the initialisation, dots the
     seeds, tick and whiskers the mean ± sample sd. Fewer epochs is faster convergence, whatever
@@ -409,10 +300,10 @@ def _convergence_dice(frame: pd.DataFrame, measure: str | None = None) -> list[s
     paper="""This is the convergence-speed measure of Raghu et al. 2019, where pretrained weights and
     Mean-Var statistics both reach it in fewer epochs than random initialisation.""",
 )
-def _epochs_to_95(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def epochs_to_95(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     table = epochs_to_fraction_of_best(frame, 0.95) if not frame.empty else pd.DataFrame()
     lines = []
-    for (dataset, arch, fraction), runs in _groups(table, ("dataset", "arch", "fraction")):
+    for (dataset, arch, fraction), runs in panel_groups(table, ("dataset", "arch", "fraction")):
         parts = [f"{lit(init)} {mean_sd(runs.loc[runs['init'] == init, 'epochs_to_target'], digits=1)}"
                  for init in sort_inits(runs["init"])]
         stats = _stats(runs, ("init",), "epochs_to_target").sort_values("mean", kind="stable")
@@ -433,7 +324,6 @@ def _measure_rows(frame: pd.DataFrame, measure: str | None) -> tuple[pd.DataFram
 
 
 @caption(
-    "similarity_init_final",
     columns=INIT_FINAL_COLUMNS,
     shows="""Similarity (the first of ``analysis.measures``) between each canonical block at
     initialisation and the same block after fine-tuning, on the shared probe set: one line per
@@ -443,10 +333,10 @@ def _measure_rows(frame: pd.DataFrame, measure: str | None) -> tuple[pd.DataFram
     initialisation and that the lower layers change least; Matsoukas et al. 2022 measure the same
     with CKA to show where WT's features are reused.""",
 )
-def _similarity_init_final(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def similarity_init_final(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame, measure = _measure_rows(frame, measure)
     lines = []
-    for (dataset, arch, fraction), rows in _groups(frame, ("dataset", "arch", "fraction")):
+    for (dataset, arch, fraction), rows in panel_groups(frame, ("dataset", "arch", "fraction")):
         n = rows.groupby("init")["seed"].nunique()
         lines.append(f"{panel(dataset, arch, fraction)}, {measure_label(measure)} ({seeds_text(n)}):")
         for init in sort_inits(rows["init"]):
@@ -469,7 +359,6 @@ def _diagonal(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 @caption(
-    "similarity_pairs_heatmap",
     columns=PAIRS_COLUMNS,
     shows="""Block × block similarity between two fine-tuned networks of different initialisations
     (e.g. WT vs RI), averaged over seed pairs: cell (i, j) compares block i of the first network (y
@@ -479,11 +368,11 @@ def _diagonal(frame: pd.DataFrame) -> pd.DataFrame:
     pretrained and randomly initialised networks differ most in the lowest layers, and Matsoukas et
     al. 2022 compare WT with ST the same way.""",
 )
-def _similarity_pairs_heatmap(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def similarity_pairs_heatmap(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame, measure = _measure_rows(frame, measure)
     diagonal = _diagonal(frame)
     lines = []
-    for (dataset, arch, fraction), rows in _groups(diagonal, ("dataset", "arch", "fraction")):
+    for (dataset, arch, fraction), rows in panel_groups(diagonal, ("dataset", "arch", "fraction")):
         floors = rows[rows["kind"] == "noise_floor"]
         floor_means = {init: floors.loc[floors["init_a"] == init, "value"].mean() for init in sort_inits(floors["init_a"])}
         parts = []
@@ -498,7 +387,6 @@ def _similarity_pairs_heatmap(frame: pd.DataFrame, measure: str | None = None) -
 
 
 @caption(
-    "similarity_pairs_blocks",
     columns=PAIRS_COLUMNS,
     shows="""The diagonal of the block × block similarity: block i of one network against block i
     of the other, one line per pair of initialisations (mean ± sample sd over seed pairs). Shaded
@@ -508,11 +396,11 @@ def _similarity_pairs_heatmap(frame: pd.DataFrame, measure: str | None = None) -
     paper="""Raghu et al. 2019 found that pretrained and randomly initialised networks differ most
     in the lowest layers; Matsoukas et al. 2022 compare WT and ST block by block with CKA.""",
 )
-def _similarity_pairs_blocks(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def similarity_pairs_blocks(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame, measure = _measure_rows(frame, measure)
     diagonal = _diagonal(frame)
     lines = []
-    for (dataset, arch, fraction), rows in _groups(diagonal, ("dataset", "arch", "fraction")):
+    for (dataset, arch, fraction), rows in panel_groups(diagonal, ("dataset", "arch", "fraction")):
         floors = rows[rows["kind"] == "noise_floor"]
         # lower edge (mean − sd) of each init's noise-floor band per block, as the figure shades it
         edge = floors.groupby(["init_a", "block_a_index"])["value"].agg(["mean", "std"])
@@ -556,7 +444,8 @@ def generic_caption(name: str, frame: pd.DataFrame, csv_path: str | Path) -> str
 
 def caption_text(name: str, csv_path: str | Path, measure: str | None = None) -> str:
     """The reStructuredText caption of figure ``name`` drawn from ``csv_path``."""
-    spec = CAPTIONS.get(name)
+    figure = FIGURES.get(name)
+    spec = figure.caption if figure else None
     if spec is None:
         return generic_caption(name, read_results(csv_path, ()), csv_path)
     frame = read_results(csv_path, spec.columns)
@@ -572,8 +461,3 @@ def write_caption(name: str, csv_path: str | Path, out: str | Path, measure: str
     text = caption_text(name, csv_path, measure)
     write_text(out, text)
     return text
-
-
-# The feature-reuse and cross-run figures' captions live in their own module but fill the one
-# registry above; imported last, since that module imports the helpers defined here.
-from medtransfer.report import captions_reuse  # noqa: E402,F401

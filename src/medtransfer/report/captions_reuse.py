@@ -1,9 +1,9 @@
 """Captions of the feature-reuse and cross-run figures (figures/reuse.py, figures/domain.py).
 
-Registered in the one registry of :mod:`medtransfer.report.captions` (which imports this module at
-its end, so ``CAPTIONS`` is complete whichever of the two is imported first). Same conventions:
-each function gets the figure's tidy CSV and returns one bullet per panel of the figure, means ±
-sample sd over seeds with the seed count.
+Each is a :class:`~medtransfer.report.caption_tools.Caption` named in its figure's catalog row
+(:mod:`medtransfer.figures.catalog`). Same conventions (:mod:`medtransfer.report.caption_tools`):
+each gets the figure's tidy CSV and returns one bullet per panel of the figure, means ± sample sd
+over seeds with the seed count.
 
 The "What the paper found" paragraphs keep to what REFERENCES.md (the shared reference facts) records; a finding
 taken from elsewhere (the analysis modules' docstrings) is marked second-hand, as that file asks.
@@ -15,24 +15,25 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from medtransfer.figures.domain import FID_GAIN_COLUMNS as FID_FIGURE_COLUMNS
-from medtransfer.figures.domain import PREDICTION_COLUMNS, REPRESENTATION_RUNS_COLUMNS
-from medtransfer.figures.io import (
+from medtransfer.columns import (
+    FID_GAIN_CAPTION_COLUMNS,
     FILTER_KERNEL_COLUMNS,
-    LAYER_KNN_COLUMNS,
-    REINIT_COLUMNS,
-    WEIGHT_DRIFT_COLUMNS,
+    LAYER_KNN_READ_COLUMNS,
+    PREDICTION_SIMILARITY_READ_COLUMNS,
+    REINIT_READ_COLUMNS,
+    REPRESENTATION_GAIN_RUNS_READ_COLUMNS,
+    WEIGHT_DRIFT_READ_COLUMNS,
 )
 from medtransfer.figures.reuse import METRIC_NAMES
 from medtransfer.figures.style import measure_label, metric_label, sort_inits
-from medtransfer.report.captions import (
-    _baseline,
-    _groups,
+from medtransfer.report.caption_tools import (
+    baseline_init,
     caption,
     lit,
     mean_sd,
     num,
     panel,
+    panel_groups,
     pct,
     seeds_text,
     signed,
@@ -42,8 +43,6 @@ from medtransfer.report.captions import (
 DRAWN_METRIC = "auc"
 # plot_representation_gain's default measure when the workflow names none.
 DRAWN_MEASURE = "linear_cka_debiased"
-# fid_gain.csv columns the captions read beyond those the figures draw: the seed counts and ST's gain.
-FID_GAIN_CAPTION_COLUMNS = FID_FIGURE_COLUMNS + ("n_ri", "n_wt", "n_st", "st_gain_mean")
 PANEL = ("dataset", "arch", "fraction")
 
 
@@ -84,8 +83,7 @@ def _seed_count(rows: pd.DataFrame) -> str:
 
 
 @caption(
-    "weight_drift",
-    columns=WEIGHT_DRIFT_COLUMNS,
+    columns=WEIGHT_DRIFT_READ_COLUMNS,
     shows="""How far fine-tuning moved each canonical block's weights: the relative L2 drift
     ‖θ_final − θ_init‖₂ / ‖θ_init‖₂ over the block's learnable parameters (BatchNorm running
     statistics left out), blocks from input to head on x, one line per initialisation (mean over
@@ -96,12 +94,12 @@ def _seed_count(rows: pd.DataFrame) -> str:
     2019 found that large models move less from their initialisation and that pretrained and
     randomly initialised networks' representations differ most in the lowest layers.""",
 )
-def _weight_drift(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def weight_drift(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame = frame.dropna(subset=["relative"])
     lines = []
-    for (dataset, arch, fraction), rows in _groups(frame, PANEL):
+    for (dataset, arch, fraction), rows in panel_groups(frame, PANEL):
         inits = sort_inits(rows["init"])
-        base = _baseline(inits)
+        base = baseline_init(inits)
         base_blocks = _per_block(rows[rows["init"] == base], "relative").set_index("block_index")["mean"]
         lines.append(f"{panel(dataset, arch, fraction)}, relative drift ({_seed_count(rows)}):")
         for init in inits:
@@ -123,8 +121,7 @@ def _weight_drift(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
 
 
 @caption(
-    "reinit",
-    columns=REINIT_COLUMNS,
+    columns=REINIT_READ_COLUMNS,
     shows="""Re-initialisation robustness: the drop of the test metric (AUC) when one block at a
     time is set back to its initial weights and BatchNorm statistics while the others stay
     fine-tuned, blocks from input to head on x, one line per initialisation (mean over seeds, band
@@ -135,11 +132,11 @@ def _weight_drift(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     Bengio & Singer 2019, "Are all layers created equal?") to find which layers the fine-tuned
     network depends on (its critical layers).""",
 )
-def _reinit(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def reinit(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame, metric = _metric_rows(frame)
     frame = frame[frame["block"] != "none"].dropna(subset=["drop"])  # `none` is the fine-tuned network itself
     lines = []
-    for (dataset, arch, fraction), rows in _groups(frame, PANEL):
+    for (dataset, arch, fraction), rows in panel_groups(frame, PANEL):
         lines.append(f"{panel(dataset, arch, fraction)}, drop in {_metric_text(rows, metric)} "
                      f"({_seed_count(rows)}):")
         for init in sort_inits(rows["init"]):
@@ -158,8 +155,7 @@ def _reinit(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
 
 
 @caption(
-    "layer_knn",
-    columns=LAYER_KNN_COLUMNS,
+    columns=LAYER_KNN_READ_COLUMNS,
     shows="""Layer-wise k-NN: each block's output, globally average-pooled, scored by the weighted
     k-NN classifier of the k-NN protocol (cosine, votes exp(cos / T)) with the run's training
     subset as memory and the test split as queries; blocks from input to head on x, one colour per
@@ -169,11 +165,11 @@ def _reinit(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     to see at which depth the transferred features become useful for the target; the dashed lines
     add what each initialisation gave before any fine-tuning.""",
 )
-def _layer_knn(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def layer_knn(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame, metric = _metric_rows(frame)
     names = {"init": "at init", "final": "fine-tuned"}
     lines = []
-    for (dataset, arch, fraction), rows in _groups(frame, PANEL):
+    for (dataset, arch, fraction), rows in panel_groups(frame, PANEL):
         lines.append(f"{panel(dataset, arch, fraction)}, k-NN {_metric_text(rows, metric)} "
                      f"({_seed_count(rows)}):")
         for init in sort_inits(rows["init"]):
@@ -193,7 +189,6 @@ def _layer_knn(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
 
 
 @caption(
-    "filters",
     columns=FILTER_KERNEL_COLUMNS,
     shows="""The kernels of the first convolution of one cell's runs (one target, architecture,
     fraction and seed; every initialisation a row), at init (left) and after fine-tuning (right),
@@ -204,7 +199,7 @@ def _layer_knn(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     the first convolution is where both can be seen directly (Raghu et al. and Juodelyte et al.
     look at its filters, as the filters analysis cites them; second-hand).""",
 )
-def _filters(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def filters(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     if frame.empty:
         return ["no first-layer kernel rows"]
     # the cell the figure draws: that of the first row (plot_filters does the same)
@@ -247,7 +242,7 @@ def _filters(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
 
 def _fid_panels(frame: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
     """The FID figures' panels: architecture (rows) × fraction (columns)."""
-    return _groups(frame, ("arch", "fraction"))
+    return panel_groups(frame, ("arch", "fraction"))
 
 
 def _fid_title(arch: str, fraction: float) -> str:
@@ -275,7 +270,6 @@ def _rank_text(fid: pd.Series, value: pd.Series, what: str) -> str:
 
 
 @caption(
-    "fid_gain",
     columns=FID_GAIN_CAPTION_COLUMNS,
     shows="""The gain of weight transfer over random init (WT − RI, test metric, mean ± sample sd
     over seeds) against the Fréchet distance (FID) between the dataset the source was pretrained
@@ -286,7 +280,7 @@ def _rank_text(fid: pd.Series, value: pd.Series, what: str) -> str:
     (FID) between source and target shrinks, that is falling as the FID grows (and growing as the
     dataset shrinks).""",
 )
-def _fid_gain(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def fid_gain(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame = frame.dropna(subset=["fid"])
     lines = []
     for (arch, fraction), rows in _fid_panels(frame):
@@ -308,7 +302,6 @@ def _fid_gain(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
 
 
 @caption(
-    "fid_st_share",
     columns=FID_GAIN_CAPTION_COLUMNS,
     shows="""The share of WT's gain over RI that the weight statistics alone do not explain,
     (WT − ST) / (WT − RI) from the seed means, against the FID between the source's pretraining
@@ -320,7 +313,7 @@ def _fid_gain(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     redrawn from the source tensor's mean and sd) from their features (WT) and relate the gain of
     transfer to the domain distance: it grows as the FID shrinks.""",
 )
-def _fid_st_share(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def fid_st_share(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame = frame.dropna(subset=["fid"])
     lines = []
     for (arch, fraction), rows in _fid_panels(frame):
@@ -353,8 +346,7 @@ def _agreement_text(rows: pd.DataFrame) -> str:
 
 
 @caption(
-    "prediction_similarity",
-    columns=PREDICTION_COLUMNS,
+    columns=PREDICTION_SIMILARITY_READ_COLUMNS,
     shows="""How alike two fine-tuned runs predict on the test set: per target, architecture and
     fraction, init × init heatmaps of the share of images with the same predicted class
     (agreement) and of Cohen's κ (agreement corrected for chance), mean over seeds; off the
@@ -367,10 +359,10 @@ def _agreement_text(rows: pd.DataFrame) -> str:
     the paper). Two initialisations agree meaningfully less than two seeds of one only when they sit
     below the seed noise floor.""",
 )
-def _prediction_similarity(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def prediction_similarity(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame = frame.dropna(subset=["agreement"])
     lines = []
-    for (dataset, arch, fraction), rows in _groups(frame, PANEL):
+    for (dataset, arch, fraction), rows in panel_groups(frame, PANEL):
         floors = rows[rows["kind"] == "seeds"]
         floor = {init: floors[floors["init_a"] == init] for init in sort_inits(floors["init_a"])}
         lines.append(f"{panel(dataset, arch, fraction)}:")
@@ -389,8 +381,7 @@ def _prediction_similarity(frame: pd.DataFrame, measure: str | None = None) -> l
 
 
 @caption(
-    "representation_gain",
-    columns=REPRESENTATION_RUNS_COLUMNS,
+    columns=REPRESENTATION_GAIN_RUNS_READ_COLUMNS,
     shows="""Each fine-tuning run's similarity of a block between init and final state against its
     gain over random init (its test metric minus the mean of the RI runs of the same target,
     architecture and fraction), one panel per block and target × architecture, colour the
@@ -400,7 +391,7 @@ def _prediction_similarity(frame: pd.DataFrame, measure: str | None = None) -> l
     keeps to how much it gains; the analysis follows their report of no correlation between the
     two (second-hand, from this project's analysis notes: confirm against the paper).""",
 )
-def _representation_gain(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
+def representation_gain(frame: pd.DataFrame, measure: str | None = None) -> list[str]:
     frame = frame.dropna(subset=["similarity", "gain"])
     if frame.empty:
         return ["no runs with both a similarity and a gain over RI"]
@@ -411,9 +402,9 @@ def _representation_gain(frame: pd.DataFrame, measure: str | None = None) -> lis
         measure = str(frame["measure"].iloc[0])
     frame = frame[frame["measure"] == measure]
     pooled = frame["dataset"].nunique() > 1
-    panels = _groups(frame, ("dataset", "arch"))
+    panels = panel_groups(frame, ("dataset", "arch"))
     if pooled:  # pooled over targets, as Juodelyte et al. pool and representation_gain.csv does
-        panels += _groups(frame.assign(dataset="all targets"), ("dataset", "arch"))
+        panels += panel_groups(frame.assign(dataset="all targets"), ("dataset", "arch"))
     lines = []
     for (dataset, arch), rows in panels:
         metric = metric_label(rows["metric"].iloc[0])

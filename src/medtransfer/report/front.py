@@ -20,7 +20,7 @@ import yaml
 
 from medtransfer.atomic import write_text
 from medtransfer.data.cache import read_info
-from medtransfer.report.captions import lit, pct
+from medtransfer.report.caption_tools import lit, pct
 from medtransfer.report.tables import read_table
 
 
