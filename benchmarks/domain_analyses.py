@@ -156,7 +156,7 @@ def cca_cases(study, record) -> None:
     from medtransfer.analysis.activations import read_activations
     from medtransfer.analysis.cca_subsample import subsampled
     from medtransfer.analysis.pairs import similarity_pairs
-    from medtransfer.analysis.similarity import cca_mean
+    from medtransfer.analysis.measures.cca import cca_mean
 
     spec = study.pairs_spec("lesions", "cbr_tiny", "1")
     spec["comparisons"] = spec["comparisons"][:1]

@@ -215,13 +215,13 @@ BASELINES = {
 
 
 def ours(measure: str):
-    from medtransfer.analysis import similarity
+    from medtransfer.analysis.measures import MEASURES, cca, cka
 
     if measure == "minibatch_cka":
-        return lambda x, y: similarity.minibatch_cka(x, y, MINIBATCH)
+        return lambda x, y: cka.minibatch_cka(x, y, MINIBATCH)
     if measure == "pwcca_paper":
-        return lambda x, y: similarity.pwcca(x, y, variant="paper")
-    return similarity.MEASURES.get(measure)
+        return lambda x, y: cca.pwcca(x, y, variant="paper")
+    return MEASURES.get(measure)
 
 
 # ------------------------------------------------------------------------------------------ one measurement

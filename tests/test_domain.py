@@ -422,7 +422,7 @@ def test_pairs_rows_carry_their_state(tmp_path):
 
 
 def test_cca_subsample_keeps_positions_paired_and_equals_the_plain_measure_when_nothing_is_dropped():
-    from medtransfer.analysis.similarity import cca_mean
+    from medtransfer.analysis.measures.cca import cca_mean
 
     rng = np.random.default_rng(10)
     x = rng.normal(size=(60, 8, 3, 3))
@@ -439,7 +439,8 @@ def test_cca_subsample_keeps_positions_paired_and_equals_the_plain_measure_when_
 
 
 def test_cca_subsample_pools_blocks_of_different_grids_to_the_coarser_one():
-    from medtransfer.analysis.similarity import SimilarityInputError, cca_mean
+    from medtransfer.analysis.measures import SimilarityInputError
+    from medtransfer.analysis.measures.cca import cca_mean
 
     rng = np.random.default_rng(11)
     fine, coarse = rng.normal(size=(50, 6, 4, 4)), rng.normal(size=(50, 5, 2, 2))

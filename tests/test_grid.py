@@ -100,7 +100,7 @@ def test_init_names_match_the_registry():
 
 
 def test_measure_names_match_the_registry():
-    from medtransfer.analysis.similarity import MEASURES
+    from medtransfer.analysis.measures import MEASURES
     from medtransfer.grid import MEASURE_NAMES
 
     assert set(MEASURES.names()) == set(MEASURE_NAMES)

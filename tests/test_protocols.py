@@ -12,6 +12,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
+from medtransfer.protocols import PROTOCOL_TABLE
 from medtransfer.protocols.knn import knn_predict
 from medtransfer.protocols.linear import fit_probe, probe_scores, select_probe
 
@@ -114,6 +115,18 @@ def test_finetune_runs_and_their_specs_do_not_move_when_protocols_are_added():
     assert frozen.runs == [] and "test_auc" not in frozen.figure_names() and "protocols" in frozen.figure_names()
     spec = frozen.probe_spec("linear", frozen.cells[0])
     assert spec["run_dir"].startswith("results/protocols/linear/lesions/") and spec["linear"]["weight_decays"]
+
+
+@pytest.mark.parametrize("name", PROTOCOL_TABLE)
+def test_every_protocol_names_the_command_that_runs_its_jobs(name):
+    """The table's traits agree with the jobs: frozen-feature protocols run ``probe`` with their
+    options under the config key of their name; fine-tuning runs ``finetune``."""
+    from medtransfer.cli import build_parser
+
+    protocol = PROTOCOL_TABLE[name]
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert protocol.name == name and protocol.command in commands
+    assert protocol.frozen_features == (protocol.command == "probe") == (protocol.defaults is not None)
 
 
 def test_unknown_or_repeated_protocols_are_config_errors():

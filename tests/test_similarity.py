@@ -10,6 +10,8 @@ transcription of google/svcca's compute_pwcca. The CCA family is checked on both
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -17,7 +19,8 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from medtransfer.analysis import similarity as sim
+from medtransfer.analysis import measures
+from medtransfer.analysis.measures import _cca, _cka, cca, cka
 from medtransfer.errors import MedtransferError
 
 # ------------------------------------------------------------------------------------------ references
@@ -163,20 +166,26 @@ def ref_google_pwcca_by_definition(x, y, rtol=1e-10):
 
 # ------------------------------------------------------------------------------------------ the measures
 
-CKA = {"linear_cka", "linear_cka_debiased", "rbf_cka", "minibatch_cka"}
-MEASURES = {
-    "linear_cka": (sim.linear_cka, ref_linear_cka),
-    "linear_cka_debiased": (sim.linear_cka_debiased, lambda x, y: ref_linear_cka(x, y, True)),
-    "rbf_cka": (sim.rbf_cka, ref_rbf_cka),
-    "minibatch_cka": (lambda x, y: sim.minibatch_cka(x, y, 25), lambda x, y: ref_minibatch_cka(x, y, 25)),
-    "cca_mean": (sim.cca_mean, lambda x, y: ref_cca(x, y).mean()),
-    "svcca": (sim.svcca, ref_svcca),
+# The textbook reference of every registered measure (a new measure adds its own here), and the
+# variants the registry does not hold, each as (ours, reference).
+REFERENCES = {
+    "linear_cka": ref_linear_cka,
+    "linear_cka_debiased": lambda x, y: ref_linear_cka(x, y, True),
+    "rbf_cka": ref_rbf_cka,
+    "cca_mean": lambda x, y: ref_cca(x, y).mean(),
+    "svcca": ref_svcca,
     # epsilon=0: compute_pwcca without its regulariser, so agreement is to round-off (the 1e-10
     # it adds by default is tested separately below)
-    "pwcca": (sim.pwcca, lambda x, y: ref_google_pwcca(x, y, epsilon=0.0)),
-    "pwcca_paper": (lambda x, y: sim.pwcca(x, y, variant="paper"), ref_pwcca),
+    "pwcca": lambda x, y: ref_google_pwcca(x, y, epsilon=0.0),
 }
-CCA_FAMILY = ["cca_mean", "svcca", "pwcca", "pwcca_paper"]
+VARIANTS = {
+    "minibatch_cka": (lambda x, y: cka.minibatch_cka(x, y, 25), lambda x, y: ref_minibatch_cka(x, y, 25)),
+    "pwcca_paper": (lambda x, y: cca.pwcca(x, y, variant="paper"), ref_pwcca),
+}
+FAMILY = {**{name: measures.MEASURES.traits(name).family for name in measures.MEASURES},
+          "minibatch_cka": "cka", "pwcca_paper": "cca"}
+MEASURES = {**{name: (measures.MEASURES.get(name), REFERENCES.get(name)) for name in measures.MEASURES}, **VARIANTS}
+CCA_FAMILY = [name for name in MEASURES if FAMILY[name] == "cca"]
 
 
 def data(seed=0, n=100, dx=8, dy=12, conv=False):
@@ -235,7 +244,7 @@ INVARIANCES = {
     "pwcca": ["permute_and_flip", "isotropic_scale", "translation"],
     "pwcca_paper": ["permute_and_flip", "isotropic_scale", "translation"],
 }
-CASES = [(m, t) for m, kinds in INVARIANCES.items() for t in kinds]
+CASES = [(m, t) for m in MEASURES for t in INVARIANCES.get(m, [])]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -251,7 +260,7 @@ def _one_thread():
 @pytest.fixture(autouse=True)
 def _no_inflation_warnings():
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", sim.InflatedCorrelationWarning)
+        warnings.simplefilter("ignore", measures.InflatedCorrelationWarning)
         yield
 
 
@@ -295,11 +304,11 @@ def test_invariance(name, kind, conv):
     assert fn(x, transform(kind, y, seed=5)) == pytest.approx(value, abs=1e-9)
 
 
-@pytest.mark.parametrize("variant", sim.PWCCA_VARIANTS)
+@pytest.mark.parametrize("variant", cca.PWCCA_VARIANTS)
 def test_pwcca_invariant_to_invertible_maps_of_the_unweighted_side(variant):
     x, y = data(5, dx=6, dy=10)  # x has fewer neurons, so x gives the weights
     m = np.random.default_rng(0).normal(size=(10, 10)) + 3 * np.eye(10)
-    assert sim.pwcca(x, y @ m, variant=variant) == pytest.approx(sim.pwcca(x, y, variant=variant), abs=1e-10)
+    assert cca.pwcca(x, y @ m, variant=variant) == pytest.approx(cca.pwcca(x, y, variant=variant), abs=1e-10)
 
 
 @pytest.mark.parametrize("name", ["svcca", "pwcca", "pwcca_paper"])
@@ -340,11 +349,34 @@ def test_cuda_matches_cpu(name):
 
 
 def test_registry_names():
-    assert sim.MEASURES.names() == sorted(
+    assert measures.MEASURES.names() == sorted(
         ["linear_cka", "linear_cka_debiased", "rbf_cka", "cca_mean", "svcca", "pwcca"])
     x, y = data(10)
-    for name in sim.MEASURES:
-        assert sim.MEASURES.get(name)(x, y) == pytest.approx(MEASURES[name][0](x, y), abs=1e-12)
+    for name in measures.MEASURES:
+        assert measures.MEASURES.get(name)(x, y) == pytest.approx(MEASURES[name][0](x, y), abs=1e-12)
+
+
+@pytest.mark.parametrize("name", measures.MEASURES.names())
+def test_every_registered_measure_states_its_reference_and_invariances(name):
+    """The properties above run over the registry; a new measure joins them by naming its
+    textbook reference and its invariances here."""
+    assert REFERENCES.get(name) is not None and INVARIANCES.get(name)
+
+
+def test_the_registry_lists_what_the_planner_lists():
+    """The planner's allowed measures and CCA family, in the order its error messages give them
+    (``MEASURE_NAMES`` / ``CCA_MEASURES`` replace its copies, and this test with them)."""
+    from medtransfer import grid
+
+    assert measures.MEASURE_NAMES == grid.MEASURE_NAMES and measures.CCA_MEASURES == grid.CCA_MEASURES
+
+
+def test_registering_the_measures_imports_neither_torch_nor_numpy():
+    """The planner (imported by the Snakefile) reads the registry; the numerics load when a measure runs."""
+    code = ("import sys; from medtransfer.analysis.measures import MEASURES; MEASURES.names(); "
+            "MEASURES.traits('svcca'); print(sorted({'torch', 'numpy'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 # ------------------------------------------------------------------------------------------ CKA
@@ -355,8 +387,8 @@ def test_debiased_cka_is_near_zero_for_independent_data_while_biased_is_not():
     biased, debiased = [], []
     for _ in range(20):
         x, y = rng.normal(size=(40, 100)), rng.normal(size=(40, 100))
-        biased.append(sim.linear_cka(x, y))
-        debiased.append(sim.linear_cka(x, y, debiased=True))
+        biased.append(cka.linear_cka(x, y))
+        debiased.append(cka.linear_cka(x, y, debiased=True))
     assert min(biased) > 0.5
     assert abs(np.mean(debiased)) < 0.03
     assert min(debiased) < 0 and all(np.isfinite(debiased))  # negative HSIC: a number, never NaN
@@ -364,16 +396,16 @@ def test_debiased_cka_is_near_zero_for_independent_data_while_biased_is_not():
 
 def test_minibatch_with_one_batch_equals_debiased():
     x, y = data(12, n=60, dx=30, dy=80)
-    expected = sim.linear_cka(x, y, debiased=True)
-    assert sim.minibatch_cka(x, y, batch_size=60) == pytest.approx(expected, abs=1e-12)
-    assert sim.minibatch_cka(x, y, batch_size=1000) == pytest.approx(expected, abs=1e-12)
+    expected = cka.linear_cka(x, y, debiased=True)
+    assert cka.minibatch_cka(x, y, batch_size=60) == pytest.approx(expected, abs=1e-12)
+    assert cka.minibatch_cka(x, y, batch_size=1000) == pytest.approx(expected, abs=1e-12)
 
 
 def test_streaming_class_tracks_many_layer_pairs():
     rng = np.random.default_rng(13)
     a = {"conv": rng.normal(size=(90, 3, 4, 4)), "fc": rng.normal(size=(90, 5))}
     b = [a["fc"] @ rng.normal(size=(5, 7)) + rng.normal(size=(90, 7)), rng.normal(size=(90, 60))]
-    matrix, pairs = sim.MinibatchCKA(), sim.MinibatchCKA(pairs=[("fc", 0)])
+    matrix, pairs = cka.MinibatchCKA(), cka.MinibatchCKA(pairs=[("fc", 0)])
     for i in range(0, 90, 30):
         batch_a = {k: torch.from_numpy(v[i:i + 30]) for k, v in a.items()}
         matrix.update(batch_a, [v[i:i + 30] for v in b])
@@ -391,32 +423,32 @@ def test_linear_cka_with_fewer_examples_than_features(debiased):
     """The example-Gram (n x n) form, for n < d; the textbook tests above use n > d."""
     for seed in range(3):
         x, y = data(seed, n=30, dx=50, dy=70)
-        assert sim.linear_cka(x, y, debiased) == pytest.approx(ref_linear_cka(x, y, debiased), abs=1e-10)
+        assert cka.linear_cka(x, y, debiased) == pytest.approx(ref_linear_cka(x, y, debiased), abs=1e-10)
         x, y = data(seed, n=30, dx=5, dy=4, conv=True)  # conv maps flatten to 45 and 36 features
-        assert sim.linear_cka(x, y, debiased) == pytest.approx(ref_linear_cka(x, y, debiased), abs=1e-10)
+        assert cka.linear_cka(x, y, debiased) == pytest.approx(ref_linear_cka(x, y, debiased), abs=1e-10)
 
 
 def test_linear_cka_never_builds_an_n_by_n_gram_when_n_exceeds_d(monkeypatch):
     def refuse(*args):
         raise AssertionError("n x n Gram built although n > d")
 
-    monkeypatch.setattr(sim, "_centred_gram", refuse)
+    monkeypatch.setattr(_cka, "_centred_gram", refuse)
     x, y = data(15, n=400, dx=20, dy=40)
-    assert sim.linear_cka(x, y) == pytest.approx(ref_linear_cka(x, y), abs=1e-10)
-    assert sim.linear_cka(x, y, debiased=True) == pytest.approx(ref_linear_cka(x, y, True), abs=1e-10)
+    assert cka.linear_cka(x, y) == pytest.approx(ref_linear_cka(x, y), abs=1e-10)
+    assert cka.linear_cka(x, y, debiased=True) == pytest.approx(ref_linear_cka(x, y, True), abs=1e-10)
     x, y = data(15, n=400, dx=20, dy=800)  # n > d on one side only: still the (d, d) products
-    assert sim.linear_cka(x, y) == pytest.approx(ref_linear_cka(x, y), abs=1e-10)
+    assert cka.linear_cka(x, y) == pytest.approx(ref_linear_cka(x, y), abs=1e-10)
 
 
 def test_cka_of_degenerate_inputs_raises_instead_of_nan():
     x, _ = data(16, n=30)
-    with pytest.raises(sim.UndefinedSimilarityError, match="constant"):
-        sim.linear_cka(np.ones((30, 5)), x)
+    with pytest.raises(measures.UndefinedSimilarityError, match="constant"):
+        cka.linear_cka(np.ones((30, 5)), x)
     # Equidistant examples: the unbiased HSIC of x with itself is exactly 0.
-    with pytest.raises(sim.UndefinedSimilarityError, match="itself is zero"):
-        sim.linear_cka(np.eye(30), x, debiased=True)
-    with pytest.raises(sim.UndefinedSimilarityError):
-        sim.rbf_cka(np.repeat(x[:1], 30, axis=0), x)
+    with pytest.raises(measures.UndefinedSimilarityError, match="itself is zero"):
+        cka.linear_cka(np.eye(30), x, debiased=True)
+    with pytest.raises(measures.UndefinedSimilarityError):
+        cka.rbf_cka(np.repeat(x[:1], 30, axis=0), x)
 
 
 def test_cka_is_accurate_for_badly_scaled_and_translated_columns():
@@ -443,20 +475,20 @@ def test_rank_deficient_columns_give_the_answer_over_the_defined_directions(name
     elif name == "pwcca_paper":
         assert fn(messy, y) == pytest.approx(ref_pwcca(messy, y), abs=1e-10)
     elif name == "cca_mean":
-        assert np.allclose(sim.cca(messy, y), ref_cca(x, y), atol=1e-10)
-        assert len(sim.cca(messy, y)) == 6
+        assert np.allclose(cca.cca(messy, y), ref_cca(x, y), atol=1e-10)
+        assert len(cca.cca(messy, y)) == 6
     else:
         assert fn(messy, y, keep_variance=1.0) == pytest.approx(ref_svcca(x, y, keep_variance=1.0), abs=1e-10)
     low_rank = rng.normal(size=(120, 3)) @ rng.normal(size=(3, 10))  # exact rank 3
     if name == "cca_mean":
-        assert np.allclose(sim.cca(low_rank, y), ref_cca(low_rank, y), atol=1e-9)
-        assert len(sim.cca(low_rank, y)) == 3
+        assert np.allclose(cca.cca(low_rank, y), ref_cca(low_rank, y), atol=1e-9)
+        assert len(cca.cca(low_rank, y)) == 3
 
 
 def test_cca_is_invariant_to_column_scales_from_1e_minus_3_to_1e3():
     x, y = data(19, n=200, dx=10, dy=10)
     scales = np.logspace(-3, 3, 10)
-    assert np.allclose(sim.cca(x * scales, y * scales[::-1]), ref_cca(x, y), atol=1e-10)
+    assert np.allclose(cca.cca(x * scales, y * scales[::-1]), ref_cca(x, y), atol=1e-10)
 
 
 def test_ill_conditioned_but_full_rank_columns():
@@ -464,25 +496,25 @@ def test_ill_conditioned_but_full_rank_columns():
     base = rng.normal(size=(400, 1))
     x = base + 1e-6 * rng.normal(size=(400, 5))  # nearly collinear, condition number ~1e6
     y = x[:, :3] @ rng.normal(size=(3, 4)) + rng.normal(size=(400, 4))
-    assert np.allclose(sim.cca(x, y), ref_cca(x, y), atol=1e-7)
+    assert np.allclose(cca.cca(x, y), ref_cca(x, y), atol=1e-7)
 
 
 @pytest.mark.parametrize("route", ["qr", "gram"])
 def test_streamed_in_many_chunks(monkeypatch, route):
     if route == "qr":
-        monkeypatch.setattr(sim, "GRAM_ACCURACY", 0.0)  # no Gram route at all
-        monkeypatch.setattr(sim, "QR_CHUNK_ROWS", 16)
+        monkeypatch.setattr(_cca, "GRAM_ACCURACY", 0.0)  # no Gram route at all
+        monkeypatch.setattr(_cca, "QR_CHUNK_ROWS", 16)
     else:
-        monkeypatch.setattr(sim, "_factorise", _refuse_qr)
-        monkeypatch.setattr(sim, "GRAM_CHUNK_ROWS", 16)
-        monkeypatch.setattr(sim, "GRAM_CHUNK_ELEMENTS", 16)
-        monkeypatch.setattr(sim, "GRAM_PANEL", 3)  # panels that do not divide the 12 columns
+        monkeypatch.setattr(_cca, "_factorise", _refuse_qr)
+        monkeypatch.setattr(_cca, "GRAM_CHUNK_ROWS", 16)
+        monkeypatch.setattr(_cca, "GRAM_CHUNK_ELEMENTS", 16)
+        monkeypatch.setattr(_cca, "GRAM_PANEL", 3)  # panels that do not divide the 12 columns
     for conv in (False, True):
         x, y = data(21, n=150, dx=5, dy=7, conv=conv)
-        assert np.allclose(sim.cca(x, y), ref_cca(x, y), atol=1e-10)
-        assert sim.pwcca(x, y) == pytest.approx(ref_google_pwcca(x, y, epsilon=0.0), abs=1e-10)
-        assert sim.pwcca(x, y, variant="paper") == pytest.approx(ref_pwcca(x, y), abs=1e-10)
-        assert sim.svcca(x, y) == pytest.approx(ref_svcca(x, y), abs=1e-10)
+        assert np.allclose(cca.cca(x, y), ref_cca(x, y), atol=1e-10)
+        assert cca.pwcca(x, y) == pytest.approx(ref_google_pwcca(x, y, epsilon=0.0), abs=1e-10)
+        assert cca.pwcca(x, y, variant="paper") == pytest.approx(ref_pwcca(x, y), abs=1e-10)
+        assert cca.svcca(x, y) == pytest.approx(ref_svcca(x, y), abs=1e-10)
 
 
 def _refuse_qr(*args):
@@ -493,7 +525,7 @@ def _refuse_qr(*args):
 @pytest.mark.parametrize("name", CCA_FAMILY)
 def test_qr_route_agrees_with_textbook(name, conv, monkeypatch):
     """test_agrees_with_textbook takes the Gram route (well-conditioned inputs); the QR route too."""
-    monkeypatch.setattr(sim, "GRAM_ACCURACY", 0.0)
+    monkeypatch.setattr(_cca, "GRAM_ACCURACY", 0.0)
     fn, ref = MEASURES[name]
     for seed in range(3):
         x, y = data(seed, conv=conv)
@@ -502,28 +534,28 @@ def test_qr_route_agrees_with_textbook(name, conv, monkeypatch):
 
 def test_gram_route_for_well_conditioned_inputs_qr_for_the_rest(monkeypatch):
     calls = []
-    factorise = sim._factorise
-    monkeypatch.setattr(sim, "_factorise", lambda sides: calls.append(1) or factorise(sides))
+    factorise = _cca._factorise
+    monkeypatch.setattr(_cca, "_factorise", lambda sides: calls.append(1) or factorise(sides))
     x, y = data(27, n=400, dx=6, dy=9)
     for name in CCA_FAMILY:
         MEASURES[name][0](x, y)
     assert not calls
     rng = np.random.default_rng(27)
     nearly_collinear = rng.normal(size=(400, 1)) + 1e-6 * rng.normal(size=(400, 5))  # condition ~1e6
-    sim.cca(nearly_collinear, y)
+    cca.cca(nearly_collinear, y)
     assert calls == [1]  # squared, 1e12: beyond what the Gram keeps
-    sim.svcca(x, y, keep_variance=1.0)  # every direction, all well above round-off: still the Gram
+    cca.svcca(x, y, keep_variance=1.0)  # every direction, all well above round-off: still the Gram
     assert calls == [1]
     spread = x * np.logspace(0, -5, 6)  # variances over 1e10: all kept, too spread for the Gram
-    sim.svcca(spread, y, keep_variance=1.0)
+    cca.svcca(spread, y, keep_variance=1.0)
     assert calls == [1, 1]
-    sim.cca(x[:8], y[:8, :4])  # fewer data points than columns: QR (the smaller matrix)
+    cca.cca(x[:8], y[:8, :4])  # fewer data points than columns: QR (the smaller matrix)
     assert calls == [1, 1, 1]
 
 
 def test_cca_returns_sorted_correlations():
     x, y = data(22)
-    rho = sim.cca(x, y)
+    rho = cca.cca(x, y)
     assert isinstance(rho, np.ndarray) and rho.dtype == np.float64 and rho.shape == (8,)
     assert np.all(np.diff(rho) <= 0) and rho[0] <= 1 and rho[-1] >= 0
 
@@ -531,21 +563,21 @@ def test_cca_returns_sorted_correlations():
 @pytest.mark.parametrize("name", ["cca_mean", "pwcca"])
 def test_plain_cca_with_too_many_features_raises_and_svcca_still_works(name):
     x, y = data(23, n=40, dx=50, dy=10)
-    with pytest.raises(sim.UndefinedSimilarityError, match="svcca") as caught:
+    with pytest.raises(measures.UndefinedSimilarityError, match="svcca") as caught:
         MEASURES[name][0](x, y)
     assert isinstance(caught.value, ValueError) and isinstance(caught.value, MedtransferError)
     assert "50 non-constant neurons" in str(caught.value)
-    assert sim.svcca(x, y) == pytest.approx(ref_svcca(x, y), abs=1e-10)
+    assert cca.svcca(x, y) == pytest.approx(ref_svcca(x, y), abs=1e-10)
 
 
 def test_warns_when_dimensions_approach_the_number_of_data_points():
     x, y = data(24, n=100, dx=30, dy=30)
-    with pytest.warns(sim.InflatedCorrelationWarning, match="inflated"):
-        sim.cca_mean(x, y)
+    with pytest.warns(measures.InflatedCorrelationWarning, match="inflated"):
+        cca.cca_mean(x, y)
     x, y = data(24, n=1000, dx=5, dy=5)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", sim.InflatedCorrelationWarning)
-        sim.cca_mean(x, y)
+        warnings.simplefilter("error", measures.InflatedCorrelationWarning)
+        cca.cca_mean(x, y)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -555,19 +587,19 @@ def test_warns_when_dimensions_approach_the_number_of_data_points():
 def test_bad_inputs_raise_clear_errors(name):
     fn = MEASURES[name][0]
     x, y = data(25)
-    with pytest.raises(sim.SimilarityInputError, match="same examples"):
+    with pytest.raises(measures.SimilarityInputError, match="same examples"):
         fn(x, y[:-1])
     bad = x.copy()
     bad[3, 2] = np.nan
-    with pytest.raises(sim.SimilarityInputError, match="NaN"):
+    with pytest.raises(measures.SimilarityInputError, match="NaN"):
         fn(bad, y)
 
 
 def test_cca_family_needs_matching_positions():
     x, _ = data(26, n=20, conv=True)
-    with pytest.raises(sim.SimilarityInputError, match="pool"):
-        sim.cca_mean(x, x[:, :, :2, :2])
-    assert sim.linear_cka(x, x[:, :, :2, :2]) > 0  # CKA flattens each example: any shapes pair
+    with pytest.raises(measures.SimilarityInputError, match="pool"):
+        cca.cca_mean(x, x[:, :, :2, :2])
+    assert cka.linear_cka(x, x[:, :, :2, :2]) > 0  # CKA flattens each example: any shapes pair
 
 
 def test_init_final_rows_carry_the_sizes_that_set_the_biased_cka_floor(tmp_path):
@@ -625,9 +657,9 @@ def test_pwcca_is_google_compute_pwcca(kind):
         # of the data-space definition); round-off elsewhere.
         tight = 1e-9 if kind == "low_rank" else 1e-11
         for a, b in ((x, y), (y, x)):
-            assert sim.pwcca(a, b) == pytest.approx(ref_google_pwcca(a, b), abs=1e-8)
-            assert sim.pwcca(a, b) == pytest.approx(ref_google_pwcca(a, b, epsilon=0.0), abs=tight)
-            assert sim.pwcca(a, b) == pytest.approx(ref_google_pwcca_by_definition(a, b), abs=1e-11)
+            assert cca.pwcca(a, b) == pytest.approx(ref_google_pwcca(a, b), abs=1e-8)
+            assert cca.pwcca(a, b) == pytest.approx(ref_google_pwcca(a, b, epsilon=0.0), abs=tight)
+            assert cca.pwcca(a, b) == pytest.approx(ref_google_pwcca_by_definition(a, b), abs=1e-11)
 
 
 def test_the_definition_written_in_data_space_is_compute_pwcca():
@@ -643,22 +675,22 @@ def test_pwcca_variants_differ_on_well_posed_inputs():
     gaps = []
     for seed in range(5):
         x, y = low_rank_data(50 + seed, noise=0.5)
-        gaps.append(abs(sim.pwcca(x, y) - sim.pwcca(x, y, variant="paper")))
+        gaps.append(abs(cca.pwcca(x, y) - cca.pwcca(x, y, variant="paper")))
     assert max(gaps) > 1e-3
 
 
 def test_pwcca_rejects_unknown_variants():
     x, y = data(28)
-    with pytest.raises(sim.SimilarityInputError, match="google, paper"):
-        sim.pwcca(x, y, variant="morcos")
+    with pytest.raises(measures.SimilarityInputError, match="google, paper"):
+        cca.pwcca(x, y, variant="morcos")
 
 
 def test_gram_route_keeps_its_accuracy_up_to_where_it_hands_over_to_qr(monkeypatch):
     """Spread singular values: the Gram route is taken while eps * cond(covariance) <= 1e-8 and is
     then within 1e-8 of the SVD reference; beyond, the QR route answers (and is as accurate)."""
     calls = []
-    factorise = sim._factorise
-    monkeypatch.setattr(sim, "_factorise", lambda sides: calls.append(1) or factorise(sides))
+    factorise = _cca._factorise
+    monkeypatch.setattr(_cca, "_factorise", lambda sides: calls.append(1) or factorise(sides))
     rng = np.random.default_rng(29)
     n, d = 2000, 40
     u, _ = np.linalg.qr(rng.normal(size=(n, d)))
@@ -667,7 +699,7 @@ def test_gram_route_keeps_its_accuracy_up_to_where_it_hands_over_to_qr(monkeypat
         x = (u * np.logspace(0, -np.log10(spread), d)) @ v.T * np.sqrt(n)
         y = x[:, :20] @ rng.normal(size=(20, 30)) + 0.5 * rng.normal(size=(n, 30))
         calls.clear()
-        rho = sim.cca(x, y)
+        rho = cca.cca(x, y)
         assert (calls == []) == (route == "gram"), spread
         assert np.abs(rho - ref_cca(x, y)).max() < 1e-8
-        assert sim.pwcca(x, y) == pytest.approx(ref_google_pwcca_by_definition(x, y), abs=1e-8)
+        assert cca.pwcca(x, y) == pytest.approx(ref_google_pwcca_by_definition(x, y), abs=1e-8)

@@ -21,6 +21,7 @@ from medtransfer.models.embedding import embedding_spread, knn_scores
 from medtransfer.training import ssl
 from medtransfer.training.loop import Preempted, train_epochs
 from medtransfer.training.precision import Precision
+from medtransfer.training.ssl.base import register_method
 from medtransfer.training.ssl.options import METHODS, resolve_options
 
 from conftest import SCHEMA, tiny_config
@@ -87,6 +88,13 @@ def test_registry_options_and_schema_agree():
     assert enum == list(METHODS)
     for name in ssl.METHODS:  # each method says which library parts it uses
         assert "lightly" in ssl.METHODS.get(name).uses
+
+
+@pytest.mark.parametrize("name", SSL_METHODS)
+def test_each_row_of_the_defaults_table_has_its_class_and_no_class_lacks_a_row(name):
+    assert ssl.METHODS.get(name).name == name
+    with pytest.raises(ValueError, match="METHOD_DEFAULTS"):
+        register_method(f"{name}_without_defaults")
 
 
 @pytest.mark.parametrize("name", SSL_METHODS)

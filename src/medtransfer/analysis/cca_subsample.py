@@ -5,7 +5,7 @@ mean CCA coefficient, repeated 5 times. Here, on the activations medtransfer.ana
 stores — one array per block, [N, C, h, w] for conv maps average-pooled to at most
 ``analysis.pool`` × ``analysis.pool`` (tokens [N, D, T, 1]; vectors [N, D]) — a *position* is one
 (probe image, h, w) cell of a block's stored map, the data point of the CCA family
-(medtransfer.analysis.similarity treats channels as neurons). Each repeat draws
+(medtransfer.analysis.measures.cca treats channels as neurons). Each repeat draws
 
 - ``channels`` channels of each side at random (all of them when a side has fewer), and
 - ``positions`` of the N·h·w positions (all when there are fewer), the *same* positions on both
@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-CCA_MEASURES = ("cca_mean", "svcca", "pwcca")
+from medtransfer.analysis.measures import MEASURES
 
 
 def _as_maps(x: np.ndarray) -> np.ndarray:
@@ -80,10 +80,8 @@ def measure_function(name: str, options: dict | None) -> Callable[[np.ndarray, n
     """The registered measure ``name`` as ``(x, y) -> (value, sd or None)``: subsampled by
     ``options`` ({channels, positions, repeats, seed}) when it is a CCA measure and options are
     given, else the plain measure with no spread."""
-    from medtransfer.analysis.similarity import MEASURES
-
     function = MEASURES.get(name, key="analysis.measures")
-    if options and name in CCA_MEASURES:
+    if options and MEASURES.traits(name).family == "cca":
         return subsampled(function, int(options["channels"]), int(options["positions"]), int(options["repeats"]),
                           int(options.get("seed", 0)))
     return lambda x, y: (function(x, y), None)

@@ -8,12 +8,11 @@ import torch
 from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 
-from .base import METHODS, SSLMethod
+from .base import SSLMethod, register_method
 
 
-@METHODS.register("barlowtwins")
+@register_method("barlowtwins")
 class BarlowTwins(SSLMethod):
-    name = "barlowtwins"
     uses = "lightly BarlowTwinsProjectionHead, BarlowTwinsLoss"
 
     def __init__(self, backbone, options, **kwargs) -> None:

@@ -15,9 +15,28 @@ from torch import nn
 
 from medtransfer.registry import Registry
 from medtransfer.training.distributed import joined
+from medtransfer.training.ssl.options import METHOD_DEFAULTS
 
-#: Method name -> SSLMethod subclass (names and defaults: ``options.METHOD_DEFAULTS``).
+#: Method name -> SSLMethod subclass, keyed from ``options.METHOD_DEFAULTS`` (see :func:`register_method`).
 METHODS: Registry = Registry("pretraining method")
+
+
+def register_method(name: str) -> Callable[[type[SSLMethod]], type[SSLMethod]]:
+    """Class decorator: register an :class:`SSLMethod` subclass as method ``name`` and set its ``name``.
+
+    ``name`` must already have its options and defaults in ``options.METHOD_DEFAULTS`` (the
+    torch-free table the planner checks configs against), so no class exists without them.
+    """
+    if name not in METHOD_DEFAULTS:
+        raise ValueError(f"pretraining method {name!r} has no defaults in medtransfer.training.ssl.options."
+                         f"METHOD_DEFAULTS; add its options there first")
+    add = METHODS.register(name)
+
+    def decorator(cls: type[SSLMethod]) -> type[SSLMethod]:
+        cls.name = name
+        return add(cls)
+
+    return decorator
 
 
 def embed(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -35,8 +54,9 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 class SSLMethod(nn.Module):
     """One self-supervised method: its heads and loss around a backbone built by ``models.create``.
 
-    Subclasses set ``name`` and implement :meth:`loss`; the module's state dict holds everything a
-    resumed run needs (teachers, queues, DINO's center are submodules or buffers). The backbone's
+    Subclasses are registered with :func:`register_method` (which sets ``name``) and implement
+    :meth:`loss`; the module's state dict holds everything a resumed run needs (teachers, queues,
+    DINO's center are submodules or buffers). The backbone's
     linear classifier is unused and frozen: it stays as the architecture's init and WT replaces it.
 
     ``distributed``: built inside a job of several processes (torchrun); the methods then pass

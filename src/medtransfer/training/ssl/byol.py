@@ -9,12 +9,11 @@ import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 
-from .base import METHODS, SSLMethod, embed, frozen_copy
+from .base import SSLMethod, embed, frozen_copy, register_method
 
 
-@METHODS.register("byol")
+@register_method("byol")
 class BYOL(SSLMethod):
-    name = "byol"
     uses = "lightly BYOLProjectionHead, BYOLPredictionHead, NegativeCosineSimilarity, update_momentum"
 
     def __init__(self, backbone, options, **kwargs) -> None:

@@ -12,12 +12,11 @@ from lightly.models.modules import DINOProjectionHead
 
 from lightly.models.utils import deactivate_requires_grad
 
-from .base import METHODS, SSLMethod, embed, frozen_copy
+from .base import SSLMethod, embed, frozen_copy, register_method
 
 
-@METHODS.register("dino")
+@register_method("dino")
 class DINO(SSLMethod):
-    name = "dino"
     uses = "lightly DINOProjectionHead, DINOLoss, update_momentum, cosine_schedule"
 
     def __init__(self, backbone, options, **kwargs) -> None:

@@ -9,12 +9,11 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
 from lightly.models.utils import batch_shuffle, batch_unshuffle
 
-from .base import METHODS, SSLMethod, embed, frozen_copy
+from .base import SSLMethod, embed, frozen_copy, register_method
 
 
-@METHODS.register("mocov2")
+@register_method("mocov2")
 class MoCoV2(SSLMethod):
-    name = "mocov2"
     uses = "lightly MoCoProjectionHead, NTXentLoss(memory_bank_size), batch_shuffle, update_momentum"
 
     def __init__(self, backbone, options, **kwargs) -> None:

@@ -1,8 +1,15 @@
 """Every pretraining method's options and their defaults, without importing torch.
 
 The study grid (imported by the Snakefile) checks ``sources.<name>.pretrain.options`` against
-these before any job starts; the method classes in this package read their defaults from here,
-and ``tests/test_ssl.py`` keeps the two in step.
+these before any job starts, through :func:`resolve_options`; the method classes read their
+resolved options. Why a table here and not traits beside each class: the classes (one module per
+method) import torch and lightly, which the planner must not. So this table is the method
+registry's key set: ``base.register_method`` refuses a class whose name has no row here, and
+``tests/test_ssl.py`` runs every row through its class (a row without a class fails there).
+A new method is its row here (options and view recipe, with where they come from) and its module.
+
+Torch-free API: ``METHOD_DEFAULTS`` (name -> its options over ``VIEW_DEFAULTS``), ``METHODS``
+(every method a source may name, ``supervised`` first), ``resolve_options(method, options, key)``.
 
 Where the defaults come from. Losses, temperatures, EMA schedules, DINO's centering and
 sharpening, SwAV's Sinkhorn and the view recipes are each paper's own. Head widths are scaled to

@@ -7,12 +7,11 @@ import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 
-from .base import METHODS, SSLMethod
+from .base import SSLMethod, register_method
 
 
-@METHODS.register("simclr")
+@register_method("simclr")
 class SimCLR(SSLMethod):
-    name = "simclr"
     uses = "lightly SimCLRProjectionHead, NTXentLoss"
 
     def __init__(self, backbone, options, **kwargs) -> None:

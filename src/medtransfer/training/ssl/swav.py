@@ -19,12 +19,11 @@ from lightly.loss import SwaVLoss
 from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
 from lightly.models.modules.memory_bank import MemoryBankModule
 
-from .base import METHODS, SSLMethod
+from .base import SSLMethod, register_method
 
 
-@METHODS.register("swav")
+@register_method("swav")
 class SwAV(SSLMethod):
-    name = "swav"
     uses = "lightly SwaVProjectionHead, SwaVPrototypes, SwaVLoss (Sinkhorn-Knopp)"
     unused_parameters = True  # the prototypes take no gradient while frozen (the first epoch)
 
