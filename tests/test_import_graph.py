@@ -96,7 +96,6 @@ def _is_planner(module: str) -> bool:
     return any(module == p or module.startswith(p + ".") for p in PLANNER)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 removes data.cache<->data.streaming and report.captions<->captions_reuse")
 def test_the_package_has_no_import_cycle():
     assert cycles(import_edges()) == []
 
