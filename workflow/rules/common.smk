@@ -7,7 +7,7 @@ from snakemake.utils import validate
 
 from medtransfer import paths
 from medtransfer.errors import ConfigError
-from medtransfer.grid import Study, launcher, processes_per_job
+from medtransfer.study import Study, launcher, processes_per_job
 from medtransfer.joblogs import report_failed_jobs
 from medtransfer.paths import Run
 from medtransfer.report import layout as report_layout
