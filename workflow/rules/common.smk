@@ -382,17 +382,17 @@ def representation_gain_spec(wildcards):
 def report_targets():
     """The front page, the tables and the figure captions of the report, made by the run so
     --report finds them (a figure made before captions existed gets its caption too)."""
-    tables = report_layout.report_table_names(STUDY)
+    tables = STUDY.report_table_names()
     targets = [paths.report_front()] + [paths.report_table(name) for name in tables]
     return targets + [paths.figure(name, "rst") for name in STUDY.figure_names()]
 
 
 def report_front_spec(wildcards):
-    return as_json(report_layout.front_spec(STUDY, list(workflow.configfiles)))
+    return as_json(STUDY.front_spec(list(workflow.configfiles)))
 
 
 def report_front_inputs(wildcards):
-    spec = report_layout.front_spec(STUDY, list(workflow.configfiles))
+    spec = STUDY.front_spec(list(workflow.configfiles))
     caches = [entry["cache"] for entry in spec["datasets"]]
     return {
         "metrics": spec["metrics"],

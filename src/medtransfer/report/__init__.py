@@ -2,8 +2,8 @@
 questions of the papers the study reruns.
 
 - :mod:`~medtransfer.report.layout`: where each figure and table goes (category, subcategory,
-  labels) and the front page's job spec. Imported by the Snakefile, so it stays light
-  (standard library and :mod:`medtransfer.grid` only).
+  labels). Imported by the Snakefile and the planner, so it stays light (standard library and
+  :mod:`medtransfer.paths` only).
 - :mod:`~medtransfer.report.captions`: the caption registry, figure name -> a function of the
   figure's tidy CSV -> reStructuredText (what it shows, what the paper found, what this run
   found, with numbers). A figure without a caption of its own gets :func:`generic_caption`.
