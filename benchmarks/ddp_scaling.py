@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from medtransfer.data.streaming import build_cache_resumable
-from medtransfer.grid import Study
+from medtransfer.study import Study
 
 #: name -> (processes, --threads of the job, shared out among its processes)
 SETTINGS = {"1 process x 1 thread": (1, 1), "1 process x 2 threads": (1, 2),

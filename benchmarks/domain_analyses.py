@@ -34,7 +34,7 @@ def timed(function, *args, **kwargs) -> tuple[float, object]:
 
 
 def demo_study():
-    from medtransfer.grid import Study, load_config
+    from medtransfer.study import Study, load_config
 
     return Study(load_config("config.yaml", "workflow/schemas/config.schema.yaml"))
 

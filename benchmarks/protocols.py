@@ -28,7 +28,7 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from medtransfer.data import build_cache
-from medtransfer.grid import DEFAULT_TRAINING, deep_merge
+from medtransfer.study import DEFAULT_TRAINING, deep_merge
 from medtransfer.models.embedding import knn_scores
 from medtransfer.protocols import LINEAR_DEFAULTS
 from medtransfer.protocols.features import extract_features

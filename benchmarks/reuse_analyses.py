@@ -31,7 +31,7 @@ import torch
 import yaml
 
 from medtransfer import paths
-from medtransfer.grid import Study
+from medtransfer.study import Study
 
 MODULES = {"weight drift": "medtransfer.analysis.weights", "filters": "medtransfer.analysis.filters",
            "re-initialisation": "medtransfer.analysis.reinit", "layer-wise k-NN": "medtransfer.analysis.layer_knn"}

@@ -10,7 +10,7 @@ import yaml
 
 from medtransfer.data import FORMATS, check_entry, read_dataset
 from medtransfer.errors import ConfigError
-from medtransfer.grid import Study
+from medtransfer.study import Study
 from medtransfer.joblogs import failed_job_logs, failure_report, report_failed_jobs
 
 from conftest import REPO, tiny_config
@@ -163,7 +163,7 @@ def test_constructor_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, yaml; from medtransfer.grid import Study; "
+    code = ("import sys, yaml; from medtransfer.study import Study; "
             f"Study(yaml.safe_load(open({str(REPO / 'config.yaml')!r}))); "
             "import medtransfer.joblogs; print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

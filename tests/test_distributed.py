@@ -28,7 +28,7 @@ from conftest import REPO, tiny_config
 from medtransfer.data import make_loader
 from medtransfer.data.streaming import build_cache_resumable
 from medtransfer.errors import ConfigError
-from medtransfer.grid import Study
+from medtransfer.study import Study
 from medtransfer.training.finetune import finetune
 
 TIMEOUT_S = 240

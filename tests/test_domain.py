@@ -25,7 +25,7 @@ from medtransfer.analysis.gain import gain_over_ri
 from medtransfer.analysis.predictions import compare_runs, prediction_similarity
 from medtransfer.analysis.representation_gain import correlations, run_points
 from medtransfer.errors import ConfigError, DataError, WeightsError
-from medtransfer.grid import Study, validate_config
+from medtransfer.study import Study, validate_config
 
 from conftest import SCHEMA, tiny_config
 

@@ -8,7 +8,7 @@ import pytest
 
 from medtransfer import paths
 from medtransfer.errors import ConfigError
-from medtransfer.grid import FIGURE_INPUTS, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, Study, expand_init, load_config, validate_config
+from medtransfer.study import FIGURE_INPUTS, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, Study, expand_init, load_config, validate_config
 
 from conftest import REPO, SCHEMA, tiny_config
 
@@ -97,13 +97,6 @@ def test_init_names_match_the_registry():
     from medtransfer.init import INITS
 
     assert set(INITS.names()) == set(INITS_WITH_SOURCE + INITS_WITHOUT_SOURCE)
-
-
-def test_measure_names_match_the_registry():
-    from medtransfer.analysis.measures import MEASURES
-    from medtransfer.grid import MEASURE_NAMES
-
-    assert set(MEASURES.names()) == set(MEASURE_NAMES)
 
 
 def test_figure_inputs_match_the_figure_catalog():

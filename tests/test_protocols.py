@@ -90,7 +90,7 @@ def test_knn_protocol_with_a_huge_temperature_votes_like_scikit_learn_uniform():
 # ---- the protocol axis of the grid and the frozen-feature jobs --------------------------------
 
 from medtransfer.errors import ConfigError  # noqa: E402
-from medtransfer.grid import Study  # noqa: E402
+from medtransfer.study import Study  # noqa: E402
 
 from conftest import tiny_config  # noqa: E402
 

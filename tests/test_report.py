@@ -19,10 +19,10 @@ from docutils.core import publish_parts
 from conftest import REPO, tiny_config
 from medtransfer import paths
 from medtransfer.figures.catalog import FIGURES, Figure
-from medtransfer.grid import Study
 from medtransfer.report import layout, places
 from medtransfer.report.caption_tools import Caption
 from medtransfer.report.captions import caption_text, missing_captions
+from medtransfer.study import Study
 from medtransfer.report.front import duration, front_rst, timing
 from medtransfer.report.tables import sortable_table_html, write_report_table
 
@@ -272,12 +272,12 @@ def test_report_paths_in_the_templates_are_the_path_helpers():
 
 def test_report_tables_of_a_study():
     config = tiny_config()
-    assert layout.report_table_names(Study(config)) == ["summary", "runs", "pretrain", "provenance"]
+    assert Study(config).report_table_names() == ["summary", "runs", "pretrain", "provenance"]
     config["analysis"]["reference"] = "RI"
     config["sources"] = {}
     config["study"]["inits"] = ["RI"]
     config["analysis"]["pairs"] = []
-    assert layout.report_table_names(Study(config)) == ["summary", "runs", "comparison", "provenance"]
+    assert Study(config).report_table_names() == ["summary", "runs", "comparison", "provenance"]
 
 
 def test_sortable_table_holds_every_row_and_the_csv(tmp_path):
@@ -315,7 +315,7 @@ def test_front_page_names_the_study_its_sizes_time_and_commands(tmp_path, monkey
     config = tiny_config()
     config["study"]["name"] = "tiny check"
     study = Study(config)
-    spec = layout.front_spec(study, ["workflow/studies/tiny.yaml"])
+    spec = study.front_spec(["workflow/studies/tiny.yaml"])
     for name in study.datasets_needed():
         build_cache(name, {**config["datasets"][name], "n_train": 40, "n_val": 10, "n_test": 12}, paths.dataset_cache(name))
     Path(spec["metrics"]).parent.mkdir(parents=True)

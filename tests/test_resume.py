@@ -32,7 +32,8 @@ import yaml
 
 from conftest import REPO, tiny_config
 from medtransfer.errors import DataError
-from medtransfer.grid import Study, spec_hash
+from medtransfer.specs import spec_hash
+from medtransfer.study import Study
 from medtransfer.training.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.slow

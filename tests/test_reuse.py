@@ -19,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from medtransfer import models, paths
 from medtransfer.errors import ConfigError, DataError
-from medtransfer.grid import Study
+from medtransfer.study import Study
 
 from conftest import tiny_config
 

@@ -21,7 +21,8 @@ from medtransfer.analysis.activations import block_activations, load_state
 from medtransfer.atomic import torch_save
 from medtransfer.data import build_cache, make_loader
 from medtransfer.errors import ConfigError
-from medtransfer.grid import DEFAULT_TRAINING, Study, deep_merge, spec_hash, validate_config
+from medtransfer.specs import spec_hash
+from medtransfer.study import DEFAULT_TRAINING, Study, deep_merge, validate_config
 from medtransfer.models import segmentation
 from medtransfer.training.finetune import finetune, segmentation_model
 from medtransfer.training.metrics import (dice_iou, segmentation_counts, segmentation_loss, segmentation_metrics)
@@ -341,7 +342,7 @@ def test_schema_knows_the_segmentation_block():
 def test_grid_names_match_the_data_and_model_registries():
     from medtransfer.data import FORMATS
     from medtransfer.data.formats.synthetic import TASKS
-    from medtransfer.grid import SEGMENTATION_DECODERS, SEGMENTATION_FORMATS, SEGMENTATION_SYNTHETIC_TASKS
+    from medtransfer.study import SEGMENTATION_DECODERS, SEGMENTATION_FORMATS, SEGMENTATION_SYNTHETIC_TASKS
 
     assert SEGMENTATION_DECODERS == segmentation.DECODERS
     assert set(SEGMENTATION_FORMATS) <= set(FORMATS.names())

@@ -33,7 +33,7 @@ import yaml
 
 from conftest import REPO, tiny_config
 from medtransfer import paths
-from medtransfer.grid import Study
+from medtransfer.study import Study
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

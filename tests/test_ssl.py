@@ -16,7 +16,7 @@ import yaml
 
 from medtransfer import models
 from medtransfer.errors import ConfigError
-from medtransfer.grid import DEFAULT_TRAINING, Study, deep_merge
+from medtransfer.study import DEFAULT_TRAINING, Study, deep_merge
 from medtransfer.models.embedding import embedding_spread, knn_scores
 from medtransfer.training import ssl
 from medtransfer.training.loop import Preempted, train_epochs
@@ -363,7 +363,7 @@ def test_unlabelled_data_cannot_be_a_target_or_pretrain_supervised(tmp_path):
     config["datasets"]["scans"] = {"format": "imagefolder", "root": str(tmp_path), "labels": False, "size": 16}
     with pytest.raises(ConfigError, match=r"sources.a.pretrain.method: supervised pretraining needs labels"):
         Study(config)
-    from medtransfer.grid import validate_config
+    from medtransfer.study import validate_config
 
     validate_config(config, SCHEMA)
     with pytest.raises(ConfigError, match=r"datasets.scans.labels: 'no' is not of type 'boolean'"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medtransfer.errors import DataError
-from medtransfer.grid import DEFAULT_TRAINING, deep_merge
+from medtransfer.study import DEFAULT_TRAINING, deep_merge
 from medtransfer.training.trainer import Preempted, evaluate, fit, lr_factor, precision_for
 
 

@@ -79,7 +79,7 @@ def test_dry_run_plans_features_once_and_one_probe_per_cell(tmp_path):
     cells = 1 * 1 * 2 * 1 * 2
     assert jobs["finetune"] == cells and jobs["probe"] == 2 * cells
     assert jobs["features"] == 3  # RI per seed, WT shared by both seeds
-    from medtransfer.grid import Study
+    from medtransfer.study import Study
 
     assert jobs["figure"] == len(Study(config).figure_names())
 
@@ -283,7 +283,7 @@ def test_tiny_study_end_to_end_then_one_figure_without_retraining(tiny_study_run
 
 
 def _grid_size(config: dict) -> int:
-    from medtransfer.grid import Study
+    from medtransfer.study import Study
 
     return len(Study(config).runs)
 

@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("filters", cmd_filters, "mean absolute change of the first convolution, for the runs of one group")
     add("filter-kernels", cmd_filter_kernels, "init and final first-layer kernels of the runs of one cell")
     sub = add("collect", cmd_collect, "gather per-run results into one tidy CSV", job=False)
-    sub.add_argument("kind", choices=["metrics", "history", "similarity", "provenance", "pretrain"])
+    sub.add_argument("kind", choices=["metrics", "history", "parts", "provenance", "pretrain"],
+                     help="parts: concatenate the per-run or per-group CSVs of one table")
     sub.add_argument("--out", required=True)
     sub.add_argument("--html", default=None, help="also write the table as HTML (for the report)")
     sub.add_argument("--markdown", default=None, help="also write the table as Markdown")

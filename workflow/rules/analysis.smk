@@ -15,7 +15,7 @@ rule similarity_init_final:
         runtime=per_attempt("similarity", "runtime"),
         gpu=0,
     params:
-        spec=similarity_spec,
+        spec=job_spec(STUDY.similarity_spec, *GROUP),
     shell:
         "medtransfer similarity --spec {params.spec:q} --threads {threads} > {log} 2>&1"
 
@@ -57,24 +57,6 @@ rule collect_history:
         "medtransfer collect history --out {output} {input.metrics} > {log} 2>&1"
 
 
-rule collect_similarity_init_final:
-    input:
-        similarity_outputs(),
-    output:
-        paths.analysis_table("similarity_init_final"),
-    log:
-        paths.log("collect", "similarity_init_final"),
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=per_attempt("collect", "mem_mb"),
-        runtime=per_attempt("collect", "runtime"),
-        gpu=0,
-    shell:
-        "medtransfer collect similarity --out {output} {input} > {log} 2>&1"
-
-
 rule similarity_pairs:
     input:
         pairs_inputs,
@@ -90,18 +72,22 @@ rule similarity_pairs:
         runtime=per_attempt("similarity", "runtime"),
         gpu=0,
     params:
-        spec=pairs_spec,
+        spec=job_spec(STUDY.pairs_spec, *GROUP),
     shell:
         "medtransfer similarity-pairs --spec {params.spec:q} --threads {threads} > {log} 2>&1"
 
 
-rule collect_similarity_pairs:
+# The tables gathered from one CSV per run or group (common.smk's PART_TABLES: similarity, and
+# the feature-reuse and prediction-similarity analyses), each by concatenating its parts.
+rule collect_parts:
     input:
-        pairs_outputs(),
+        table_parts,
     output:
-        paths.analysis_table("similarity_pairs"),
+        paths.analysis_table("{kind}"),
     log:
-        paths.log("collect", "similarity_pairs"),
+        paths.log("collect", "{kind}"),
+    wildcard_constraints:
+        kind="|".join(PART_TABLES),
     conda:
         ENV
     threads: 1
@@ -110,7 +96,7 @@ rule collect_similarity_pairs:
         runtime=per_attempt("collect", "runtime"),
         gpu=0,
     shell:
-        "medtransfer collect similarity --out {output} {input} > {log} 2>&1"
+        "medtransfer collect parts --out {output} {input} > {log} 2>&1"
 
 
 rule collect_provenance:

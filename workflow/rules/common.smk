@@ -1,13 +1,14 @@
 # Config validation and every input function; rules hold no logic of their own.
 import json
 import sys
+from functools import partial
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from medtransfer import paths
 from medtransfer.errors import ConfigError
-from medtransfer.grid import Study, launcher, processes_per_job
+from medtransfer.study import REUSE_ANALYSES, Study, launcher, processes_per_job
 from medtransfer.joblogs import report_failed_jobs
 from medtransfer.paths import Run
 from medtransfer.report import layout as report_layout
@@ -76,17 +77,32 @@ def as_json(spec):
 
 # ---- specs handed to `medtransfer <command> --spec` -------------------------------------
 
-
-def preprocess_spec(wildcards):
-    return as_json(STUDY.preprocess_spec(wildcards.dataset))
-
-
-def pretrain_spec(wildcards):
-    return as_json(STUDY.pretrain_spec(wildcards.source, wildcards.arch))
+#: the wildcards of a (dataset, arch, fraction) group job
+GROUP = ("dataset", "arch", "fraction")
 
 
-def finetune_spec(wildcards):
-    return as_json(STUDY.run_spec(run_of(wildcards)))
+def job_spec(study_method, *arguments):
+    """A rule's `spec` param: the JSON of `study_method` (a method of STUDY) called with one
+    value per argument, a wildcard's name or a function of the wildcards (e.g. run_of).
+    """
+
+    def spec(wildcards):
+        values = [
+            (
+                getattr(wildcards, argument)
+                if isinstance(argument, str)
+                else argument(wildcards)
+            )
+            for argument in arguments
+        ]
+        return as_json(study_method(*values))
+
+    return spec
+
+
+def configfiles(wildcards):
+    """The config files the workflow was started with (the report's front page names them)."""
+    return list(workflow.configfiles)
 
 
 def pretrain_gpus(wildcards):
@@ -108,34 +124,6 @@ def pretrain_launcher(wildcards):
 def finetune_launcher(wildcards):
     """`medtransfer`, or torchrun with one process per GPU of the job."""
     return launcher(finetune_gpus(wildcards))
-
-
-def features_spec(wildcards):
-    return as_json(
-        STUDY.features_spec(
-            wildcards.dataset, wildcards.arch, wildcards.init, wildcards.key
-        )
-    )
-
-
-def probe_spec(wildcards):
-    return as_json(STUDY.probe_spec(wildcards.protocol, run_of(wildcards)))
-
-
-def activations_spec(wildcards):
-    return as_json(STUDY.activation_spec(run_of(wildcards)))
-
-
-def similarity_spec(wildcards):
-    return as_json(
-        STUDY.similarity_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
-    )
-
-
-def pairs_spec(wildcards):
-    return as_json(
-        STUDY.pairs_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
-    )
 
 
 # ---- inputs -----------------------------------------------------------------------------
@@ -198,23 +186,9 @@ def similarity_inputs(wildcards):
     return [path for run in spec["runs"] for path in run["activations"].values()]
 
 
-def similarity_outputs():
-    return [
-        paths.group_analysis("similarity_init_final", *group)
-        for group in STUDY.groups()
-    ]
-
-
 def pairs_inputs(wildcards):
     spec = STUDY.pairs_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
     return sorted({c[side] for c in spec["comparisons"] for side in ("a", "b")})
-
-
-def pairs_outputs():
-    return [
-        paths.group_analysis("similarity_pairs", *group)
-        for group in STUDY.pair_groups()
-    ]
 
 
 def figure_input(wildcards):
@@ -243,31 +217,32 @@ def final_targets():
     return targets
 
 
+# ---- part tables (collect_parts) ----------------------------------------------------------
+
+
+def group_parts(kind, groups):
+    return [paths.group_analysis(kind, *group) for group in groups]
+
+
+#: results/analysis/{kind}.csv made by concatenating parts (one CSV per run or group) -> the parts
+#: (none when the analysis is off: the rule is still defined, but nothing asks for the table)
+PART_TABLES = {
+    "similarity_init_final": lambda: group_parts(
+        "similarity_init_final", STUDY.groups()
+    ),
+    "similarity_pairs": lambda: group_parts("similarity_pairs", STUDY.pair_groups()),
+    "prediction_similarity": lambda: group_parts(
+        "prediction_similarity", STUDY.prediction_groups()
+    ),
+    **{kind: partial(STUDY.reuse_parts, kind) for kind in REUSE_ANALYSES},
+}
+
+
+def table_parts(wildcards):
+    return PART_TABLES[wildcards.kind]()
+
+
 # ---- feature-reuse analyses (workflow/rules/reuse.smk) ----------------------------------
-
-
-def weight_drift_spec(wildcards):
-    return as_json(
-        STUDY.weight_drift_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
-    )
-
-
-def filters_spec(wildcards):
-    return as_json(
-        STUDY.filters_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
-    )
-
-
-def filter_kernels_spec(wildcards):
-    return as_json(STUDY.filter_kernels_spec())
-
-
-def reinit_spec(wildcards):
-    return as_json(STUDY.reinit_spec(run_of(wildcards)))
-
-
-def layer_knn_spec(wildcards):
-    return as_json(STUDY.layer_knn_spec(run_of(wildcards)))
 
 
 def weights_of(runs):
@@ -287,22 +262,6 @@ def filter_cell_weights(wildcards):
     return weights_of(STUDY.filters_cell_runs())
 
 
-def reinit_group_spec(wildcards):
-    return as_json(
-        STUDY.reuse_group_spec(
-            "reinit", wildcards.dataset, wildcards.arch, wildcards.fraction
-        )
-    )
-
-
-def layer_knn_group_spec(wildcards):
-    return as_json(
-        STUDY.reuse_group_spec(
-            "layer_knn", wildcards.dataset, wildcards.arch, wildcards.fraction
-        )
-    )
-
-
 def group_network_inputs(wildcards):
     """What a group job that runs the network reads: the runs' weights and metrics, the cache."""
     runs = STUDY.reuse_group_runs(
@@ -315,20 +274,11 @@ def group_network_inputs(wildcards):
     }
 
 
-def reuse_parts(kind):
-    """The per-run or per-group parts of results/analysis/{kind}.csv."""
-    return STUDY.reuse_parts(kind)
-
-
 def reuse_targets():
     return [paths.analysis_table(kind) for kind in STUDY.reuse_tables()]
 
 
 # ---- cross-run feature-reuse analyses (domain.smk) ----------------------------------------
-
-
-def fid_stats_spec(wildcards):
-    return as_json(STUDY.fid_stats_spec(wildcards.embedder, wildcards.dataset))
 
 
 def fid_stats_inputs(wildcards):
@@ -342,38 +292,11 @@ def fid_stats_inputs(wildcards):
     return inputs
 
 
-def domain_distance_spec(wildcards):
-    return as_json(STUDY.domain_distance_spec())
-
-
-def fid_gain_spec(wildcards):
-    return as_json(STUDY.fid_gain_spec())
-
-
-def prediction_spec(wildcards):
-    return as_json(
-        STUDY.prediction_similarity_spec(
-            wildcards.dataset, wildcards.arch, wildcards.fraction
-        )
-    )
-
-
 def prediction_inputs(wildcards):
     spec = STUDY.prediction_similarity_spec(
         wildcards.dataset, wildcards.arch, wildcards.fraction
     )
     return sorted(run["predictions"] for run in spec["runs"].values())
-
-
-def prediction_outputs():
-    return [
-        paths.group_analysis("prediction_similarity", *group)
-        for group in STUDY.prediction_groups()
-    ]
-
-
-def representation_gain_spec(wildcards):
-    return as_json(STUDY.representation_gain_spec())
 
 
 # ---- the study report (snakemake --report results/report.html) -------------------------
@@ -382,17 +305,13 @@ def representation_gain_spec(wildcards):
 def report_targets():
     """The front page, the tables and the figure captions of the report, made by the run so
     --report finds them (a figure made before captions existed gets its caption too)."""
-    tables = report_layout.report_table_names(STUDY)
+    tables = STUDY.report_table_names()
     targets = [paths.report_front()] + [paths.report_table(name) for name in tables]
     return targets + [paths.figure(name, "rst") for name in STUDY.figure_names()]
 
 
-def report_front_spec(wildcards):
-    return as_json(report_layout.front_spec(STUDY, list(workflow.configfiles)))
-
-
 def report_front_inputs(wildcards):
-    spec = report_layout.front_spec(STUDY, list(workflow.configfiles))
+    spec = STUDY.front_spec(list(workflow.configfiles))
     caches = [entry["cache"] for entry in spec["datasets"]]
     return {
         "metrics": spec["metrics"],

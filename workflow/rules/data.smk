@@ -11,6 +11,6 @@ rule preprocess:
         runtime=per_attempt("preprocess", "runtime"),
         gpu=0,
     params:
-        spec=preprocess_spec,
+        spec=job_spec(STUDY.preprocess_spec, "dataset"),
     shell:
         "medtransfer preprocess --spec {params.spec:q} --threads {threads} --no-progress > {log} 2>&1"

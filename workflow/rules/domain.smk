@@ -5,7 +5,6 @@
 localrules:
     domain_distance,
     fid_gain,
-    collect_prediction_similarity,
     representation_gain,
 
 
@@ -26,7 +25,7 @@ rule fid_stats:
         runtime=per_attempt("fid_stats", "runtime"),
         gpu=1,
     params:
-        spec=fid_stats_spec,
+        spec=job_spec(STUDY.fid_stats_spec, "embedder", "dataset"),
     shell:
         "medtransfer fid-stats --spec {params.spec:q} --threads {threads} > {log} 2>&1"
 
@@ -46,7 +45,7 @@ rule domain_distance:
         runtime=per_attempt("domain", "runtime"),
         gpu=0,
     params:
-        spec=domain_distance_spec,
+        spec=job_spec(STUDY.domain_distance_spec),
     shell:
         "medtransfer fid --spec {params.spec:q} > {log} 2>&1"
 
@@ -67,7 +66,7 @@ rule fid_gain:
         runtime=per_attempt("domain", "runtime"),
         gpu=0,
     params:
-        spec=fid_gain_spec,
+        spec=job_spec(STUDY.fid_gain_spec),
     shell:
         "medtransfer fid-gain --spec {params.spec:q} > {log} 2>&1"
 
@@ -89,27 +88,9 @@ rule prediction_similarity:
         runtime=per_attempt("domain", "runtime"),
         gpu=0,
     params:
-        spec=prediction_spec,
+        spec=job_spec(STUDY.prediction_similarity_spec, *GROUP),
     shell:
         "medtransfer prediction-similarity --spec {params.spec:q} > {log} 2>&1"
-
-
-rule collect_prediction_similarity:
-    input:
-        prediction_outputs(),
-    output:
-        paths.analysis_table("prediction_similarity"),
-    log:
-        paths.log("collect", "prediction_similarity"),
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=per_attempt("collect", "mem_mb"),
-        runtime=per_attempt("collect", "runtime"),
-        gpu=0,
-    shell:
-        "medtransfer collect similarity --out {output} {input} > {log} 2>&1"
 
 
 rule representation_gain:
@@ -129,6 +110,6 @@ rule representation_gain:
         runtime=per_attempt("domain", "runtime"),
         gpu=0,
     params:
-        spec=representation_gain_spec,
+        spec=job_spec(STUDY.representation_gain_spec),
     shell:
         "medtransfer representation-gain --spec {params.spec:q} > {log} 2>&1"

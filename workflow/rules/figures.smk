@@ -8,8 +8,7 @@ localrules:
     pretrain_table,
     collect_metrics,
     collect_history,
-    collect_similarity_init_final,
-    collect_similarity_pairs,
+    collect_parts,
     collect_provenance,
 
 

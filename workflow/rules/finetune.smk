@@ -18,7 +18,7 @@ rule finetune:
         runtime=per_attempt("finetune", "runtime"),
         gpu=finetune_gpus,
     params:
-        spec=finetune_spec,
+        spec=job_spec(STUDY.run_spec, run_of),
         launcher=finetune_launcher,
     shell:
         "{params.launcher} finetune --spec {params.spec:q} --threads {threads} --no-progress >> {log} 2>&1"

@@ -14,7 +14,7 @@ rule pretrain:
         runtime=per_attempt("pretrain", "runtime"),
         gpu=pretrain_gpus,
     params:
-        spec=pretrain_spec,
+        spec=job_spec(STUDY.pretrain_spec, "source", "arch"),
         launcher=pretrain_launcher,
     shell:
         "{params.launcher} pretrain --spec {params.spec:q} --threads {threads} --no-progress >> {log} 2>&1"

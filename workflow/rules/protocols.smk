@@ -17,7 +17,7 @@ rule features:
         runtime=per_attempt("features", "runtime"),
         gpu=1,
     params:
-        spec=features_spec,
+        spec=job_spec(STUDY.features_spec, "dataset", "arch", "init", "key"),
     shell:
         "medtransfer features --spec {params.spec:q} --threads {threads} > {log} 2>&1"
 
@@ -38,6 +38,6 @@ rule probe:
         runtime=per_attempt("probe", "runtime"),
         gpu=0,
     params:
-        spec=probe_spec,
+        spec=job_spec(STUDY.probe_spec, "protocol", run_of),
     shell:
         "medtransfer probe --spec {params.spec:q} --threads {threads} > {log} 2>&1"

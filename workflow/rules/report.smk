@@ -22,7 +22,7 @@ rule report_front:
         runtime=per_attempt("figure", "runtime"),
         gpu=0,
     params:
-        spec=report_front_spec,
+        spec=job_spec(STUDY.front_spec, configfiles),
     shell:
         "medtransfer report-front --spec {params.spec:q} > {log} 2>&1"
 

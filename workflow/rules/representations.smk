@@ -16,6 +16,6 @@ rule activations:
         runtime=per_attempt("activations", "runtime"),
         gpu=1,
     params:
-        spec=activations_spec,
+        spec=job_spec(STUDY.activation_spec, run_of),
     shell:
         "medtransfer activations --spec {params.spec:q} --threads {threads} > {log} 2>&1"

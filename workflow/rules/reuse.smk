@@ -2,15 +2,7 @@
 # first-layer filters per (dataset, arch, fraction) group (cheap: no forward pass), and
 # re-initialisation robustness and layer-wise k-NN per run (they run the network), or per group
 # with `analysis.{reinit,layer_knn}.job: group`. The parts are gathered into
-# results/analysis/{kind}.csv by `medtransfer collect similarity`, the collector that
-# concatenates tidy CSV parts.
-
-
-localrules:
-    collect_weight_drift,
-    collect_filters,
-    collect_reinit,
-    collect_layer_knn,
+# results/analysis/{kind}.csv by the collect_parts rule (analysis.smk).
 
 
 rule weight_drift:
@@ -28,27 +20,9 @@ rule weight_drift:
         runtime=per_attempt("weight_drift", "runtime"),
         gpu=0,
     params:
-        spec=weight_drift_spec,
+        spec=job_spec(STUDY.weight_drift_spec, *GROUP),
     shell:
         "medtransfer weight-drift --spec {params.spec:q} --threads {threads} > {log} 2>&1"
-
-
-rule collect_weight_drift:
-    input:
-        reuse_parts("weight_drift"),
-    output:
-        paths.analysis_table("weight_drift"),
-    log:
-        paths.log("collect", "weight_drift"),
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=per_attempt("collect", "mem_mb"),
-        runtime=per_attempt("collect", "runtime"),
-        gpu=0,
-    shell:
-        "medtransfer collect similarity --out {output} {input} > {log} 2>&1"
 
 
 rule filters:
@@ -66,27 +40,9 @@ rule filters:
         runtime=per_attempt("filters", "runtime"),
         gpu=0,
     params:
-        spec=filters_spec,
+        spec=job_spec(STUDY.filters_spec, *GROUP),
     shell:
         "medtransfer filters --spec {params.spec:q} --threads {threads} > {log} 2>&1"
-
-
-rule collect_filters:
-    input:
-        reuse_parts("filters"),
-    output:
-        paths.analysis_table("filters"),
-    log:
-        paths.log("collect", "filters"),
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=per_attempt("collect", "mem_mb"),
-        runtime=per_attempt("collect", "runtime"),
-        gpu=0,
-    shell:
-        "medtransfer collect similarity --out {output} {input} > {log} 2>&1"
 
 
 rule filter_kernels:
@@ -104,7 +60,7 @@ rule filter_kernels:
         runtime=per_attempt("filters", "runtime"),
         gpu=0,
     params:
-        spec=filter_kernels_spec,
+        spec=job_spec(STUDY.filter_kernels_spec),
     shell:
         "medtransfer filter-kernels --spec {params.spec:q} --threads {threads} > {log} 2>&1"
 
@@ -127,7 +83,7 @@ rule reinit:
         runtime=per_attempt("reinit", "runtime"),
         gpu=1,
     params:
-        spec=reinit_spec,
+        spec=job_spec(STUDY.reinit_spec, run_of),
     shell:
         "medtransfer reinit --spec {params.spec:q} --threads {threads} > {log} 2>&1"
 
@@ -147,27 +103,9 @@ rule reinit_group:
         runtime=per_attempt("reinit", "runtime"),
         gpu=1,
     params:
-        spec=reinit_group_spec,
+        spec=job_spec(partial(STUDY.reuse_group_spec, "reinit"), *GROUP),
     shell:
         "medtransfer reinit --spec {params.spec:q} --threads {threads} > {log} 2>&1"
-
-
-rule collect_reinit:
-    input:
-        reuse_parts("reinit"),
-    output:
-        paths.analysis_table("reinit"),
-    log:
-        paths.log("collect", "reinit"),
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=per_attempt("collect", "mem_mb"),
-        runtime=per_attempt("collect", "runtime"),
-        gpu=0,
-    shell:
-        "medtransfer collect similarity --out {output} {input} > {log} 2>&1"
 
 
 rule layer_knn:
@@ -188,7 +126,7 @@ rule layer_knn:
         runtime=per_attempt("layer_knn", "runtime"),
         gpu=1,
     params:
-        spec=layer_knn_spec,
+        spec=job_spec(STUDY.layer_knn_spec, run_of),
     shell:
         "medtransfer layer-knn --spec {params.spec:q} --threads {threads} > {log} 2>&1"
 
@@ -208,24 +146,6 @@ rule layer_knn_group:
         runtime=per_attempt("layer_knn", "runtime"),
         gpu=1,
     params:
-        spec=layer_knn_group_spec,
+        spec=job_spec(partial(STUDY.reuse_group_spec, "layer_knn"), *GROUP),
     shell:
         "medtransfer layer-knn --spec {params.spec:q} --threads {threads} > {log} 2>&1"
-
-
-rule collect_layer_knn:
-    input:
-        reuse_parts("layer_knn"),
-    output:
-        paths.analysis_table("layer_knn"),
-    log:
-        paths.log("collect", "layer_knn"),
-    conda:
-        ENV
-    threads: 1
-    resources:
-        mem_mb=per_attempt("collect", "mem_mb"),
-        runtime=per_attempt("collect", "runtime"),
-        gpu=0,
-    shell:
-        "medtransfer collect similarity --out {output} {input} > {log} 2>&1"

@@ -50,7 +50,7 @@ def collect_history(metrics_files: list[str]) -> pd.DataFrame:
 
 
 def collect_csvs(csv_files: list[str]) -> pd.DataFrame:
-    """Concatenate per-run tidy CSVs (they already carry the run columns)."""
+    """Concatenate the parts of one tidy CSV (per run or per group; they already carry the run columns)."""
     frames = [pd.read_csv(path, keep_default_na=False, na_values=[""]) for path in csv_files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -108,5 +108,5 @@ COLLECTORS: dict[str, Callable[[list[str]], pd.DataFrame]] = {
     "provenance": collect_provenance,
     "metrics": collect_metrics,
     "history": collect_history,
-    "similarity": collect_csvs,
+    "parts": collect_csvs,
 }

@@ -70,7 +70,7 @@ def representation_gain(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(representation_gain rows, the per-run points) from the CSVs named in ``spec``."""
     path = Path(spec["similarity"])
     if not path.is_file():
-        raise DataError(f"{path} does not exist; run the collect_similarity_init_final rule first")
+        raise DataError(f"{path} does not exist; run the collect_parts rule for it first")
     similarity = pd.read_csv(path, dtype={"init": str, "dataset": str, "arch": str, "block": str},
                              keep_default_na=False, na_values=[""])
     missing = [c for c in [*RUN_KEY, "block", "block_index", "measure", "value"] if c not in similarity.columns]

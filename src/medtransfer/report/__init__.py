@@ -3,8 +3,8 @@ questions of the papers the study reruns.
 
 - :mod:`~medtransfer.report.places`: the report's sections (categories) and a result's place.
 - :mod:`~medtransfer.report.layout`: where each figure and table goes (category, subcategory,
-  labels; a figure's from its row of :mod:`medtransfer.figures.catalog`) and the front page's
-  job spec. Imported by the Snakefile, so it stays light (no pandas, matplotlib or torch).
+  labels; a figure's from its row of :mod:`medtransfer.figures.catalog`). Imported by the
+  Snakefile and the planner, so it stays light (no pandas, matplotlib or torch).
 - :mod:`~medtransfer.report.captions` and :mod:`~medtransfer.report.captions_reuse`: each
   figure's caption, a function of the figure's tidy CSV -> reStructuredText (what it shows, what
   the paper found, what this run found, with numbers), named in its catalog row; a figure without

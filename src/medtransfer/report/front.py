@@ -3,7 +3,7 @@ sizes, how long it took, where each question's figures are, the commands that re
 figure or the report, and the config as it ran.
 
 It is written as reStructuredText (``results/report/front.rst``) by the job ``report_front``
-from its spec (:func:`medtransfer.report.layout.front_spec`), the collected metrics and
+from its spec (:meth:`medtransfer.study.Study.front_spec`), the collected metrics and
 provenance and the datasets' HDF5 caches; ``workflow/report/workflow.rst`` includes it, so the
 page is Snakemake's own front page.
 """
@@ -74,7 +74,7 @@ def _command(configfiles: Sequence[str], *args: str) -> str:
 
 
 def front_rst(spec: dict) -> str:
-    """The front page (rst) of the study described by ``spec`` (see layout.front_spec)."""
+    """The front page (rst) of the study described by ``spec`` (see medtransfer.study.Study.front_spec)."""
     grid, counts = spec["grid"], spec["counts"]
     metrics = read_table(spec["metrics"])
     provenance = read_table(spec["provenance"])

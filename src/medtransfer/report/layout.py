@@ -1,23 +1,20 @@
-"""Where every figure and table of a study goes in Snakemake's report, and the front page's spec.
+"""Where every figure and table of a study goes in Snakemake's report.
 
 The sections are :mod:`medtransfer.report.places`; a figure's place is its row of the figure
 catalog (:mod:`medtransfer.figures.catalog`), a table's is in :data:`REPORT_TABLES` here.
 
-The Snakefile imports this module: it must stay cheap (no pandas, matplotlib or torch).
+The Snakefile imports this module: it must stay cheap (no pandas, matplotlib or torch). Which
+tables a study's report holds, and its front page's spec, are the planner's
+(:mod:`medtransfer.study.report`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from medtransfer import paths
 from medtransfer.figures.catalog import FIGURES
 from medtransfer.report.places import OTHER, PROTOCOLS, PROVENANCE, TABLES, Place
-
-if TYPE_CHECKING:  # the grid is only needed for type hints here
-    from medtransfer.grid import Study
 
 
 def figure_place(name: str) -> Place:
@@ -65,58 +62,3 @@ REPORT_TABLES: dict[str, ReportTable] = {
 def table_labels(name: str) -> dict[str, str]:
     """Labels of a table in the report's result list (its title, rather than its path)."""
     return {"table": REPORT_TABLES[name].place.title}
-
-
-def report_table_names(study: Study) -> list[str]:
-    """The tables this study's report holds (comparison and pretrain only where they exist)."""
-    names = ["summary", "runs"]
-    if study.analysis.get("reference"):
-        names.append("comparison")
-    if study.pretrain_jobs():
-        names.append("pretrain")
-    return names + ["provenance"]
-
-
-def study_name(study: Study, configfiles: list[str]) -> str:
-    """``study.name`` of the config, else the stem of the last config file, else "study"."""
-    name = study.config["study"].get("name")
-    if name:
-        return str(name)
-    return Path(configfiles[-1]).stem if configfiles else "study"
-
-
-def front_spec(study: Study, configfiles: list[str]) -> dict:
-    """Everything the front page needs, as the job spec of ``medtransfer report-front``.
-
-    ``configfiles`` are the config files the workflow was started with (Snakemake's
-    ``workflow.configfiles``), so the regeneration commands on the page name them.
-    """
-    datasets = []
-    targets = list(study.config["study"]["targets"])
-    for name in study.datasets_needed():
-        role = "target" if name in targets else "source (pretraining)"
-        datasets.append({"name": name, "role": role, "cache": paths.dataset_cache(name)})
-    datasets.sort(key=lambda d: (d["role"] != "target", targets.index(d["name"]) if d["name"] in targets else 0))
-    categories = [figure_place(name).category for name in study.figure_names()]
-    categories += [REPORT_TABLES[name].place.category for name in report_table_names(study)]
-    return {
-        "name": study_name(study, configfiles),
-        "configfiles": [str(f) for f in configfiles],
-        "config": study.config,
-        "grid": {
-            "targets": targets,
-            "architectures": study.architectures,
-            "inits": [spec.label for spec in study.inits],
-            "fractions": [float(f) for f in study.fractions],
-            "seeds": study.seeds,
-            "protocols": study.protocols,
-        },
-        "counts": {"finetune": len(study.runs), "probe": len(study.probe_runs),
-                   "pretrain": len(study.pretrain_jobs())},  # fmt: skip
-        "datasets": datasets,
-        "figures": study.figure_names(),
-        "categories": sorted(set(categories)),
-        "metrics": paths.analysis_table("metrics"),
-        "provenance": paths.table("provenance", "csv"),
-        "out": paths.report_front(),
-    }

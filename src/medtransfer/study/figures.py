@@ -1,0 +1,69 @@
+"""Planning the figures (workflow/rules/figures.smk): which figures a study draws, and the tidy
+CSV each is drawn from."""
+
+from __future__ import annotations
+
+from medtransfer.errors import ConfigError
+from medtransfer.protocols import FROZEN_PROTOCOLS
+from medtransfer.study.core import INITS_WITH_K
+
+# Figure name -> the tidy CSV (medtransfer.paths.analysis_table kind) it is drawn from. The
+# drawing functions live in medtransfer.figures (which imports matplotlib; the Snakefile must
+# not); tests/test_grid.py keeps the two in step.
+FIGURE_INPUTS: dict[str, str] = {
+    "test_auc": "metrics",
+    "init_comparison": "metrics",
+    "metric_vs_k": "metrics",
+    "protocols": "metrics",
+    "convergence": "history",
+    "epochs_to_95": "history",
+    "similarity_init_final": "similarity_init_final",
+    "similarity_pairs_heatmap": "similarity_pairs",
+    "similarity_pairs_blocks": "similarity_pairs",
+    "weight_drift": "weight_drift",
+    "reinit": "reinit",
+    "layer_knn": "layer_knn",
+    "filters": "filter_kernels",
+    "fid_gain": "fid_gain",
+    "fid_st_share": "fid_gain",
+    "prediction_similarity": "prediction_similarity",
+    "representation_gain": "representation_gain_runs",
+    "test_dice": "metrics",
+    "convergence_dice": "history",
+}
+
+
+class FiguresPlan:
+    """The figures of :class:`medtransfer.study.Study`."""
+
+    def figure_names(self) -> list[str]:
+        """The figures this study can draw (e.g. the k sweep only when a WT-ST/WT-RI init is in it)."""
+        names = ["protocols"] if set(self.protocols) & set(FROZEN_PROTOCOLS) else []
+        if not self.runs:  # every other figure is of fine-tuning runs
+            return names
+        segmenting = any(self.is_segmentation_target(run.dataset) for run in self.runs)
+        classifying = any(not self.is_segmentation_target(run.dataset) for run in self.runs)
+        names = (["test_auc", "convergence", "epochs_to_95"] if classifying else []) + names
+        init_names = {spec.name for spec in self.inits}
+        if classifying and len(init_names & {"RI", "ST", "WT"}) >= 2:
+            names.append("init_comparison")
+        if classifying and init_names & set(INITS_WITH_K):
+            names.append("metric_vs_k")
+        if segmenting:  # Dice per init and fraction; validation Dice per epoch
+            names += ["test_dice", "convergence_dice"]
+        if self.analysis["measures"]:
+            names.append("similarity_init_final")
+        if self.analysis["pairs"]:
+            names += ["similarity_pairs_heatmap", "similarity_pairs_blocks"]
+        names += self.reuse_figure_names()
+        names += self.domain_figure_names()
+        return names
+
+    def figure_measure(self) -> str:
+        """The similarity measure the figures draw: the first configured one."""
+        return (self.analysis["measures"] or ["linear_cka_debiased"])[0]
+
+    def figure_input(self, name: str) -> str:
+        if name not in FIGURE_INPUTS:
+            raise ConfigError(f"unknown figure {name!r}; figures: {', '.join(FIGURE_INPUTS)}")
+        return FIGURE_INPUTS[name]

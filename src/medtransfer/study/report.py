@@ -1,0 +1,66 @@
+"""Planning the study report (workflow/rules/report.smk): which tables the report holds, and the
+front page's job spec. Where each figure and table goes is the report's own catalog
+(:mod:`medtransfer.report.layout`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medtransfer import paths
+from medtransfer.report.layout import REPORT_TABLES, figure_place
+
+
+class ReportPlan:
+    """The report of :class:`medtransfer.study.Study`."""
+
+    def report_table_names(self) -> list[str]:
+        """The tables this study's report holds (comparison and pretrain only where they exist)."""
+        names = ["summary", "runs"]
+        if self.analysis.get("reference"):
+            names.append("comparison")
+        if self.pretrain_jobs():
+            names.append("pretrain")
+        return names + ["provenance"]
+
+    def study_name(self, configfiles: list[str]) -> str:
+        """``study.name`` of the config, else the stem of the last config file, else "study"."""
+        name = self.config["study"].get("name")
+        if name:
+            return str(name)
+        return Path(configfiles[-1]).stem if configfiles else "study"
+
+    def front_spec(self, configfiles: list[str]) -> dict:
+        """Everything the front page needs, as the job spec of ``medtransfer report-front``.
+
+        ``configfiles`` are the config files the workflow was started with (Snakemake's
+        ``workflow.configfiles``), so the regeneration commands on the page name them.
+        """
+        datasets = []
+        targets = list(self.config["study"]["targets"])
+        for name in self.datasets_needed():
+            role = "target" if name in targets else "source (pretraining)"
+            datasets.append({"name": name, "role": role, "cache": paths.dataset_cache(name)})
+        datasets.sort(key=lambda d: (d["role"] != "target", targets.index(d["name"]) if d["name"] in targets else 0))
+        categories = [figure_place(name).category for name in self.figure_names()]
+        categories += [REPORT_TABLES[name].place.category for name in self.report_table_names()]
+        return {
+            "name": self.study_name(configfiles),
+            "configfiles": [str(f) for f in configfiles],
+            "config": self.config,
+            "grid": {
+                "targets": targets,
+                "architectures": self.architectures,
+                "inits": [spec.label for spec in self.inits],
+                "fractions": [float(f) for f in self.fractions],
+                "seeds": self.seeds,
+                "protocols": self.protocols,
+            },
+            "counts": {"finetune": len(self.runs), "probe": len(self.probe_runs),
+                       "pretrain": len(self.pretrain_jobs())},
+            "datasets": datasets,
+            "figures": self.figure_names(),
+            "categories": sorted(set(categories)),
+            "metrics": paths.analysis_table("metrics"),
+            "provenance": paths.table("provenance", "csv"),
+            "out": paths.report_front(),
+        }
