@@ -8,7 +8,7 @@ import pytest
 
 from medtransfer import paths
 from medtransfer.errors import ConfigError
-from medtransfer.study import FIGURE_INPUTS, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, Study, expand_init, load_config, validate_config
+from medtransfer.study import INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, Study, expand_init, load_config, validate_config
 
 from conftest import REPO, SCHEMA, tiny_config
 
@@ -97,13 +97,6 @@ def test_init_names_match_the_registry():
     from medtransfer.init import INITS
 
     assert set(INITS.names()) == set(INITS_WITH_SOURCE + INITS_WITHOUT_SOURCE)
-
-
-def test_figure_inputs_match_the_figure_catalog():
-    from medtransfer.figures.catalog import FIGURES
-
-    # the planner's table until it reads the catalog's input column itself
-    assert {name: figure.input for name, figure in FIGURES.items()} == FIGURE_INPUTS
 
 
 def test_init_labels_are_path_safe_and_unique():

@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 from conftest import REPO
 
 SOURCE = REPO / "src"
@@ -100,7 +98,6 @@ def test_the_package_has_no_import_cycle():
     assert cycles(import_edges()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 24 moves spec hashing, run columns and figure inputs out of the planner")
 def test_no_stage_imports_the_planner():
     offenders = sorted(
         f"{module} imports {target}"

@@ -1,6 +1,6 @@
 """The command line: one sub-command per workflow rule (``medtransfer <command> --help``).
 
-Rules pass each job its spec as JSON (built by medtransfer.grid), so a job never re-reads the
+Rules pass each job its spec as JSON (built by medtransfer.study), so a job never re-reads the
 config. Errors a user can cause end in one line naming the file or key and the fix (exit 2).
 """
 

@@ -24,7 +24,7 @@ def format_fraction(fraction: float | str) -> str:
 
 @dataclass(frozen=True)
 class Run:
-    """One cell of the study grid. ``init`` is the init label (see ``medtransfer.grid``)."""
+    """One cell of the study grid. ``init`` is the init label (see ``medtransfer.study``)."""
 
     dataset: str
     arch: str

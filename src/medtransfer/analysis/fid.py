@@ -193,7 +193,7 @@ def _source_embedder(spec: dict) -> tuple[torch.nn.Module, dict | str, int | Non
 
 def embedder(spec: dict) -> tuple[torch.nn.Module, dict | str, int | None]:
     """(model in eval mode, normalisation for the loader, its input size in px or None when it has
-    none of its own) of an embedder spec (``medtransfer.grid.Study.fid_embedder_spec``)."""
+    none of its own) of an embedder spec (``medtransfer.study.Study.fid_embedder_spec``)."""
     if spec["kind"] == "timm":
         model, normalize, size = _imagenet_embedder(spec)
     elif spec["kind"] == "source":

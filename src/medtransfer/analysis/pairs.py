@@ -4,7 +4,7 @@ A *pair* compares the final (or init) activations of two inits of the same datas
 architecture, fraction and seed (e.g. WT vs RI after fine-tuning). Its *noise floor* compares
 two seeds of the same init: two runs that differ only by chance. A pair's similarity means
 something only where it falls below that floor. The comparisons to make are listed by
-``medtransfer.grid.Study.pairs_spec``; this module only measures them.
+``medtransfer.study.Study.pairs_spec``; this module only measures them.
 """
 
 from __future__ import annotations

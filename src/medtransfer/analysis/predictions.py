@@ -99,7 +99,7 @@ def prediction_similarity(task: str, scores_a: np.ndarray, scores_b: np.ndarray)
 
 def compare_runs(a: dict, b: dict, split: str, kind: str) -> dict:
     """One row of prediction_similarity.csv for the runs ``a`` and ``b`` ({"run", "predictions",
-    "columns"}, as ``medtransfer.grid.Study.prediction_similarity_spec`` lists them)."""
+    "columns"}, as ``medtransfer.study.Study.prediction_similarity_spec`` lists them)."""
     ca, cb = a["columns"], b["columns"]
     if ca["dataset"] != cb["dataset"]:
         raise DataError(f"runs {a['run']} and {b['run']} are of different targets ({ca['dataset']} and "

@@ -110,7 +110,7 @@ def measure_label(measure: str) -> str:
 def parse_init(label: str) -> tuple[str, str, int | None]:
     """Split an init label into (family, source and options, k).
 
-    Labels are built by ``medtransfer.grid``: ``RI``, ``Gabor``, ``WT_<source>``,
+    Labels are built by ``medtransfer.study``: ``RI``, ``Gabor``, ``WT_<source>``,
     ``ST_<source>``, ``WT-ST_<source>_k<k>``, ``WT-RI_<source>_k<k>[_slim<f>]``.
     """
     family, *rest = str(label).split("_")

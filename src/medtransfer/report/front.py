@@ -147,7 +147,7 @@ def front_rst(spec: dict) -> str:
     names = ", ".join(lit(f) for f in spec["configfiles"]) or "none"
     out += ["Config as run", "-------------", "",
             f"Config files: {names}; below, the config the workflow ran with (those files merged with any "
-            "``--config`` overrides), before the defaults of ``medtransfer.grid`` fill the keys it leaves out.",
+            "``--config`` overrides), before the defaults of ``medtransfer.study`` fill the keys it leaves out.",
             "", ".. code-block:: yaml", ""]  # fmt: skip
     dumped = yaml.safe_dump(spec["config"], sort_keys=False, default_flow_style=None, width=100)
     out += [f"   {line}" if line else "" for line in dumped.splitlines()] + [""]

@@ -5,11 +5,9 @@ block comparisons of configured init pairs with their seed noise floor."""
 from __future__ import annotations
 
 from medtransfer import paths
+from medtransfer.analysis.measures import MEASURE_NAMES
 from medtransfer.errors import ConfigError
 from medtransfer.paths import Run
-
-# Names of medtransfer.analysis.similarity.MEASURES (which imports torch); kept equal by a test.
-MEASURE_NAMES = ("linear_cka", "linear_cka_debiased", "rbf_cka", "cca_mean", "svcca", "pwcca")
 
 
 class AnalysisPlan:

@@ -5,14 +5,13 @@ similarity against the gain, from files the runs already wrote."""
 from __future__ import annotations
 
 from medtransfer import paths
+from medtransfer.analysis.measures import CCA_MEASURES
 from medtransfer.errors import ConfigError, MedtransferError
 from medtransfer.paths import Run
 from medtransfer.study.core import InitSpec, fusion_members
 
 #: metrics.csv columns a gain over RI can be measured in
 GAIN_METRICS = ("test_auc", "test_acc", "test_kappa", "test_balanced_acc")
-#: the similarity measures analysis.cca_subsample applies to
-CCA_MEASURES = ("cca_mean", "svcca", "pwcca")
 
 
 class DomainPlan:

@@ -4,33 +4,13 @@ CSV each is drawn from."""
 from __future__ import annotations
 
 from medtransfer.errors import ConfigError
+from medtransfer.figures.catalog import FIGURES
 from medtransfer.protocols import FROZEN_PROTOCOLS
 from medtransfer.study.core import INITS_WITH_K
 
-# Figure name -> the tidy CSV (medtransfer.paths.analysis_table kind) it is drawn from. The
-# drawing functions live in medtransfer.figures (which imports matplotlib; the Snakefile must
-# not); tests/test_grid.py keeps the two in step.
-FIGURE_INPUTS: dict[str, str] = {
-    "test_auc": "metrics",
-    "init_comparison": "metrics",
-    "metric_vs_k": "metrics",
-    "protocols": "metrics",
-    "convergence": "history",
-    "epochs_to_95": "history",
-    "similarity_init_final": "similarity_init_final",
-    "similarity_pairs_heatmap": "similarity_pairs",
-    "similarity_pairs_blocks": "similarity_pairs",
-    "weight_drift": "weight_drift",
-    "reinit": "reinit",
-    "layer_knn": "layer_knn",
-    "filters": "filter_kernels",
-    "fid_gain": "fid_gain",
-    "fid_st_share": "fid_gain",
-    "prediction_similarity": "prediction_similarity",
-    "representation_gain": "representation_gain_runs",
-    "test_dice": "metrics",
-    "convergence_dice": "history",
-}
+#: Figure name -> the tidy CSV (``medtransfer.paths.analysis_table`` kind) it is drawn from, read
+#: from the figure catalog (torch- and matplotlib-free, so the Snakefile can read it).
+FIGURE_INPUTS: dict[str, str] = {name: figure.input for name, figure in FIGURES.items()}
 
 
 class FiguresPlan:

@@ -1,6 +1,6 @@
 """Fine-tune one cell of the study grid and write the run's files (docs/DESIGN.md, "Run files").
 
-``finetune(spec)`` takes the JSON spec the workflow built for the run (medtransfer.grid
+``finetune(spec)`` takes the JSON spec the workflow built for the run (medtransfer.study
 ``Study.run_spec``) and writes, in the run directory: ``init.pt`` + ``init.json`` (the weights
 right after initialisation and where each block's came from), ``history.csv`` (one row per
 epoch), ``final.pt`` (the weights of the best validation epoch), ``predictions.h5`` (val and
