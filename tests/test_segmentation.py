@@ -23,7 +23,8 @@ from medtransfer.data import build_cache, make_loader
 from medtransfer.errors import ConfigError
 from medtransfer.grid import DEFAULT_TRAINING, Study, deep_merge, spec_hash, validate_config
 from medtransfer.models import segmentation
-from medtransfer.training.finetune import finetune, segmentation_model
+from medtransfer.training.finetune import finetune
+from medtransfer.training.stage import segmentation_model
 from medtransfer.training.metrics import (dice_iou, segmentation_counts, segmentation_loss, segmentation_metrics)
 from medtransfer.training.trainer import Preempted, evaluate, fit, precision_for
 
