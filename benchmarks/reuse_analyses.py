@@ -80,7 +80,7 @@ def demo(workdir: Path) -> None:
 
 def ten_thousand(folder: Path, threads: int) -> None:
     from medtransfer.data import build_cache
-    from medtransfer.training.finetune import initialised_model
+    from medtransfer.training.stage import initialised_model
 
     os.chdir(folder)
     config = {

@@ -24,6 +24,7 @@ from torch import nn
 
 from medtransfer.errors import ConfigError, WeightsError
 from medtransfer.init import INITS, apply, create_kwargs
+from medtransfer.init import registry
 from medtransfer.init import gabor as G
 from medtransfer.models import HEAD, block_keys, blocks, create
 
@@ -47,14 +48,12 @@ LARGE = {
 }
 # Same model class and code path as a smaller sibling whose training step is tested.
 STEP_COVERED_BY = {"resnet50": "resnet18", "deit_small_patch16_224": "deit_tiny_patch16_224"}
+# A value to test each init option with; every registered init runs plain and with each option.
+OPTION_VALUES = {"slim": 0.5}
 INIT_CASES = [
-    ("RI", None, {}),
-    ("WT", None, {}),
-    ("ST", None, {}),
-    ("WT-ST", 2, {}),
-    ("WT-RI", 2, {}),
-    ("WT-RI", 2, {"slim": 0.5}),
-    ("Gabor", None, {}),
+    (name, 2 if registry.takes_k(name) else None, case)
+    for name in registry.LISTED
+    for case in [{}] + [{option: OPTION_VALUES[option]} for option in registry.options(name)]
 ]
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 SEED = 3
@@ -189,8 +188,8 @@ def test_init_properties(arch, init, k, options):
     kw = SMALL[arch]
     source = make_source(arch, **kw)
     model = create(arch, 2, **kw, **create_kwargs(init, k=k, **options))
-    needs_source = init not in ("RI", "Gabor")  # Gabor with a source: see the ranges test
-    record = apply(model, init, source if needs_source else None, k=k, seed=SEED, **options)
+    # Gabor with a source: see the ranges test
+    record = apply(model, init, source if registry.needs_source(init) else None, k=k, seed=SEED, **options)
     json.dumps(record)  # the trainer writes it as init.json
     state = model.state_dict()
     owned = block_keys(model)

@@ -211,7 +211,7 @@ def test_input_size_policy():
     assert default_input_size("cbr_tiny") is None and default_input_size("resnet18_28") is None
     # a ViT built for another size (architectures: {deit_tiny_patch16_224: {img_size: 64}}) gets
     # batches of that size, in fine-tuning and in activation extraction alike
-    from medtransfer.training.finetune import input_size
+    from medtransfer.training.stage import input_size
 
     assert default_input_size("deit_tiny_patch16_224", img_size=64) == 64
     spec = {"arch": "deit_tiny_patch16_224", "arch_options": {"img_size": 64}, "training": {}}

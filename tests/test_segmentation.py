@@ -24,7 +24,8 @@ from medtransfer.errors import ConfigError
 from medtransfer.specs import spec_hash
 from medtransfer.study import DEFAULT_TRAINING, Study, deep_merge, validate_config
 from medtransfer.models import segmentation
-from medtransfer.training.finetune import finetune, segmentation_model
+from medtransfer.training.finetune import finetune
+from medtransfer.training.stage import segmentation_model
 from medtransfer.training.metrics import (dice_iou, segmentation_counts, segmentation_loss, segmentation_metrics)
 from medtransfer.training.trainer import Preempted, evaluate, fit, precision_for
 

@@ -19,7 +19,7 @@ import torch
 from medtransfer import data, models
 from medtransfer.atomic import atomic_path
 from medtransfer.errors import ConfigError
-from medtransfer.training.finetune import input_size
+from medtransfer.training.stage import input_size
 
 
 def probe_indices(n_examples: int, size: int, seed: int) -> np.ndarray:

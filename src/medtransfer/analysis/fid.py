@@ -178,7 +178,7 @@ def _imagenet_embedder(spec: dict) -> tuple[torch.nn.Module, dict, int]:
 def _source_embedder(spec: dict) -> tuple[torch.nn.Module, dict | str, int | None]:
     """The backbone of a study source (its pretrained weights, as a WT init loads them), the
     normalisation it was pretrained with and its pretraining input size."""
-    from medtransfer.training.finetune import initialised_model
+    from medtransfer.training.stage import initialised_model
 
     model, _, _ = initialised_model({**spec, "seed": 0}, 1)  # the head is not used
     normalize = spec["normalize"]

@@ -140,7 +140,7 @@ def resolve_k(k: int, n_memory: int, cap_k: bool, run: str, fraction: float, dat
 def run_layer_knn(spec: dict, device: torch.device) -> pd.DataFrame:
     """layer_knn.csv rows (:data:`medtransfer.columns.LAYER_KNN_COLUMNS`) of one run. ``spec``: ``run``, ``run_dir``, ``columns``, ``states``,
     ``split`` (the queries), ``k``, ``temperature``, ``cap_k``, ``max_memory_mb``."""
-    from medtransfer.training.finetune import spec_loader
+    from medtransfer.training.stage import spec_loader
     from medtransfer.training.trainer import precision_for
 
     run = spec["run"]

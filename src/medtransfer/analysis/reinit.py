@@ -15,7 +15,7 @@ for ordinal tasks). Two rows per metric bracket the blocks:
   own test metric in metrics.json (the same weights, loader and float32 evaluation);
 - ``block = all`` (``block_index`` = number of blocks): every block reset, the network at init.
 
-The test split is read with the run's own loader settings (``training.finetune.spec_loader`` on
+The test split is read with the run's own loader settings (``training.stage.spec_loader`` on
 the spec in metrics.json) and scored by the fine-tuning's ``evaluate``.
 """
 
@@ -67,7 +67,7 @@ def reinit_rows(scores: Sequence[tuple[str, int, Mapping[str, float]]]) -> list[
 
 def run_reinit(spec: dict, device: torch.device) -> pd.DataFrame:
     """reinit.csv rows (:data:`medtransfer.columns.REINIT_COLUMNS`) of one run: ``spec`` has ``run``, ``run_dir``, ``columns`` and ``split``."""
-    from medtransfer.training.finetune import spec_loader
+    from medtransfer.training.stage import spec_loader
     from medtransfer.training.trainer import evaluate, precision_for
 
     run, split = spec["run"], spec["split"]

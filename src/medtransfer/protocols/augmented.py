@@ -22,7 +22,7 @@ from medtransfer.protocols.linear import (
     select_on_val,
     standardisation,
 )
-from medtransfer.training.finetune import initialised_model, spec_loader
+from medtransfer.training.stage import initialised_model, spec_loader
 
 #: The augmentation when ``train.augment`` is not set: flips and 2-px shifts, the light recipe
 #: of the CIFAR-scale linear evaluations.

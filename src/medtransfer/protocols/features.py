@@ -22,7 +22,7 @@ from medtransfer.devices import select_device
 from medtransfer.specs import spec_hash
 from medtransfer.models.embedding import embed_loader
 from medtransfer.provenance import git_commit, provenance
-from medtransfer.training.finetune import initialised_model, seed_everything, spec_loader
+from medtransfer.training.stage import initialised_model, seed_everything, spec_loader
 
 SPLITS = ("train", "val", "test")
 

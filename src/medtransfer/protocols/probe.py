@@ -20,7 +20,7 @@ from medtransfer.protocols.features import read_features
 from medtransfer.protocols.knn import knn_predict
 from medtransfer.protocols.linear import probe_scores, select_probe
 from medtransfer.provenance import git_commit, provenance
-from medtransfer.training.finetune import write_predictions
+from medtransfer.training.stage import write_predictions
 from medtransfer.training.metrics import classification_metrics
 
 

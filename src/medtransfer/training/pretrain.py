@@ -32,7 +32,7 @@ from medtransfer.specs import spec_hash
 from medtransfer.models.embedding import embed_loader, embedding_spread, knn_accuracy
 from medtransfer.provenance import git_commit, provenance
 from medtransfer.training import distributed
-from medtransfer.training.finetune import input_size, make_loaders, seed_everything, spec_loader
+from medtransfer.training.stage import input_size, make_loaders, seed_everything, spec_loader
 from medtransfer.training.loop import train_epochs
 from medtransfer.training.precision import precision_for
 from medtransfer.training.ssl.objective import COLLAPSE_SPREAD
