@@ -93,12 +93,6 @@ def test_shipped_configs_are_valid(path):
     Study(load_config(REPO / path, SCHEMA))
 
 
-def test_init_names_match_the_registry():
-    from medtransfer.init import INITS
-
-    assert set(INITS.names()) == set(INITS_WITH_SOURCE + INITS_WITHOUT_SOURCE)
-
-
 def test_init_labels_are_path_safe_and_unique():
     specs = expand_init({"WT-RI": "natural", "k": [1, 2], "slim": 0.5}, 0)
     assert [s.label for s in specs] == ["WT-RI_natural_k1_slim0.5", "WT-RI_natural_k2_slim0.5"]

@@ -17,6 +17,7 @@ from itertools import product
 from medtransfer import paths
 from medtransfer.columns import run_columns
 from medtransfer.errors import ConfigError
+from medtransfer.init.registry import INIT_OPTIONS, INITS_WITH_K, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE
 from medtransfer.paths import Run
 from medtransfer.protocols import FROZEN_PROTOCOLS
 from medtransfer.study.config import _check_milestones, deep_merge, processes_per_job
@@ -26,13 +27,6 @@ from medtransfer.study.defaults import (
     DEFAULT_TRAINING,
 )
 
-# Inits and the options they take; the full registry lives in medtransfer.init, which imports
-# torch. The grid must stay importable cheaply (the Snakefile imports it), so it checks names
-# against this list; tests/test_grid.py keeps it equal to the registry.
-INITS_WITH_SOURCE = ("WT", "ST", "WT-ST", "WT-RI")
-INITS_WITHOUT_SOURCE = ("RI", "Gabor")
-INITS_WITH_K = ("WT-ST", "WT-RI")
-INIT_OPTIONS = ("k", "slim", "architectures")
 # Fusions of several sources (Truong et al. 2021): DVME (projection + self-attention across
 # sources) and plain concatenation, its baseline; evaluated with the linear protocol on frozen
 # features and, with `finetune: true` in the init entry, fine-tuned end to end. A fused source is
