@@ -5,7 +5,7 @@ kornia views) for a few dozen steps on the first batches of a cache and prints, 
 the loss (ln K = uniform predictions over K prototypes), the mean entropy of the Sinkhorn codes
 of the first global view (at most ln K) and the mean per-dimension std of the normalised
 projections over the batch. Codes whose entropy climbs to ln K while the projections contract
-are the trivial fixed point the README describes for the CIFAR-10 real check. Run from the
+are the trivial fixed point docs/real-checks.md describes for the CIFAR-10 real check. Run from the
 repository root on the CIFAR-10 cache of ``workflow/studies/ssl_cifar.yaml``:
 
     python benchmarks/swav_plateau.py --cache results/data/cifar10.h5

@@ -1,5 +1,5 @@
-# The feature-reuse analyses of the fine-tuning runs (README "Feature reuse"): weight drift and
-# first-layer filters per (dataset, arch, fraction) group (cheap: no forward pass), and
+# The feature-reuse analyses of the fine-tuning runs (docs/analyses.md, "Feature reuse"): weight
+# drift and first-layer filters per (dataset, arch, fraction) group (cheap: no forward pass), and
 # re-initialisation robustness and layer-wise k-NN per run (they run the network), or per group
 # with `analysis.{reinit,layer_knn}.job: group`. The parts are gathered into
 # results/analysis/{kind}.csv by the collect_parts rule (analysis.smk).

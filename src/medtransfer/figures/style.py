@@ -64,7 +64,7 @@ METRIC_LABELS: dict[str, str] = {
     "test_kappa": "test quadratic-weighted κ",
     "val_auc": "validation AUC",
     "val_acc": "validation accuracy",
-    "test_dice": "test Dice",  # foreground classes, mean over images (README, "Segmentation targets")
+    "test_dice": "test Dice",  # foreground classes, mean over images (docs/segmentation.md)
     "test_iou": "test IoU",
     "val_dice": "validation Dice",
     "val_iou": "validation IoU",

@@ -34,7 +34,8 @@ DEFAULT_ANALYSIS: dict[str, Any] = {
     "dtype": "float32",
     "measures": ["linear_cka_debiased", "linear_cka"],
     "pairs": [],
-    # The feature-reuse analyses (README "Feature reuse"): each on by default, `false` turns it off.
+    # The feature-reuse analyses (docs/analyses.md, "Feature reuse"): each on by default, `false`
+    # turns it off.
     # layer_knn's k / temperature / cap_k left None are the study's `knn:` settings; filters'
     # cell left None is the first target and architecture, the largest fraction, the first seed.
     # job: one job per run (parallel over GPUs) or per (dataset, arch, fraction) group (one process

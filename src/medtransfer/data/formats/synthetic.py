@@ -285,7 +285,8 @@ def _lesion_segmentation(rng: np.random.Generator, counts: np.ndarray, size: int
 
 
 #: lesion_segmentation's lesions: radius in pixels and |contrast| in intensity units (tuned so
-#: that weight transfer from natural_shapes beats random init; README, "Real check: segmentation")
+#: that weight transfer from natural_shapes beats random init; docs/real-checks.md, "Real check: segmentation
+#: of synthetic lesions")
 SEGMENTATION_RADIUS_PX = (1.8, 3.2)
 SEGMENTATION_CONTRAST = (0.10, 0.22)
 SEGMENTATION_MAX_LESIONS = 3

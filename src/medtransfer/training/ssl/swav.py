@@ -9,7 +9,8 @@ global-view features (per global view), scored against the current prototypes an
 batch before Sinkhorn, so the equipartition constraint spreads over 4,096 samples instead of 256;
 it is switched on after ``queue_start_epoch`` epochs, once the queue holds real features
 (``queue_size: 0`` turns it off). Without it, a 256-image batch against 512 prototypes sits in
-the uniform-code plateau (loss near log K) for most of a 30-epoch CPU run: README, "SSL real check".
+the uniform-code plateau (loss near log K) for most of a 30-epoch CPU run: docs/real-checks.md,
+"Real check: self-supervised pretraining on CIFAR-10".
 """
 
 from __future__ import annotations
