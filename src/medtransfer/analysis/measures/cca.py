@@ -85,7 +85,18 @@ def pwcca(x: ArrayLike, y: ArrayLike, variant: str = "google") -> float:
 
     Invariant to permutations, sign flips and scaling of the weighting side's neurons and to
     invertible linear maps of the other side; not to general maps of the weighting side.
-    Raises like ``cca``.
+
+    Rank-deficient inputs: only the min(rx, ry) canonical directions that exist (rx, ry: defined
+    directions of each side, as in ``cca``) enter the weighted sum and the normaliser, in both
+    variants. The weighting side (fewer *neurons*) can have more defined directions than the other
+    side when the other's neurons are linearly dependent; its directions beyond the other's rank
+    have no partner and no correlation, and any basis of them is arbitrary, so they are left out.
+    google/svcca's ``cca_core.compute_ccas`` does not reach a number there: the square root of the
+    pseudo-inverse of the rank-deficient covariance has NaNs and its SVD raises ``LinAlgError``.
+
+    Raises like ``cca``, and ``UndefinedSimilarityError`` when the smallest existing correlation
+    is not above sqrt(rank tolerance) while directions without a partner exist: its direction
+    cannot then be told apart from theirs.
     """
     import torch
 
