@@ -148,7 +148,9 @@ def ref_google_pwcca_by_definition(x, y, rtol=1e-10):
     """The same weighting written from its definition, in data space: the vectors Z Sigma^1/2 w_i
     (w_i canonical weights, Sigma the weighting side's covariance) are U S p_i for Z = U S V^T
     restricted to its defined directions; QR them in order of descending rho. Unlike the
-    transcription it stays defined for rank-deficient sides."""
+    transcription it stays defined for rank-deficient sides: only the min(shape) canonical
+    directions that exist are weighted (a thin SVD), never the weighting side's directions
+    without a partner."""
     x, y = _rows(x), _rows(y)
     kx, ky = int((x.max(0) > x.min(0)).sum()), int((y.max(0) > y.min(0)).sum())
     z, other = (x, y) if kx <= ky else (y, x)
@@ -157,8 +159,7 @@ def ref_google_pwcca_by_definition(x, y, rtol=1e-10):
     rank = int((s > rtol * s[0]).sum())
     u, s = u[:, :rank], s[:rank]
     uo, _ = ref_basis(other)
-    p, rho, _ = np.linalg.svd(u.T @ uo)  # full p: directions beyond min(shape) have rho 0
-    rho = np.concatenate([rho, np.zeros(rank - len(rho))])
+    p, rho, _ = np.linalg.svd(u.T @ uo, full_matrices=False)
     q, _ = np.linalg.qr(u @ (s[:, None] * p))
     weights = np.abs(q.T @ z).sum(1)
     return float((weights * rho).sum() / weights.sum())
@@ -652,6 +653,50 @@ def test_pwcca_is_google_compute_pwcca(kind):
             assert cca.pwcca(a, b) == pytest.approx(ref_google_pwcca(a, b), abs=1e-8)
             assert cca.pwcca(a, b) == pytest.approx(ref_google_pwcca(a, b, epsilon=0.0), abs=tight)
             assert cca.pwcca(a, b) == pytest.approx(ref_google_pwcca_by_definition(a, b), abs=1e-11)
+
+
+def exactly_rank_deficient_pair(seed=1, n=200):
+    """x: 5 neurons of full rank; y: 10 neurons of exact rank 3 near three of x's directions. x has
+    fewer neurons, so it weights, but only 3 of its 5 directions have a canonical partner."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 5))
+    y = (x[:, :3] + 0.05 * rng.normal(size=(n, 3))) @ rng.normal(size=(3, 10))
+    return x, y
+
+
+@pytest.mark.parametrize("variant", ["google", "paper"])
+def test_pwcca_on_an_exactly_rank_deficient_side_weights_only_the_directions_that_exist(variant):
+    """Issue 25 (12): the 2 directions of x without a partner have no correlation and any basis of
+    them is arbitrary; they used to enter google's normaliser in the eigensolver's basis (0.62-0.67
+    as x's neurons were permuted, against 0.9986 over the 3 that exist). compute_pwcca raises here
+    (its pinv square root of y's covariance meets NaN)."""
+    x, y = exactly_rank_deficient_pair()
+    ref = ref_google_pwcca_by_definition if variant == "google" else ref_pwcca
+    for a, b in ((x, y), (y, x)):  # x weights either way (PR #9's branch when it is the second)
+        value = cca.pwcca(a, b, variant=variant)
+        assert value == pytest.approx(ref(a, b), abs=1e-10)
+        assert value > 0.99
+    # what must not move it: the order of the weighting side's neurons, duplicates of the other's
+    value = cca.pwcca(x, y, variant=variant)
+    for seed in range(4):
+        perm = np.random.default_rng(seed).permutation(5)
+        assert cca.pwcca(x[:, perm], y, variant=variant) == pytest.approx(value, abs=1e-10)
+    assert cca.pwcca(x, np.concatenate([y, y[:, :2]], axis=1), variant=variant) == pytest.approx(value, abs=1e-10)
+
+
+@pytest.mark.parametrize("variant", ["google", "paper"])
+def test_pwcca_refuses_when_an_existing_direction_cannot_be_told_from_those_without_partner(variant):
+    """One of y's 3 directions is uncorrelated with x: the third existing canonical direction of x
+    (rho 0) is any of x's last three directions, so no weighting of it is defined."""
+    rng = np.random.default_rng(2)
+    n = 200
+    x = rng.normal(size=(n, 5))
+    design = np.column_stack([np.ones(n), x])
+    w = rng.normal(size=n)
+    w -= design @ np.linalg.lstsq(design, w, rcond=None)[0]  # orthogonal to x's span and to constants
+    y = np.column_stack([x[:, 0] + 0.3 * rng.normal(size=n), x[:, 1], w]) @ rng.normal(size=(3, 10))
+    with pytest.raises(measures.UndefinedSimilarityError, match="PWCCA is undefined here: y has only 3 defined"):
+        cca.pwcca(x, y, variant=variant)
 
 
 def test_the_definition_written_in_data_space_is_compute_pwcca():

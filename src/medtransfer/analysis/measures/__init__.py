@@ -34,7 +34,8 @@ Numerics
       round-off of the input dtype, ``eps64`` of float64) are undefined and left out (the Gram
       route is taken only when every direction clears that by ``RANK_MARGIN``), so duplicate,
       constant, badly scaled or exactly low-rank columns give the answer over the directions that
-      are defined instead of a crash, a NaN or a silently dropped column.
+      are defined instead of a crash, a NaN or a silently dropped column (PWCCA weights only the
+      canonical directions that exist, never a side's directions beyond the other side's rank).
 
 Errors and warnings
     * ``SimilarityInputError`` (a ``MedtransferError`` and a ``ValueError``): inputs that do not

@@ -265,6 +265,7 @@ class _Bases:
     n_rows: int
     kx: int  # kept (non-constant) neurons of each side
     ky: int
+    tolerance: float  # the larger side's rank tolerance: a relative singular value below it is round-off
 
 
 def _use_gram(sides: _Sides) -> bool:
@@ -279,19 +280,19 @@ def _plain_from_gram(sides: _Sides, gram: torch.Tensor) -> _Bases | None:
     kx, k = sides.kx, sides.k
     norms = gram.diagonal().sqrt()
     gram = gram.div_(norms[:, None]).div_(norms[None, :])  # in place: the caller's copy is not needed again
-    factors = []
+    factors, tolerances = [], []
     for cols, side, count in ((slice(0, kx), sides.sx, kx), (slice(kx, k), sides.sy, sides.ky)):
         block = gram[cols, cols]
         r, info = torch.linalg.cholesky_ex(block, upper=True)
-        if int(info) != 0 or not _gram_keeps_accuracy(_condition_estimate(r, block),
-                                                      _rank_tolerance(side.roundoff, sides.n_rows, count)):
+        tolerances.append(_rank_tolerance(side.roundoff, sides.n_rows, count))
+        if int(info) != 0 or not _gram_keeps_accuracy(_condition_estimate(r, block), tolerances[-1]):
             return None
         factors.append(r)
     rx, ry = factors
     cross = torch.linalg.solve_triangular(rx.mT, gram[:kx, kx:], upper=False)
     cross = torch.linalg.solve_triangular(ry, cross, upper=True, left=False)
     # Ux^T Xc = Rx^-T (D^-1 Xc^T Xc) = Rx D: the loadings of the unscaled neurons
-    return _Bases(cross, rx * norms[:kx], ry * norms[kx:], sides.n_rows, kx, sides.ky)
+    return _Bases(cross, rx * norms[:kx], ry * norms[kx:], sides.n_rows, kx, sides.ky, max(tolerances))
 
 
 def _reduced_from_gram(sides: _Sides, gram: torch.Tensor, keep_variance: float) -> _Bases | None:
@@ -299,7 +300,7 @@ def _reduced_from_gram(sides: _Sides, gram: torch.Tensor, keep_variance: float) 
     directions holding ``keep_variance`` of the variance; None when the smallest kept eigenvalue is
     too close to round-off for GRAM_ACCURACY or the rank tolerance (the caller then uses QR)."""
     kx, k = sides.kx, sides.k
-    bases = []
+    bases, tolerances = [], []
     parts = ((slice(0, kx), sides.sx, kx), (slice(kx, k), sides.sy, sides.ky))
     eigen = _eigh_descending(*(gram[cols, cols] for cols, _, _ in parts))
     for (cols, side, count), (values, vectors) in zip(parts, eigen):
@@ -307,12 +308,12 @@ def _reduced_from_gram(sides: _Sides, gram: torch.Tensor, keep_variance: float) 
         energy = values.cumsum(0)
         kept = min(count, int((energy < keep_variance * energy[-1] * (1 - 1e-12)).sum()) + 1)
         top, smallest = values[[0, kept - 1]].tolist()
-        if not (top > 0 and _gram_keeps_accuracy(top / smallest if smallest > 0 else math.inf,
-                                                  _rank_tolerance(side.roundoff, sides.n_rows, count))):
+        tolerances.append(_rank_tolerance(side.roundoff, sides.n_rows, count))
+        if not (top > 0 and _gram_keeps_accuracy(top / smallest if smallest > 0 else math.inf, tolerances[-1])):
             return None
         bases.append(vectors[:, :kept] / values[:kept].sqrt())
     wx, wy = bases
-    return _Bases(wx.T @ gram[:kx, kx:] @ wy, None, None, sides.n_rows, kx, sides.ky)
+    return _Bases(wx.T @ gram[:kx, kx:] @ wy, None, None, sides.n_rows, kx, sides.ky, max(tolerances))
 
 
 def _clearly_full_rank(t: torch.Tensor, rtol: float) -> bool:
@@ -367,7 +368,7 @@ def _bases_from_qr(f: _Factor, keep_variance: float | None = None) -> _Bases:
         cross = ua.T @ ub[:top]
     if keep_variance is None:
         load_a, load_b = load_a * norm_a, load_b * norm_b
-    return _Bases(cross, load_a, load_b, f.n_rows, f.kx, f.ky)
+    return _Bases(cross, load_a, load_b, f.n_rows, f.kx, f.ky, max(tol_x, tol_y))
 
 
 def _plain_bases(x: ArrayLike, y: ArrayLike, what: str) -> _Bases:
@@ -394,3 +395,25 @@ def _warn_if_inflated(ka: int, kb: int, n_rows: int, what: str) -> None:
 def _correlations(cross: torch.Tensor) -> torch.Tensor:
     return _svdvals(cross).clamp_(0.0, 1.0)
 
+
+def _existing_canonical_directions(side: torch.Tensor, tolerance: float, name: str
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The left singular vectors (r, m) and values (m,) of the weighting side's cross matrix
+    ``side`` (r, m), r > m: its m canonical directions that have a partner, and their correlations.
+
+    Raises ``UndefinedSimilarityError`` when the smallest correlation is not above
+    sqrt(``tolerance``): its direction (known to about tolerance / rho) cannot then be told
+    from the r - m directions that have no partner.
+    """
+    p, rho, _ = torch.linalg.svd(side, full_matrices=False)
+    smallest = float(rho[-1])
+    if not smallest > math.sqrt(tolerance):
+        other = "y" if name == "x" else "x"
+        raise UndefinedSimilarityError(
+            f"PWCCA is undefined here: {other} has only {side.shape[1]} defined directions (it is "
+            f"rank-deficient) against {side.shape[0]} of {name}, the weighting side, so only "
+            f"{side.shape[1]} canonical directions of {name} exist, and the smallest of their "
+            f"correlations ({smallest:.2g}) is too close to round-off (rank tolerance {tolerance:.2g}) "
+            f"to tell its direction from the {side.shape[0] - side.shape[1]} that have no partner. "
+            f"Drop the linearly dependent neurons of {other}, or use cca_mean or svcca")
+    return p, rho.clamp_(0.0, 1.0)

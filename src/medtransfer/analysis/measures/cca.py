@@ -85,11 +85,23 @@ def pwcca(x: ArrayLike, y: ArrayLike, variant: str = "google") -> float:
 
     Invariant to permutations, sign flips and scaling of the weighting side's neurons and to
     invertible linear maps of the other side; not to general maps of the weighting side.
-    Raises like ``cca``.
+
+    Rank-deficient inputs: only the min(rx, ry) canonical directions that exist (rx, ry: defined
+    directions of each side, as in ``cca``) enter the weighted sum and the normaliser, in both
+    variants. The weighting side (fewer *neurons*) can have more defined directions than the other
+    side when the other's neurons are linearly dependent; its directions beyond the other's rank
+    have no partner and no correlation, and any basis of them is arbitrary, so they are left out.
+    google/svcca's ``cca_core.compute_ccas`` does not reach a number there: the square root of the
+    pseudo-inverse of the rank-deficient covariance has NaNs and its SVD raises ``LinAlgError``.
+
+    Raises like ``cca``, and ``UndefinedSimilarityError`` when the smallest existing correlation
+    is not above sqrt(rank tolerance) while directions without a partner exist: its direction
+    cannot then be told apart from theirs.
     """
     import torch
 
-    from medtransfer.analysis.measures._cca import _eigh_descending, _plain_bases, _psd_sqrt, _warn_if_inflated
+    from medtransfer.analysis.measures._cca import (_eigh_descending, _existing_canonical_directions, _plain_bases,
+                                                    _psd_sqrt, _warn_if_inflated)
 
     if variant not in PWCCA_VARIANTS:
         raise SimilarityInputError(f"pwcca variant {variant!r}; allowed: {', '.join(PWCCA_VARIANTS)}")
@@ -98,17 +110,25 @@ def pwcca(x: ArrayLike, y: ArrayLike, variant: str = "google") -> float:
     _warn_if_inflated(cross.shape[0], cross.shape[1], bases.n_rows, "PWCCA")
     on_x = bases.kx <= bases.ky
     side, loadings = (cross, bases.load_x) if on_x else (cross.T, bases.load_y)
-    # Left singular vectors p_i of the side's cross matrix, descending, from the eigenvectors of
-    # side side^T (a fraction of an SVD's cost); rho_i = |side^T p_i| is accurate to round-off
-    # (a Rayleigh quotient), and the side's directions beyond min(shape) get rho 0.
-    if variant == "paper":
-        [(_, p)] = _eigh_descending(side @ side.T)
+    if side.shape[0] <= side.shape[1]:
+        # Every direction of the weighting side has a canonical partner (always so on full-rank
+        # sides). Left singular vectors p_i of the side's cross matrix, descending, from the
+        # eigenvectors of side side^T (a fraction of an SVD's cost); rho_i = |side^T p_i| is
+        # accurate to round-off (a Rayleigh quotient).
+        if variant == "paper":
+            [(_, p)] = _eigh_descending(side @ side.T)
+        else:
+            [(_, p), root] = _eigh_descending(side @ side.T, loadings @ loadings.T)
+        rho = torch.linalg.vector_norm(side.T @ p, dim=0).clamp_(0.0, 1.0)
     else:
-        [(_, p), root] = _eigh_descending(side @ side.T, loadings @ loadings.T)
-    rho = torch.linalg.vector_norm(side.T @ p, dim=0).clamp_(0.0, 1.0)
+        # The other side has fewer defined directions than this one (it is rank-deficient), so only
+        # that many canonical pairs exist; the rest of this side's directions span the null space
+        # of side^T in whatever basis a solver picks, and enter neither sum. A thin SVD gives just
+        # the pairs that exist, each direction to about tolerance / rho_i.
+        p, rho = _existing_canonical_directions(side, bases.tolerance, "x" if on_x else "y")
+        if variant == "google":
+            [root] = _eigh_descending(loadings @ loadings.T)
     if variant == "paper":
-        count = min(cross.shape)
-        p, rho = p[:, :count], rho[:count]
         directions = p  # canonical variate i is U p_i, so <U p_i, z_j> = (p_i^T loadings)_j
     else:
         # google's vectors Z Sigma^1/2 w_i are U (L L^T)^1/2 p_i in the basis U, L = U^T Z: their
@@ -116,3 +136,4 @@ def pwcca(x: ArrayLike, y: ArrayLike, variant: str = "google") -> float:
         directions = torch.linalg.qr(_psd_sqrt(*root) @ p).Q
     weights = (directions.T @ loadings).abs().sum(1)
     return float((weights * rho).sum() / weights.sum())
+
