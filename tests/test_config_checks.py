@@ -24,11 +24,11 @@ MINIMAL_ENTRIES = {
     "csv": {"root": "/data/mine", "file": "labels.csv", "path_column": "path", "label_column": "label",
             "size": 64},
     "npz": {"root": "/data", "file": "mine.npz"},
-    "chexpert": {"root": "/data/CheXpert-v1.0-small"},
-    "aptos2019": {"root": "/data/aptos"},
-    "isic2019": {"root": "/data/isic"},
+    "chexpert": {"root": "/data/CheXpert-v1.0-small", "size": 224},
+    "aptos2019": {"root": "/data/aptos", "size": 224},
+    "isic2019": {"root": "/data/isic", "size": 224},
     "pcam": {"root": "/data/pcam"},
-    "cbis_ddsm": {"root": "/data/cbis"},
+    "cbis_ddsm": {"root": "/data/cbis", "size": 224},
     "masks": {"root": "/data/lungs", "size": 256},
 }
 # Keys of those entries that may be left out (defaults exist); every other one is required.
