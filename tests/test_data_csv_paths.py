@@ -17,6 +17,7 @@ from PIL import Image
 
 from medtransfer.data import read_dataset
 from medtransfer.errors import DataError
+
 from test_data_aptos import entry as aptos_entry, write_competition
 from test_data_cbis_ddsm import entry as cbis_entry, write_release as write_cbis
 from test_data_chexpert import entry as chexpert_entry, write_release as write_chexpert
