@@ -95,10 +95,10 @@ def check(name: str, entry: Mapping[str, Any]) -> None:
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read ISIC 2019's training ground truth, metadata and images (decoded lazily)."""
     root = Path(require(entry, "root", name))
+    check(name, entry)
     size, channels, resize, workers = decoding_keys(entry, name)
     default = "lesion" if (root / METADATA).is_file() else "image"
     group_by = str(entry.get("group_by", default))
-    check(name, entry)
     csv_path = root / GROUND_TRUTH
     table = read_table(csv_path, ["image", *CLASSES], hint=f"download it from {DOWNLOAD}")
     rows = row_names(csv_path, len(table))
