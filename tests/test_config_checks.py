@@ -13,7 +13,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.study import Study
 from medtransfer.joblogs import failed_job_logs, failure_report, report_failed_jobs
 
-from conftest import REPO, tiny_config
+from conftest import REPO, run_snakemake, tiny_config
 
 # The smallest entry each format accepts before reading a file, written here from the formats'
 # documentation (not from their registration): what a user must give.
@@ -24,11 +24,11 @@ MINIMAL_ENTRIES = {
     "csv": {"root": "/data/mine", "file": "labels.csv", "path_column": "path", "label_column": "label",
             "size": 64},
     "npz": {"root": "/data", "file": "mine.npz"},
-    "chexpert": {"root": "/data/CheXpert-v1.0-small"},
-    "aptos2019": {"root": "/data/aptos"},
-    "isic2019": {"root": "/data/isic"},
+    "chexpert": {"root": "/data/CheXpert-v1.0-small", "size": 224},
+    "aptos2019": {"root": "/data/aptos", "size": 224},
+    "isic2019": {"root": "/data/isic", "size": 224},
     "pcam": {"root": "/data/pcam"},
-    "cbis_ddsm": {"root": "/data/cbis"},
+    "cbis_ddsm": {"root": "/data/cbis", "size": 224},
     "masks": {"root": "/data/lungs", "size": 256},
 }
 # Keys of those entries that may be left out (defaults exist); every other one is required.
@@ -96,6 +96,27 @@ def test_study_checks_every_dataset_entry_used_or_not():
                          ids=lambda p: p.stem)
 def test_shipped_studies_pass_the_dataset_checks(path):
     Study(yaml.safe_load(path.read_text())).check_dataset_entries()
+
+
+@pytest.mark.parametrize("fmt", ["aptos2019", "isic2019", "chexpert", "cbis_ddsm"])
+def test_a_dataset_entry_without_size_is_refused_by_the_entry_check(fmt):
+    entry = {"format": fmt, "root": "/data/mine"}
+    with pytest.raises(ConfigError, match=r"^datasets.mine: missing key 'size' \(images are resized to size x size\)$"):
+        check_entry("mine", entry)
+
+
+def test_an_aptos_entry_without_size_stops_the_dry_run_before_any_job(tmp_path):
+    """It passed ``snakemake -n`` and failed in the preprocess job (issue 25)."""
+    config = tiny_config()
+    config["datasets"]["retina"] = {"format": "aptos2019", "root": str(tmp_path / "aptos2019")}
+    config["study"]["targets"] = ["retina"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_snakemake(tmp_path, "-n", "--cores", "1")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "invalid config: datasets.retina: missing key 'size' (images are resized to size x size)" in output
+    assert "Traceback" not in output and "preprocess" not in output  # no job was planned
+    assert not (tmp_path / "results").exists()
 
 
 # ------------------------------------------------------------------------------------------ failed job logs

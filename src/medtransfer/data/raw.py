@@ -17,7 +17,8 @@ format returned, so every format gets the same guarantees (all of train/val/test
 [N, C, H, W] images, labels matching the task).
 
 Entry keys every format shares: ``format``, ``root`` (a folder; not needed for ``synthetic``),
-optional ``size`` (H = W of the cache) and ``resize`` (``nearest``, ``bilinear`` (default),
+``size`` (H = W of the cache; required, and registered so, by the formats that decode image
+files, optional for those that hold arrays) and ``resize`` (``nearest``, ``bilinear`` (default),
 ``area``, ``bicubic``), used by :func:`medtransfer.data.streaming.build_cache`.
 
 This module imports no format: the formats import it.

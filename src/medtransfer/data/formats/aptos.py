@@ -16,7 +16,9 @@ and unpack it; ``root`` is the folder holding ``train.csv`` (columns ``id_code``
 stratified by grade and seeded; APTOS has no patient ids, so each image is its own group (the
 cache records this). Task ``ordinal`` (5 grades), metric ``kappa`` (quadratic-weighted Cohen's
 kappa, the competition's and Matsoukas et al.'s metric). ``images`` names the image folder when
-it is not ``train_images``; ``channels`` (default 3), ``resize``, ``workers`` as for ``csv``.
+it is not ``train_images``; ``size`` (required), ``channels`` (default 3), ``resize``, ``workers``
+as for ``csv``. An ``id_code`` that names a file outside the image folder (absolute, or ``..``)
+is refused, naming its row.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.data.formats.common import decoding_keys, listing_checksum, md5_file, read_table, row_names, split_keys
+from medtransfer.data.formats.common import (check_decoding_keys, decoding_keys, listing_checksum, md5_file,
+                                             path_inside, read_table, row_names, split_keys)
 from medtransfer.data.images import DecodedImages
 from medtransfer.data.raw import RawDataset, register_format, require
 from medtransfer.data.splits import split_source_train
@@ -37,7 +40,8 @@ DOWNLOAD = "https://www.kaggle.com/competitions/aptos2019-blindness-detection/da
 METRIC = "kappa"
 
 
-@register_format("aptos2019", required={"root": "the unpacked aptos2019-blindness-detection folder"})
+@register_format("aptos2019", required={"root": "the unpacked aptos2019-blindness-detection folder",
+                                        "size": "images are resized to size x size"}, check=check_decoding_keys)
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read APTOS 2019's train.csv and train_images/ (images decoded lazily)."""
     root = Path(require(entry, "root", name))
@@ -58,7 +62,8 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
         if not isinstance(code, str) or not code.strip():
             raise DataError(f"{rows[i]}: empty 'id_code'")
     folder = root / str(entry.get("images", "train_images"))
-    paths = [folder / f"{code.strip()}.png" for code in table["id_code"]]
+    paths = [path_inside(folder, f"{code.strip()}.png", f"datasets.{name}: {row}, column 'id_code'", value=code)
+             for row, code in zip(rows, table["id_code"])]
     listing = listing_checksum(root, paths, rows)
     images = DecodedImages(paths, size, channels, resize, workers=workers, describe=rows)
     splits, attributes = split_source_train(images, labels, None, source="train.csv", grouping="image",

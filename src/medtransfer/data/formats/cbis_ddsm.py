@@ -7,7 +7,7 @@ folder::
     ddsm:
       format: cbis_ddsm
       root: /data/cbis-ddsm       # the CSVs; images under root/CBIS-DDSM (or set 'images')
-      size: 224
+      size: 224                   # required
       abnormality: [mass, calc]   # which description CSVs (default both)
       image: full                 # full mammogram (default) or cropped (the abnormality's ROI crop)
       val_fraction: 0.1           # of the training images, whole patients (default 0.1)
@@ -23,7 +23,8 @@ calc rows of the same view are merged). With ``image: cropped`` an example is on
 Image files: the CSV path (``Mass-Training_P_00001_LEFT_CC/<study uid>/<series uid>/000000.dcm``),
 else the same path ending in ``.png`` (images converted to PNG beforehand), else the one DICOM or
 PNG file under the case folder (``Mass-Training_P_00001_LEFT_CC/``), which is how the current NBIA
-retriever names folders. DICOM needs ``pydicom`` (``pip install pydicom``); pixel values go
+retriever names folders. A CSV path that would leave the images folder (absolute, or ``..``) is
+refused, naming its row, before any file is looked for. DICOM needs ``pydicom`` (``pip install pydicom``); pixel values go
 through the modality and VOI LUTs, MONOCHROME1 is inverted, and each image is scaled by its own
 min and max to 0..255.
 
@@ -35,13 +36,15 @@ stratified and seeded. Task ``binary``, metric ``auc``; ``channels`` default 1.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path, PurePosixPath
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from medtransfer.data.formats.common import decoding_keys, listing_checksum, md5_file, read_table, row_names
+from medtransfer.data.formats.common import (check_decoding_keys, decoding_keys, listing_checksum, md5_file,
+                                             path_inside, read_table, row_names)
 from medtransfer.data.images import PIL_FILTERS, DecodedImages, load_image
 from medtransfer.data.raw import RawDataset, register_format, require
 from medtransfer.data.splits import check_disjoint, describe_split, grouped_split
@@ -96,14 +99,15 @@ def load_mammogram(path: Path, size: int, channels: int, resize: str) -> np.ndar
 
 # --- locating files ---------------------------------------------------------------------------------
 
-def resolve_image(images_root: Path, csv_value: str, cropped: bool, row: str) -> Path:
-    """The file a CSV path points to (see the module docstring for the order tried)."""
-    rel = PurePosixPath(csv_value.strip().strip('"').replace("\\", "/"))
-    exact = images_root.joinpath(*rel.parts)
+def resolve_image(images_root: Path, csv_value: str, cropped: bool, row: str, where: str) -> Path:
+    """The file a CSV path points to (see the module docstring for the order tried); DataError
+    naming ``where`` for a path that leaves ``images_root`` (:func:`path_inside`), before any
+    file is looked at, so that no CSV value makes the search below walk another folder."""
+    exact = path_inside(images_root, csv_value.strip().strip('"').replace("\\", "/"), where, value=csv_value)
     for candidate in (exact, exact.with_suffix(".png")):
         if candidate.is_file():
             return candidate
-    case = images_root / rel.parts[0]
+    case = images_root / exact.relative_to(images_root).parts[0]
     found = sorted(p for p in case.rglob("*") if p.suffix.lower() in (".dcm", ".png") and p.is_file()) \
         if case.is_dir() else []
     if cropped and len(found) > 1:  # the crop's series folder says so in NBIA's descriptive names
@@ -133,11 +137,8 @@ def _rows_of(root: Path, kinds: list[str]) -> Any:
     return pd.concat(tables, ignore_index=True)
 
 
-@register_format("cbis_ddsm", required={"root": "the folder holding the CBIS-DDSM description CSVs"})
-def read(name: str, entry: dict[str, Any]) -> RawDataset:
-    """Read the CBIS-DDSM description CSVs and locate their images (decoded lazily)."""
-    root = Path(require(entry, "root", name))
-    size, channels, resize, workers = decoding_keys({"channels": 1, **entry}, name)
+def _options(name: str, entry: Mapping[str, Any]) -> tuple[list[str], str]:
+    """The entry's abnormality kinds and image unit (``full`` or ``cropped``)."""
     kinds = entry.get("abnormality", list(ABNORMALITIES))
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
     if not kinds or any(k not in ABNORMALITIES for k in kinds):
@@ -145,6 +146,22 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     unit = str(entry.get("image", "full"))
     if unit not in ("full", "cropped"):
         raise ConfigError(f"datasets.{name}.image is {unit!r}; allowed: full, cropped")
+    return kinds, unit
+
+
+def check(name: str, entry: Mapping[str, Any]) -> None:
+    """The entry's decoding keys, ``abnormality`` and ``image`` (``ConfigError``), before any file is read."""
+    check_decoding_keys(name, entry)
+    _options(name, entry)
+
+
+@register_format("cbis_ddsm", required={"root": "the folder holding the CBIS-DDSM description CSVs",
+                                        "size": "images are resized to size x size"}, check=check)
+def read(name: str, entry: dict[str, Any]) -> RawDataset:
+    """Read the CBIS-DDSM description CSVs and locate their images (decoded lazily)."""
+    root = Path(require(entry, "root", name))
+    size, channels, resize, workers = decoding_keys({"channels": 1, **entry}, name)
+    kinds, unit = _options(name, entry)
     cropped = unit == "cropped"
     default_images = root / "CBIS-DDSM" if (root / "CBIS-DDSM").is_dir() else root
     images_root = Path(entry["images"]) if entry.get("images") else default_images
@@ -181,7 +198,8 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     for row, value in zip(examples["row"], examples["path"]):
         if not isinstance(value, str) or not value.strip():
             raise DataError(f"{row}: empty {path_column!r}")
-    paths = [resolve_image(images_root, value, cropped, row) for value, row in zip(examples["path"], examples["row"])]
+    paths = [resolve_image(images_root, value, cropped, row, f"datasets.{name}: {row}, column {path_column!r}")
+             for value, row in zip(examples["path"], examples["row"])]
     examples["file"] = paths
     listing = listing_checksum(images_root, paths, list(examples["row"]))
 

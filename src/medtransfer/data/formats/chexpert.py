@@ -24,10 +24,12 @@ Splits: ``train.csv`` gives train and val (val made from whole patients, stratif
 positive label, seeded; see :mod:`medtransfer.data.splits`); ``valid.csv`` (234 images, 200
 patients, radiologist consensus labels) is the test split, since the official test set is not
 public. No patient is in two splits (checked). Paths in the CSVs start with the release folder
-(``CheXpert-v1.0-small/train/...``), which is dropped, so the folder can have any name.
+(``CheXpert-v1.0-small/train/...``), which is dropped, so the folder can have any name; a path
+that would leave ``root`` (absolute, or ``..``) is refused, naming its row.
 
-Images are decoded lazily (:class:`~medtransfer.data.images.DecodedImages`): ``channels``
-(default 1, gray; the loader repeats it to 3), ``resize`` (PIL filter), ``workers`` (threads).
+Images are decoded lazily (:class:`~medtransfer.data.images.DecodedImages`): ``size`` (required),
+``channels`` (default 1, gray; the loader repeats it to 3), ``resize`` (PIL filter), ``workers``
+(threads). The keys' values are checked when the workflow plans, before any file is read.
 Task ``multilabel``, metric ``auc`` (mean per-label ROC-AUC over labelled entries).
 """
 
@@ -41,7 +43,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from medtransfer.data.formats.common import decoding_keys, listing_checksum, md5_file, read_table, row_names
+from medtransfer.data.formats.common import (check_decoding_keys, decoding_keys, listing_checksum, md5_file,
+                                             path_inside, read_table, row_names)
 from medtransfer.data.images import DecodedImages
 from medtransfer.data.raw import RawDataset, register_format, require
 from medtransfer.data.splits import check_disjoint, describe_split, grouped_split
@@ -131,12 +134,14 @@ def _find_root(root: Path) -> Path:
                     f"unpacked CheXpert folder (download: {DOWNLOAD})")
 
 
-def image_path(root: Path, csv_value: str) -> Path:
-    """``CheXpert-v1.0-small/train/patient1/...`` -> ``root/train/patient1/...`` (any release folder)."""
-    parts = PurePosixPath(csv_value.strip().replace("\\", "/")).parts
-    if parts and parts[0] not in SPLIT_FOLDERS:
+def image_path(root: Path, csv_value: str, where: str) -> Path:
+    """``CheXpert-v1.0-small/train/patient1/...`` -> ``root/train/patient1/...`` (any release folder);
+    DataError naming ``where`` for a path that leaves ``root`` (:func:`path_inside`)."""
+    path = PurePosixPath(csv_value.strip().replace("\\", "/"))
+    parts = path.parts
+    if parts and not path.is_absolute() and parts[0] not in SPLIT_FOLDERS:
         parts = parts[1:]
-    return root.joinpath(*parts)
+    return path_inside(root, PurePosixPath(*parts).as_posix() if parts else "", where, value=csv_value)
 
 
 class _Table(NamedTuple):
@@ -147,7 +152,7 @@ class _Table(NamedTuple):
     rows_read: int  # before the frontal filter
 
 
-def _read_csv(root: Path, file: str, labels: list[str], policies: dict[str, str], unmentioned: str,
+def _read_csv(name: str, root: Path, file: str, labels: list[str], policies: dict[str, str], unmentioned: str,
               frontal_only: bool) -> _Table:
     """One CheXpert CSV (its images' paths, label vectors, patients and row names)."""
     csv_path = root / file
@@ -169,26 +174,40 @@ def _read_csv(root: Path, file: str, labels: list[str], policies: dict[str, str]
         if not found or not isinstance(value, str):
             raise DataError(f"{row}: 'Path' is {value!r}; expected .../patientNNNNN/studyN/viewN_*.jpg")
         patients.append(found.group(0))
-    paths = [image_path(root, p) for p in table["Path"]]
+    paths = [image_path(root, p, f"datasets.{name}: {row}, column 'Path'") for row, p in zip(rows, table["Path"])]
     return _Table(paths, values, np.asarray(patients), list(rows), int(keep.size))
 
 
-@register_format("chexpert", required={"root": "the unpacked CheXpert folder"})
+def _unmentioned(entry: Mapping[str, Any], name: str) -> str:
+    unmentioned = str(entry.get("unmentioned", "negative"))
+    if unmentioned not in ("negative", "ignore"):
+        raise ConfigError(f"datasets.{name}.unmentioned is {unmentioned!r}; allowed: negative, ignore")
+    return unmentioned
+
+
+def check(name: str, entry: Mapping[str, Any]) -> None:
+    """The entry's decoding keys, labels, uncertainty policies and ``unmentioned`` (``ConfigError``),
+    before any file is read."""
+    check_decoding_keys(name, entry)
+    uncertainty_policies(entry, _label_names(entry, name), name)
+    _unmentioned(entry, name)
+
+
+@register_format("chexpert", required={"root": "the unpacked CheXpert folder",
+                                       "size": "images are resized to size x size"}, check=check)
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read CheXpert's train.csv and valid.csv (images decoded lazily)."""
     root = _find_root(Path(require(entry, "root", name)))
     size, channels, resize, workers = decoding_keys({"channels": 1, **entry}, name)
     labels = _label_names(entry, name)
     policies = uncertainty_policies(entry, labels, name)
-    unmentioned = str(entry.get("unmentioned", "negative"))
-    if unmentioned not in ("negative", "ignore"):
-        raise ConfigError(f"datasets.{name}.unmentioned is {unmentioned!r}; allowed: negative, ignore")
+    unmentioned = _unmentioned(entry, name)
     frontal_only = bool(entry.get("frontal_only", False))
     val_fraction = float(entry.get("val_fraction", 0.1))
     seed = int(entry.get("split_seed", 0))
 
-    train = _read_csv(root, "train.csv", labels, policies, unmentioned, frontal_only)
-    test = _read_csv(root, "valid.csv", labels, policies, unmentioned, frontal_only)
+    train = _read_csv(name, root, "train.csv", labels, policies, unmentioned, frontal_only)
+    test = _read_csv(name, root, "valid.csv", labels, policies, unmentioned, frontal_only)
     check_disjoint({"train.csv": np.unique(train.patients), "valid.csv": np.unique(test.patients)}, "patient",
                    str(root))
     parts = grouped_split(train.labels, train.patients, {"val": val_fraction}, seed)

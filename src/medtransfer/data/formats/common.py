@@ -1,5 +1,6 @@
 """What the format readers share: the decoding and split keys of an entry, the task of
-single-label data, checksums of source files, and label tables read with checks.
+single-label data, checksums of source files, label tables read with checks, and image paths
+from them kept inside the dataset's folder.
 
 Every problem ends in a ConfigError naming the config key, or a DataError naming the file and the
 row where there is one (row 1 of a CSV is the header, so the first data row is row 2, as a
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from medtransfer.data.images import PIL_FILTERS
@@ -119,6 +120,26 @@ def read_table(path: str | Path, columns: Sequence[str], *, hint: str = "", dtyp
 def row_names(path: str | Path, count: int) -> list[str]:
     """``"{path} row {i + 2}"`` for each data row (the header is row 1)."""
     return [f"{path} row {i + 2}" for i in range(count)]
+
+
+def path_inside(folder: Path, relative: str | PurePath, where: str, value: Any = None) -> Path:
+    """``folder / relative`` for an image path a downloaded dataset's CSV gives, or a DataError
+    when it names no file inside ``folder``: an absolute path, or ``..`` leading out of it.
+
+    A release lists its images relative to its own folder, so such a value is an edited or
+    foreign CSV, and following it would let a shared CSV make the reader open (or, for
+    CBIS-DDSM, search) files anywhere. The test is on the names (``os.path.normpath``), not
+    the resolved files: a symlink inside ``folder`` is the user's own layout and is followed.
+    ``where`` names the dataset, CSV row and column; ``value`` is the cell as the CSV holds it
+    (default ``relative``). Returns the path with ``.`` and inner ``..`` normalised away.
+    """
+    text = os.fspath(relative)
+    normal = os.path.normpath(text) if text else os.curdir
+    if os.path.isabs(text) or normal == os.curdir or normal == os.pardir or normal.startswith(os.pardir + os.sep):
+        shown = text if value is None else value
+        raise DataError(f"{where} is {shown!r}, which names no file inside {folder}: the dataset's image paths "
+                        f"are relative to that folder, without '..'; restore the CSV as downloaded (or fix the row)")
+    return folder / normal
 
 
 def listing_checksum(root: str | Path, paths: Sequence[Path], rows: Sequence[str]) -> str:

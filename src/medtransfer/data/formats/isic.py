@@ -20,17 +20,21 @@ The challenge's test labels are not part of the download, so val and test are ma
 training images, stratified by class and seeded; images of one lesion (metadata ``lesion_id``)
 stay in one split. Task ``multiclass``, metric ``balanced_acc`` (mean per-class recall, the
 challenge's and Matsoukas et al.'s metric). ``images`` names the image folder when it is not
-``ISIC_2019_Training_Input``; ``channels`` (default 3), ``resize``, ``workers`` as for ``csv``.
+``ISIC_2019_Training_Input``; ``size`` (required), ``channels`` (default 3), ``resize``, ``workers``
+as for ``csv``. An ``image`` that names a file outside the image folder (absolute, or ``..``) is
+refused, naming its row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medtransfer.data.formats.common import decoding_keys, listing_checksum, md5_file, read_table, row_names, split_keys
+from medtransfer.data.formats.common import (check_decoding_keys, decoding_keys, listing_checksum, md5_file,
+                                             path_inside, read_table, row_names, split_keys)
 from medtransfer.data.images import DecodedImages
 from medtransfer.data.raw import RawDataset, register_format, require
 from medtransfer.data.splits import split_source_train
@@ -78,15 +82,23 @@ def _lesions(root: Path, images: list[str], name: str, group_by: str) -> np.ndar
     return np.asarray([lesion_of[img] if isinstance(lesion_of[img], str) else f"image:{img}" for img in images])
 
 
-@register_format("isic2019", required={"root": "the folder with the ISIC 2019 CSVs and image folder"})
+def check(name: str, entry: Mapping[str, Any]) -> None:
+    """The entry's decoding keys and ``group_by`` (``ConfigError``), before any file is read."""
+    check_decoding_keys(name, entry)
+    group_by = str(entry.get("group_by", "lesion"))
+    if group_by not in ("lesion", "image"):
+        raise ConfigError(f"datasets.{name}.group_by is {group_by!r}; allowed: lesion, image")
+
+
+@register_format("isic2019", required={"root": "the folder with the ISIC 2019 CSVs and image folder",
+                                       "size": "images are resized to size x size"}, check=check)
 def read(name: str, entry: dict[str, Any]) -> RawDataset:
     """Read ISIC 2019's training ground truth, metadata and images (decoded lazily)."""
     root = Path(require(entry, "root", name))
+    check(name, entry)
     size, channels, resize, workers = decoding_keys(entry, name)
     default = "lesion" if (root / METADATA).is_file() else "image"
     group_by = str(entry.get("group_by", default))
-    if group_by not in ("lesion", "image"):
-        raise ConfigError(f"datasets.{name}.group_by is {group_by!r}; allowed: lesion, image")
     csv_path = root / GROUND_TRUTH
     table = read_table(csv_path, ["image", *CLASSES], hint=f"download it from {DOWNLOAD}")
     rows = row_names(csv_path, len(table))
@@ -97,7 +109,8 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
             raise DataError(f"{rows[i]}: empty 'image'")
         names.append(image.strip())
     folder = root / str(entry.get("images", IMAGES))
-    paths = [folder / f"{image}.jpg" for image in names]
+    paths = [path_inside(folder, f"{image}.jpg", f"datasets.{name}: {row}, column 'image'", value=image)
+             for row, image in zip(rows, names)]
     listing = listing_checksum(root, paths, rows)
     lesions = _lesions(root, names, name, group_by)
     images = DecodedImages(paths, size, channels, resize, workers=workers, describe=rows)

@@ -61,6 +61,8 @@ from medtransfer.data.splits import stratified_split
 from medtransfer.errors import ConfigError, DataError
 
 MISSING_POLICIES = ("error", "skip")
+#: the keys an entry with a CSV (``file``) must have, and what each holds
+CSV_KEYS = {"image_column": "the CSV column of image paths", "mask_column": "the CSV column(s) of mask paths"}
 #: files the format lists: imagefolder's image types and GIF (DRIVE's masks are GIFs)
 EXTENSIONS = (*IMAGE_EXTENSIONS, ".gif")
 
@@ -218,8 +220,8 @@ def _folder_items(name: str, top: Path, images_dir: str, mask_dirs: list[str], p
 def _csv_items(name: str, entry: dict[str, Any], root: Path, missing: str,
                skipped: list[str]) -> tuple[dict[str, list[Item]], Path]:
     csv_path = root / str(entry["file"])
-    image_column = str(require(entry, "image_column", name, "the CSV column of image paths"))
-    mask_columns = require(entry, "mask_column", name, "the CSV column(s) of mask paths")
+    image_column = str(require(entry, "image_column", name, CSV_KEYS["image_column"]))
+    mask_columns = require(entry, "mask_column", name, CSV_KEYS["mask_column"])
     mask_columns = [str(c) for c in (mask_columns if isinstance(mask_columns, list) else [mask_columns])]
     split_column = entry.get("split_column")
     table = read_table(csv_path, [image_column, *mask_columns, *([split_column] if split_column else [])])
@@ -276,8 +278,12 @@ def _mask_values(name: str, entry: dict[str, Any], classes: list[str]) -> list[i
 
 
 def check_masks_entry(name: str, entry: dict[str, Any]) -> None:
-    """A masks entry's decoding keys, classes and mask values (``ConfigError``), before any file is read."""
+    """A masks entry's decoding keys, its CSV's columns (with ``file``), classes and mask values
+    (``ConfigError``), before any file is read."""
     check_decoding_keys(name, entry)
+    if entry.get("file"):
+        for key, holds in CSV_KEYS.items():
+            require(entry, key, name, holds)
     _mask_values(name, entry, _classes(name, entry))
     if entry.get("missing_masks", "error") not in MISSING_POLICIES:
         raise ConfigError(f"datasets.{name}.missing_masks is {entry['missing_masks']!r}; allowed: "
