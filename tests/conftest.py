@@ -76,6 +76,10 @@ def segmentation_target(config: dict) -> dict:
     return config
 
 
+#: The tiny study's name: HTML that would run script if the report embedded it unescaped.
+TINY_STUDY_NAME = "tiny <img src=x onerror=\"document.title='pwned'\"> study"
+
+
 @pytest.fixture(scope="session")
 def tiny_study_run(tmp_path_factory) -> Path:
     """The working directory of the tiny study run end to end (minutes), once per test session:
@@ -83,6 +87,7 @@ def tiny_study_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("tiny_study")
     config = segmentation_target(tiny_config())  # a classification and a segmentation target
     config["analysis"]["layer_knn"] = {"job": "group"}  # reinit keeps the default, a job per run
+    config["study"]["name"] = TINY_STUDY_NAME  # markup in a name must reach the report as text
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     result = run_snakemake(workdir, "--cores", "2", "--resources", "gpu=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -196,3 +196,13 @@ def test_tiny_config_is_not_mutated_by_checks():
     before = copy.deepcopy(config)
     Study(config).check_dataset_entries()
     assert config == before
+
+
+@pytest.mark.parametrize("name", ["tiny\n\n.. raw:: html\n\n   <script>alert(1)</script>", "tab\there", "esc\x1b[31m"])
+def test_a_study_name_with_a_control_character_stops_the_plan(name):
+    config = tiny_config()
+    config["study"]["name"] = name
+    with pytest.raises(ConfigError, match=r"config key study\.name: .*control character"):
+        Study(config)
+    config["study"]["name"] = "tiny <b>markup</b> is shown as text, not refused"
+    Study(config)

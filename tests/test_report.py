@@ -338,6 +338,11 @@ def test_front_page_names_the_study_its_sizes_time_and_commands(tmp_path, monkey
                          ".. _6 Tables: #\n.. _7 Provenance: #\n", writer="html",
                          settings_overrides={"halt_level": 2, "warning_stream": io.StringIO()})["html_body"]
     assert "tiny check" in html and "lesion_presence" in html  # the config as run
+    # A name written to inject rst (a directive after a blank line) or HTML renders as its text.
+    spec["name"] = "x\n\n.. raw:: html\n\n   <script>alert(1)</script>\n\n.. include:: /etc/passwd"
+    hostile = publish_parts(front_rst(spec), writer="html", settings_overrides={
+        "halt_level": 5, "report_level": 5, "warning_stream": io.StringIO()})["html_body"]
+    assert "<script" not in hostile and "root:" not in hostile and "alert(1)" in hostile
 
 
 @pytest.mark.parametrize("content", ["", "header"])

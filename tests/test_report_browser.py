@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import REPO, run_snakemake, tiny_config
+from conftest import REPO, TINY_STUDY_NAME, run_snakemake, tiny_config
 from medtransfer.report import browser
 
 pytestmark = pytest.mark.slow
@@ -81,11 +81,12 @@ def test_the_demo_report_as_a_person_sees_it(tiny_study_run, chromium):
         assert browser.categories(page) == SECTIONS
         browser.front_page(page)
         title = page.locator("#app .prose h1").first
-        assert title.inner_text() == "Study: config"  # the tiny config names no study: its file's stem
+        assert title.inner_text() == f"Study: {TINY_STUDY_NAME}"  # markup in the name shown as text
+        assert page.locator("#app img[src=x]").count() == 0 and page.title() != "pwned"
         assert title.bounding_box()["y"] >= 0
         # docutils makes the one top-level title the document's, its sections h1 as well
         headings = [h.strip() for h in page.locator("#app .prose h1").all_inner_texts()]
-        assert headings == ["Study: config", *FRONT_HEADINGS]
+        assert headings == [f"Study: {TINY_STUDY_NAME}", *FRONT_HEADINGS]
         front = page.locator("#app .prose").first.inner_text()
         lesions = tiny_config()["datasets"]["lesions"]
         sizes = f"lesions\ttarget\tbinary\t2\t{lesions['n_train']}\t{lesions['n_val']}\t{lesions['n_test']}"

@@ -17,7 +17,7 @@ rule similarity_init_final:
     params:
         spec=job_spec(STUDY.similarity_spec, *GROUP),
     shell:
-        "medtransfer similarity --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer similarity --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule collect_metrics:
@@ -35,7 +35,7 @@ rule collect_metrics:
         runtime=per_attempt("collect", "runtime"),
         gpu=0,
     shell:
-        "medtransfer collect metrics --out {output} {input.metrics} > {log} 2>&1"
+        "medtransfer collect metrics --out {output:q} {input.metrics:q} > {log:q} 2>&1"
 
 
 rule collect_history:
@@ -54,7 +54,7 @@ rule collect_history:
         runtime=per_attempt("collect", "runtime"),
         gpu=0,
     shell:
-        "medtransfer collect history --out {output} {input.metrics} > {log} 2>&1"
+        "medtransfer collect history --out {output:q} {input.metrics:q} > {log:q} 2>&1"
 
 
 rule similarity_pairs:
@@ -74,7 +74,7 @@ rule similarity_pairs:
     params:
         spec=job_spec(STUDY.pairs_spec, *GROUP),
     shell:
-        "medtransfer similarity-pairs --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer similarity-pairs --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"
 
 
 # The tables gathered from one CSV per run or group (common.smk's PART_TABLES: similarity, and
@@ -96,7 +96,7 @@ rule collect_parts:
         runtime=per_attempt("collect", "runtime"),
         gpu=0,
     shell:
-        "medtransfer collect parts --out {output} {input} > {log} 2>&1"
+        "medtransfer collect parts --out {output:q} {input:q} > {log:q} 2>&1"
 
 
 rule collect_provenance:
@@ -116,5 +116,5 @@ rule collect_provenance:
         runtime=per_attempt("collect", "runtime"),
         gpu=0,
     shell:
-        "medtransfer collect provenance --out {output.csv} --html {output.html} "
-        "{input.metrics} {input.pretrain} > {log} 2>&1"
+        "medtransfer collect provenance --out {output.csv:q} --html {output.html:q} "
+        "{input.metrics:q} {input.pretrain:q} > {log:q} 2>&1"

@@ -13,4 +13,4 @@ rule preprocess:
     params:
         spec=job_spec(STUDY.preprocess_spec, "dataset"),
     shell:
-        "medtransfer preprocess --spec {params.spec:q} --threads {threads} --no-progress > {log} 2>&1"
+        "medtransfer preprocess --spec {params.spec:q} --threads {threads} --no-progress > {log:q} 2>&1"

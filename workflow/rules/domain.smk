@@ -27,7 +27,7 @@ rule fid_stats:
     params:
         spec=job_spec(STUDY.fid_stats_spec, "embedder", "dataset"),
     shell:
-        "medtransfer fid-stats --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer fid-stats --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule domain_distance:
@@ -47,7 +47,7 @@ rule domain_distance:
     params:
         spec=job_spec(STUDY.domain_distance_spec),
     shell:
-        "medtransfer fid --spec {params.spec:q} > {log} 2>&1"
+        "medtransfer fid --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule fid_gain:
@@ -68,7 +68,7 @@ rule fid_gain:
     params:
         spec=job_spec(STUDY.fid_gain_spec),
     shell:
-        "medtransfer fid-gain --spec {params.spec:q} > {log} 2>&1"
+        "medtransfer fid-gain --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule prediction_similarity:
@@ -90,7 +90,7 @@ rule prediction_similarity:
     params:
         spec=job_spec(STUDY.prediction_similarity_spec, *GROUP),
     shell:
-        "medtransfer prediction-similarity --spec {params.spec:q} > {log} 2>&1"
+        "medtransfer prediction-similarity --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule representation_gain:
@@ -112,4 +112,4 @@ rule representation_gain:
     params:
         spec=job_spec(STUDY.representation_gain_spec),
     shell:
-        "medtransfer representation-gain --spec {params.spec:q} > {log} 2>&1"
+        "medtransfer representation-gain --spec {params.spec:q} > {log:q} 2>&1"

@@ -43,8 +43,8 @@ rule figure:
     params:
         measure=STUDY.figure_measure(),
     shell:
-        "medtransfer figure {wildcards.figure} --input {input} --out {output.pdf} "
-        "--measure {params.measure} --caption {output.caption} > {log} 2>&1"
+        "medtransfer figure {wildcards.figure:q} --input {input:q} --out {output.pdf:q} "
+        "--measure {params.measure:q} --caption {output.caption:q} > {log:q} 2>&1"
 
 
 rule summary_table:
@@ -63,7 +63,7 @@ rule summary_table:
         runtime=per_attempt("figure", "runtime"),
         gpu=0,
     shell:
-        "medtransfer table --input {input} --out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "medtransfer table --input {input:q} --out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"
 
 
 rule comparison_table:
@@ -84,5 +84,5 @@ rule comparison_table:
     params:
         reference=STUDY.analysis.get("reference", ""),
     shell:
-        "medtransfer table --comparison {params.reference:q} --input {input} "
-        "--out-csv {output.csv} --out-md {output.md} > {log} 2>&1"
+        "medtransfer table --comparison {params.reference:q} --input {input:q} "
+        "--out-csv {output.csv:q} --out-md {output.md:q} > {log:q} 2>&1"

@@ -21,4 +21,4 @@ rule finetune:
         spec=job_spec(STUDY.run_spec, run_of),
         launcher=finetune_launcher,
     shell:
-        "{params.launcher} finetune --spec {params.spec:q} --threads {threads} --no-progress >> {log} 2>&1"
+        "{params.launcher} finetune --spec {params.spec:q} --threads {threads} --no-progress >> {log:q} 2>&1"

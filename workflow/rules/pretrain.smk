@@ -17,7 +17,7 @@ rule pretrain:
         spec=job_spec(STUDY.pretrain_spec, "source", "arch"),
         launcher=pretrain_launcher,
     shell:
-        "{params.launcher} pretrain --spec {params.spec:q} --threads {threads} --no-progress >> {log} 2>&1"
+        "{params.launcher} pretrain --spec {params.spec:q} --threads {threads} --no-progress >> {log:q} 2>&1"
 
 
 rule pretrain_table:
@@ -36,4 +36,4 @@ rule pretrain_table:
         runtime=per_attempt("collect", "runtime"),
         gpu=0,
     shell:
-        "medtransfer collect pretrain --out {output.csv} --markdown {output.md} {input} > {log} 2>&1"
+        "medtransfer collect pretrain --out {output.csv:q} --markdown {output.md:q} {input:q} > {log:q} 2>&1"

@@ -19,7 +19,7 @@ rule features:
     params:
         spec=job_spec(STUDY.features_spec, "dataset", "arch", "init", "key"),
     shell:
-        "medtransfer features --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer features --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule probe:
@@ -40,4 +40,4 @@ rule probe:
     params:
         spec=job_spec(STUDY.probe_spec, "protocol", run_of),
     shell:
-        "medtransfer probe --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer probe --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"

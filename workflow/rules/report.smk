@@ -24,7 +24,7 @@ rule report_front:
     params:
         spec=job_spec(STUDY.front_spec, configfiles),
     shell:
-        "medtransfer report-front --spec {params.spec:q} > {log} 2>&1"
+        "medtransfer report-front --spec {params.spec:q} > {log:q} 2>&1"
 
 
 rule report_table:
@@ -51,5 +51,5 @@ rule report_table:
         runtime=per_attempt("figure", "runtime"),
         gpu=0,
     shell:
-        "medtransfer report-table {wildcards.table} --input {input} --out {output.html} "
-        "--caption {output.caption} > {log} 2>&1"
+        "medtransfer report-table {wildcards.table:q} --input {input:q} --out {output.html:q} "
+        "--caption {output.caption:q} > {log:q} 2>&1"

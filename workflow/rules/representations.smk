@@ -18,4 +18,4 @@ rule activations:
     params:
         spec=job_spec(STUDY.activation_spec, run_of),
     shell:
-        "medtransfer activations --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer activations --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"

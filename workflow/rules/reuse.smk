@@ -22,7 +22,7 @@ rule weight_drift:
     params:
         spec=job_spec(STUDY.weight_drift_spec, *GROUP),
     shell:
-        "medtransfer weight-drift --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer weight-drift --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule filters:
@@ -42,7 +42,7 @@ rule filters:
     params:
         spec=job_spec(STUDY.filters_spec, *GROUP),
     shell:
-        "medtransfer filters --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer filters --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule filter_kernels:
@@ -62,7 +62,7 @@ rule filter_kernels:
     params:
         spec=job_spec(STUDY.filter_kernels_spec),
     shell:
-        "medtransfer filter-kernels --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer filter-kernels --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule reinit:
@@ -85,7 +85,7 @@ rule reinit:
     params:
         spec=job_spec(STUDY.reinit_spec, run_of),
     shell:
-        "medtransfer reinit --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer reinit --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule reinit_group:
@@ -105,7 +105,7 @@ rule reinit_group:
     params:
         spec=job_spec(partial(STUDY.reuse_group_spec, "reinit"), *GROUP),
     shell:
-        "medtransfer reinit --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer reinit --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule layer_knn:
@@ -128,7 +128,7 @@ rule layer_knn:
     params:
         spec=job_spec(STUDY.layer_knn_spec, run_of),
     shell:
-        "medtransfer layer-knn --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer layer-knn --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule layer_knn_group:
@@ -148,4 +148,4 @@ rule layer_knn_group:
     params:
         spec=job_spec(partial(STUDY.reuse_group_spec, "layer_knn"), *GROUP),
     shell:
-        "medtransfer layer-knn --spec {params.spec:q} --threads {threads} > {log} 2>&1"
+        "medtransfer layer-knn --spec {params.spec:q} --threads {threads} > {log:q} 2>&1"

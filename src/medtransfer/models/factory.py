@@ -44,12 +44,24 @@ for _name in RESNET28_DEPTHS:
 
 
 def is_known_arch(arch: str) -> bool:
-    """True for our registered names and for every model name (with or without tag) timm knows."""
-    return arch in ARCHITECTURES or timm.is_model(arch)
+    """True for our registered names and for every timm model name; a name with a pretrained tag
+    (``resnet18.tv_in1k``) only where timm has weights under that exact tag (``timm.is_model``
+    alone ignores what follows the first ``.``, so a mistyped tag would pass and fail every job)."""
+    if arch in ARCHITECTURES:
+        return True
+    if not timm.is_model(arch):
+        return False
+    _, tag = timm.models.split_model_name_tag(arch)
+    return not tag or arch in timm.list_pretrained(arch)
 
 
 def unknown_arch_message(arch: str) -> str:
     """What to tell a user whose architecture name is neither ours nor timm's."""
+    base, tag = timm.models.split_model_name_tag(arch)
+    if tag and timm.is_model(base):
+        tags = [name.partition(".")[2] for name in timm.list_pretrained(f"{base}.*")]
+        return (f"unknown pretrained tag {tag!r} of timm model {base!r}; its tags: "
+                f"{', '.join(tags) or 'none (timm has no weights for it)'}")
     return (
         f"unknown architecture {arch!r}: it is neither one of ours "
         f"({', '.join(ARCHITECTURES.names())}) nor a timm model name; "

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medtransfer.figures.style import sort_inits
+from medtransfer.report import rst
 
 Found = Callable[[pd.DataFrame, "str | None"], list[str]]
 
@@ -41,8 +42,9 @@ def caption(*, columns: Sequence[str], shows: str, paper: str) -> Callable[[Foun
 
 
 def lit(text: object) -> str:
-    """An init label, dataset name, ... as an rst inline literal (safe for _ and *)."""
-    return f"``{text}``"
+    """An init label, dataset name, ... from a CSV as an rst inline literal that renders as its
+    characters (see :func:`medtransfer.report.rst.literal`)."""
+    return rst.literal(text)
 
 
 def num(value: float, digits: int = 3) -> str:

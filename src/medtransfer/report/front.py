@@ -20,7 +20,8 @@ import yaml
 
 from medtransfer.atomic import write_text
 from medtransfer.data.cache import read_info
-from medtransfer.report.caption_tools import lit, pct
+from medtransfer.report import rst
+from medtransfer.report.caption_tools import pct
 from medtransfer.report.tables import read_table
 
 
@@ -70,7 +71,7 @@ def _command(configfiles: Sequence[str], *args: str) -> str:
     extra = [f for f in configfiles if Path(f).name != "config.yaml" or Path(f).parent != Path(".")]
     if extra:
         parts += ["--configfile", *extra]
-    return shlex.join(parts + list(args))
+    return rst.visible_controls(shlex.join(parts + list(args)))  # one line inside its code block
 
 
 def front_rst(spec: dict) -> str:
@@ -78,7 +79,7 @@ def front_rst(spec: dict) -> str:
     grid, counts = spec["grid"], spec["counts"]
     metrics = read_table(spec["metrics"])
     provenance = read_table(spec["provenance"])
-    title = f"Study: {spec['name']}"
+    title = f"Study: {rst.text(spec['name'])}"
     out = [title, "=" * len(title), ""]
 
     def many(n: int, what: str) -> str:
@@ -95,9 +96,9 @@ def front_rst(spec: dict) -> str:
             "and what this run found.", ""]  # fmt: skip
 
     out += ["Grid", "----", ""]
-    out += [f"- targets: {', '.join(lit(t) for t in grid['targets'])}",
-            f"- architectures: {', '.join(lit(a) for a in grid['architectures'])}",
-            f"- initialisations: {', '.join(lit(i) for i in grid['inits'])}",
+    out += [f"- targets: {', '.join(rst.literal(t) for t in grid['targets'])}",
+            f"- architectures: {', '.join(rst.literal(a) for a in grid['architectures'])}",
+            f"- initialisations: {', '.join(rst.literal(i) for i in grid['inits'])}",
             f"- fractions of the training data: {', '.join(pct(f) for f in grid['fractions'])}",
             f"- seeds: {', '.join(str(s) for s in grid['seeds'])}",
             f"- protocols: {', '.join(grid['protocols'])}", ""]  # fmt: skip
@@ -112,7 +113,7 @@ def front_rst(spec: dict) -> str:
     for entry in spec["datasets"]:
         info = read_info(entry["cache"])
         sizes = info.split_sizes
-        rows.append([lit(entry["name"]), entry["role"], info.task, info.num_classes, sizes["train"], sizes["val"],
+        rows.append([rst.literal(entry["name"]), entry["role"], info.task, info.num_classes, sizes["train"], sizes["val"],
                      sizes["test"], f"{info.image_size} px × {info.channels} ch",
                      ", ".join(used.get(entry["name"], [])) or "–"])  # fmt: skip
     out.append(_list_table(["dataset", "role", "task", "classes", "train", "val", "test", "images",
@@ -136,7 +137,7 @@ def front_rst(spec: dict) -> str:
     out += [f"- `{category}`_" for category in spec["categories"]] + [""]
 
     out += ["Regenerate", "----------", ""]
-    figures = ", ".join(lit(name) for name in spec["figures"]) or "none"
+    figures = ", ".join(rst.literal(name) for name in spec["figures"]) or "none"
     out += ["Any one figure, without rerunning anything upstream that exists (``NAME`` one of "
             f"{figures}):", "", ".. code-block:: bash", "",
             f"   {_command(spec['configfiles'], '--cores', '1', 'results/figures/NAME.pdf')}", "",
@@ -144,7 +145,7 @@ def front_rst(spec: dict) -> str:
             f"   {_command(spec['configfiles'], '--cores', '2')}",
             f"   {_command(spec['configfiles'], '--report', 'results/report.html')}", ""]  # fmt: skip
 
-    names = ", ".join(lit(f) for f in spec["configfiles"]) or "none"
+    names = ", ".join(rst.literal(f) for f in spec["configfiles"]) or "none"
     out += ["Config as run", "-------------", "",
             f"Config files: {names}; below, the config the workflow ran with (those files merged with any "
             "``--config`` overrides), before the defaults of ``medtransfer.study`` fill the keys it leaves out.",

@@ -120,3 +120,4 @@ class Study(Core, DataPlan, PretrainPlan, FinetunePlan, ProtocolsPlan, Represent
         self._check_analysis()
         self._check_reuse_analyses()
         self._check_domain_analyses()
+        self._check_report()

@@ -7,11 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from medtransfer import paths
+from medtransfer.errors import ConfigError
 from medtransfer.report.layout import REPORT_TABLES, figure_place
+from medtransfer.report.rst import has_control_characters, visible_controls
 
 
 class ReportPlan:
     """The report of :class:`medtransfer.study.Study`."""
+
+    def _check_report(self) -> None:
+        """``study.name`` is one line of text: the report shows it as the front page's title, and a
+        line break there would let the rest of the name be read as rst directives."""
+        name = self.config["study"].get("name")
+        if isinstance(name, str) and has_control_characters(name):
+            raise ConfigError(f"config key study.name: {visible_controls(name)!r} holds a control character (a line "
+                              "break, tab, escape, ...); give the study's name as one line of plain text")
 
     def report_table_names(self) -> list[str]:
         """The tables this study's report holds (comparison and pretrain only where they exist)."""
