@@ -55,13 +55,15 @@ _HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 #: runs code when unpickled: the training script's argparse settings (DINO's ``args``, PyContrast's
 #: ``opt``) and numpy scalars (``best_acc1``, ``epoch``) with their dtypes (numpy 2 restores a
 #: dtype as its class, e.g. ``numpy.dtypes.Float64DType``). Files written under numpy 1 name the
-#: scalar ``numpy.core.multiarray.scalar``.
+#: scalar ``numpy.core.multiarray.scalar``, under numpy 2 ``numpy._core.multiarray.scalar``.
+_NUMPY_SCALAR = np.float64(0).__reduce__()[0]
 CHECKPOINT_GLOBALS: list = [
     argparse.Namespace,
     np.dtype,
     *(type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"),  # bool, integers, floats, complex
-    np._core.multiarray.scalar,
-    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    _NUMPY_SCALAR,
+    (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
+    (_NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
 ]
 
 
