@@ -223,3 +223,15 @@ def test_url_downloads_check_the_hash_timm_knows(monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: "/nonexistent-hub-dir")
     assert weights.timm_weights_file(name) == "/x.pth"
     assert calls and calls[0]["check_hash"] is True
+
+
+def test_init_json_records_the_source_file(tmp_path):
+    from medtransfer.training.finetune import initialised_model
+
+    path = tmp_path / "weights.pth"
+    torch.save({"state_dict": _state()}, path)
+    spec = {"arch": "cbr_tiny", "arch_options": {"width": 0.25}, "init": {"name": "WT", "k": None},
+            "source": {"kind": "file", "path": str(path)}, "seed": 0}
+    _, record, _ = initialised_model(spec, 3)
+    assert record["source_weights"] == {"kind": "file", "file": str(path), "allow_pickle": False,
+                                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
