@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import stat
+import tempfile
 
+import pytest
 import torch
 
 from medtransfer.devices import claim_gpu, select_device
@@ -63,3 +66,51 @@ def test_local_multi_gpu_jobs_claim_a_free_device(monkeypatch, tmp_path):
     first, second = select_device(), select_device()
     assert {first, second} == {torch.device("cuda:0"), torch.device("cuda:1")}
     assert os.path.exists(tmp_path / "gpu0.lock")
+
+
+def _private(path):
+    path.mkdir(mode=0o700)
+    return path
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path):
+    locks, precious = _private(tmp_path / "locks"), tmp_path / "thesis.tex"
+    precious.write_text("three years of work\n")
+    (locks / "gpu0.lock").symlink_to(precious)
+    with pytest.raises(RuntimeError, match="symbolic link"):
+        claim_gpu(1, locks, timeout_s=0)
+    assert precious.read_text() == "three years of work\n"
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o777])
+def test_a_lock_folder_others_can_write_is_refused(mode, tmp_path):
+    locks = _private(tmp_path / "locks")
+    locks.chmod(mode)
+    with pytest.raises(RuntimeError, match="writable by other users"):
+        claim_gpu(1, locks, timeout_s=0)
+    assert not (locks / "gpu0.lock").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_a_lock_folder_of_another_user_is_refused(tmp_path):
+    locks = _private(tmp_path / "locks")
+    os.chown(locks, 65534, 65534)
+    with pytest.raises(RuntimeError, match="owned by user 65534"):
+        claim_gpu(1, locks, timeout_s=0)
+
+
+def test_the_default_lock_folder_is_the_users_own_and_private(tmp_path, monkeypatch):
+    from medtransfer.devices import default_lock_dir
+
+    monkeypatch.delenv("MEDTRANSFER_GPU_LOCK_DIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    locks = default_lock_dir()
+    assert locks.parent == tmp_path and str(os.getuid()) in locks.name
+    assert claim_gpu(1, timeout_s=0) == 0
+    assert stat.S_IMODE(locks.stat().st_mode) == 0o700 and locks.stat().st_uid == os.getuid()
+
+
+def test_a_claim_rewrites_the_pid_in_place_without_truncating(tmp_path):
+    locks = _private(tmp_path / "locks")
+    assert claim_gpu(1, locks, timeout_s=0) == 0
+    assert (locks / "gpu0.lock").read_text().strip() == str(os.getpid())

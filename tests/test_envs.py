@@ -38,3 +38,14 @@ def test_every_rule_names_the_conda_env_and_a_log():
             assert "conda:" in body and "log:" in body, f"{smk.name}: rule {rule} lacks conda: or log:"
             assert "threads:" in body and "mem_mb=" in body and "runtime=" in body and "gpu=" in body, \
                 f"{smk.name}: rule {rule} lacks threads or resources"
+
+
+def test_the_floors_load_checkpoints_weights_only():
+    """torch 2.6: weights_only with safe_globals; timm 1.0.26: its checkpoint loader is weights_only
+    by default (issue 25): below these, a pickled checkpoint could run code."""
+    from packaging.version import Version
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    floors = {name: Version(spec.removeprefix(">=")) for name, spec in map(_split, project["dependencies"])
+              if spec.startswith(">=")}
+    assert floors["torch"] >= Version("2.6") and floors["timm"] >= Version("1.0.26")

@@ -3,28 +3,61 @@
 Snakemake's ``--resources gpu=N`` only bounds how many ``gpu=1`` jobs run at once; it does not
 tell a job *which* GPU is free, and it does not set CUDA_VISIBLE_DEVICES when running locally.
 So a local GPU job claims a device itself: it takes an exclusive, non-blocking ``flock`` on one
-lock file per visible device (in a node-local folder) and keeps it for its lifetime. The kernel
-releases the lock when the process ends, even after SIGKILL, so a crashed job never leaves a GPU
-marked busy. Under SLURM the scheduler already restricts CUDA_VISIBLE_DEVICES to the job's GPUs,
+lock file per visible device (in a node-local folder of the user's own, private to them: another
+user can neither plant a symbolic link there nor hold the locks) and keeps it for its lifetime. The
+kernel releases the lock when the process ends, even after SIGKILL, so a crashed job never leaves a
+GPU marked busy. Under SLURM the scheduler already restricts CUDA_VISIBLE_DEVICES to the job's GPUs,
 so the job uses the first visible device. Without CUDA everything runs on the CPU, same code.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-_held_locks: list = []  # file objects whose flock marks a claimed GPU; kept open until exit
+_held_locks: list[int] = []  # descriptors whose flock marks a claimed GPU; kept open until exit
 
 
 def default_lock_dir() -> Path:
-    # Node-local on purpose: two nodes sharing a home directory have different GPUs.
-    return Path(os.environ.get("MEDTRANSFER_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / "medtransfer-gpu-locks"))
+    # Node-local on purpose: two nodes sharing a home directory have different GPUs. Per user:
+    # a folder shared by every user would let any of them plant links or hold every GPU.
+    return Path(os.environ.get("MEDTRANSFER_GPU_LOCK_DIR",
+                               Path(tempfile.gettempdir()) / f"medtransfer-gpu-locks-{os.getuid()}"))
+
+
+def private_dir(path: Path) -> Path:
+    """``path``, created 0700 if missing; a RuntimeError unless it is a real folder of this user
+    that no other user can write (what makes its lock files trustworthy)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise RuntimeError(f"GPU lock folder {path} is not a folder (a symbolic link?); "
+                           "remove it or set MEDTRANSFER_GPU_LOCK_DIR to a folder of your own")
+    if info.st_uid != os.getuid():
+        raise RuntimeError(f"GPU lock folder {path} is owned by user {info.st_uid}, not you ({os.getuid()}); "
+                           "set MEDTRANSFER_GPU_LOCK_DIR to a folder of your own")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise RuntimeError(f"GPU lock folder {path} is writable by other users (mode "
+                           f"{stat.S_IMODE(info.st_mode):o}); chmod 700 it or set MEDTRANSFER_GPU_LOCK_DIR")
+    return path
+
+
+def _open_lock(path: Path) -> int:
+    """A descriptor of the lock file ``path``, created 0600; never through a symbolic link."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise RuntimeError(f"GPU lock file {path} is a symbolic link; remove it (a lock file is never "
+                               "a link, and writing through one would change its target)") from None
+        raise
 
 
 def claim_gpu(n_devices: int, lock_dir: str | Path | None = None, timeout_s: float = 600.0) -> int:
@@ -32,25 +65,24 @@ def claim_gpu(n_devices: int, lock_dir: str | Path | None = None, timeout_s: flo
 
     Waits (polling) while all devices are claimed, up to ``timeout_s`` seconds, then raises
     RuntimeError: more GPU jobs are running than GPUs exist (``--resources gpu`` too high).
+    A lock folder that is not this user's alone, or a lock file that is a symbolic link, is a
+    RuntimeError too (:func:`private_dir`).
     """
     if n_devices < 1:
         raise ValueError("n_devices must be at least 1")
-    lock_dir = Path(lock_dir) if lock_dir is not None else default_lock_dir()
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock_dir = private_dir(Path(lock_dir) if lock_dir is not None else default_lock_dir())
     deadline = time.monotonic() + timeout_s
     while True:
         for index in range(n_devices):
-            handle = open(lock_dir / f"gpu{index}.lock", "a+")
+            descriptor = _open_lock(lock_dir / f"gpu{index}.lock")
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.close()
+                os.close(descriptor)
                 continue
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            _held_locks.append(handle)
+            # for whoever looks: the holder's pid, fixed width, so it overwrites the last one exactly
+            os.pwrite(descriptor, f"{os.getpid():>10}\n".encode(), 0)
+            _held_locks.append(descriptor)
             return index
         if time.monotonic() > deadline:
             raise RuntimeError(

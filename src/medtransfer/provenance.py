@@ -1,4 +1,5 @@
-"""What produced a result: code version, packages, machine, device, seed, config hash.
+"""What produced a result: code version, packages, machine, device, seed, config hash, and the
+sha256 of the weight files a run started from.
 
 Every JSON output of the workflow embeds ``provenance(...)`` so that a number can be traced to
 a config, a seed and a code version (docs/DESIGN.md).
@@ -7,6 +8,7 @@ a config, a seed and a code version (docs/DESIGN.md).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import importlib.metadata
 import platform
 import socket
@@ -63,3 +65,12 @@ def provenance(*, spec_hash: str, seed: int | None = None, device: str | None = 
         "wall_seconds": wall_seconds,
         "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes (hex), read in chunks: weight files can be gigabytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

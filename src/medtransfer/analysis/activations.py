@@ -84,7 +84,7 @@ def block_activations(model: torch.nn.Module, loader, pool: int, device: torch.d
 def load_state(path: str | Path) -> torch.nn.Module:
     """Rebuild the model saved by fine-tuning (init.pt / final.pt) with its weights (a segmentation
     run's: its :class:`~medtransfer.models.segmentation.SegmentationNetwork`)."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved.get("fusion"):
         raise ConfigError(f"{path}: the weights of a fusion of several backbones (init "
                           f"{saved['init']['label']}); block-wise analyses read runs of one network")

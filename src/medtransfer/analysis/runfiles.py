@@ -32,7 +32,7 @@ def read_checkpoint(run_dir: str | Path, state: str, run: str) -> dict[str, Any]
     """The saved dict of ``{state}.pt`` (state: init or final), checked for the keys we read."""
     path = run_file(run_dir, f"{state}.pt", run)
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - a truncated or foreign file: say which one
         raise DataError(f"run {run}: {path} cannot be read ({type(error).__name__}: {error}); "
                         "delete it and fine-tune the run again") from None

@@ -12,6 +12,7 @@ Public API::
     rebuild(model, seed) -> nn.Module               # fresh seeded copy of the architecture
     IMAGENET_WEIGHTS: dict[str, str]
     load_source_state_dict(spec) -> dict[str, Tensor]
+    read_source(spec) -> SourceWeights              # the state dict and its file's record (sha256)
     segmentation.build(encoder, num_classes, input_size)   # an encoder under a U-Net (models/segmentation.py)
 """
 
@@ -26,7 +27,7 @@ from .factory import (
     is_known_arch,
     rebuild,
 )
-from .weights import IMAGENET_WEIGHTS, load_source_state_dict, timm_weights_file
+from .weights import IMAGENET_WEIGHTS, SourceWeights, load_source_state_dict, read_source, timm_weights_file
 
 __all__ = [
     "ARCHITECTURES",
@@ -35,6 +36,7 @@ __all__ = [
     "CREATE_ARGS_ATTR",
     "HEAD",
     "IMAGENET_WEIGHTS",
+    "SourceWeights",
     "block_keys",
     "block_layout",
     "blocks",
@@ -43,6 +45,7 @@ __all__ = [
     "init_create_options",
     "is_known_arch",
     "load_source_state_dict",
+    "read_source",
     "rebuild",
     "timm_weights_file",
 ]

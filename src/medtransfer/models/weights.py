@@ -1,23 +1,34 @@
 """Source weights for transfer: our pretrain outputs, local checkpoint files, the timm hub.
 
-:func:`load_source_state_dict` turns a source spec into a plain state dict (timm key names) that
-:func:`medtransfer.init.apply` copies from. Offline, hub weights fail within seconds with a
-``WeightsError`` that says how to supply a local file instead; nothing here can hang on the network.
+:func:`read_source` turns a source spec into a plain state dict (timm key names) that
+:func:`medtransfer.init.apply` copies from, and a record of the file it came from (path, sha256,
+hub revision) for init.json. Offline, hub weights fail within seconds with a ``WeightsError`` that
+says how to supply a local file instead; nothing here can hang on the network. Checkpoint files
+are unpickled with torch's ``weights_only`` loader: a file that needs more than tensors and the
+few plain globals in :data:`CHECKPOINT_GLOBALS` is refused unless the config opts in for that
+source (``sources.<name>.allow_pickle: true``), since unpickling it would run code from the file.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import pickle
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 import timm
 import torch
 
 from medtransfer.errors import ConfigError, WeightsError
+from medtransfer.provenance import file_sha256
+
+log = logging.getLogger(__name__)
 
 #: ImageNet-1k weights used for WT, per architecture: timm name → timm name with tag.
 #: ResNets and Inception use the torchvision weights (``tv_in1k``): the classic cross-entropy,
@@ -39,6 +50,35 @@ IMAGENET_WEIGHTS: dict[str, str] = {
 CONNECT_TIMEOUT_S = 3.0
 
 _HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
+
+#: Globals besides tensors that published checkpoints pickle beside their weights, none of which
+#: runs code when unpickled: the training script's argparse settings (DINO's ``args``, PyContrast's
+#: ``opt``) and numpy scalars (``best_acc1``, ``epoch``) with their dtypes (numpy 2 restores a
+#: dtype as its class, e.g. ``numpy.dtypes.Float64DType``). Files written under numpy 1 name the
+#: scalar ``numpy.core.multiarray.scalar``, under numpy 2 ``numpy._core.multiarray.scalar``.
+_NUMPY_SCALAR = np.float64(0).__reduce__()[0]
+CHECKPOINT_GLOBALS: list = [
+    argparse.Namespace,
+    np.dtype,
+    *(type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"),  # bool, integers, floats, complex
+    _NUMPY_SCALAR,
+    (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
+    (_NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
+]
+
+
+@dataclass(frozen=True)
+class SourceWeights:
+    """The tensors of a weight source and where they came from.
+
+    ``origin`` (init.json's ``source_weights``): ``kind``; ``file`` and its ``sha256``; for a
+    ``file`` source ``allow_pickle`` (true: the file was unpickled fully, on the config's
+    word); for a ``timm`` source the model ``name`` and, where the file came from the hub,
+    ``hub`` and ``revision`` (the hub commit), or the ``url`` it was downloaded from.
+    """
+
+    state: dict[str, torch.Tensor]
+    origin: dict[str, Any]
 
 
 def _offline_flag() -> bool:
@@ -130,14 +170,38 @@ def timm_weights_file(name: str) -> str:
     else:
         from timm.models._hub import download_cached_file
 
-        try:
-            return download_cached_file(cfg.url, check_hash=False, progress=True)
+        try:  # the hash prefix in torchvision-style file names (resnet18-f37072fd.pth) is checked
+            return download_cached_file(cfg.url, check_hash=True, progress=True)
         except Exception as e:  # noqa: BLE001
             errors.append(str(e))
     raise _unreachable(name, "; ".join(errors)[:500])
 
 
-def _load_file(path: Path) -> dict[str, Any]:
+def _unpickle(path: Path, allow_pickle: bool) -> Any:
+    """``torch.load`` of ``path`` with the ``weights_only`` loader and :data:`CHECKPOINT_GLOBALS`;
+    fully (running whatever the pickle says) only with ``allow_pickle``."""
+    if allow_pickle:
+        log.warning("unpickling %s fully: the config sets allow_pickle for this source", path)
+        return torch.load(path, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            try:
+                unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+            except Exception:  # noqa: BLE001 - not a readable pickle at all: torch's message says why
+                unsafe = []
+            if not unsafe:
+                raise
+            raise WeightsError(
+                f"weights file {str(path)!r} holds pickled objects other than tensors "
+                f"({', '.join(unsafe)}); loading it would run code that the file names. If you trust "
+                "the file, set sources.<name>.allow_pickle: true for its source in the config "
+                "(init.json then records it), or convert it to .safetensors"
+            ) from e
+
+
+def _load_file(path: Path, allow_pickle: bool = False) -> dict[str, Any]:
     """The tensors of a checkpoint file, unwrapped (``state_dict``/``model``/DINO's ``teacher`` ...;
     :func:`medtransfer.models.checkpoints.unwrap`); prefixes and heads are mapped later, against
     the model (:func:`medtransfer.models.checkpoints.fit_checkpoint`)."""
@@ -150,12 +214,9 @@ def _load_file(path: Path) -> dict[str, Any]:
     try:
         if path.suffix == ".safetensors":
             return timm.models.load_state_dict(str(path), use_ema=False)
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            # released SSL checkpoints pickle their argparse settings (DINO's "args") beside the
-            # weights; the file is the user's own choice in the config
-            payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = _unpickle(path, allow_pickle)
+    except WeightsError:
+        raise
     except Exception as e:  # noqa: BLE001 - any failure means an unreadable checkpoint
         raise WeightsError(
             f"weights file {str(path)!r} could not be read as a state dict "
@@ -191,23 +252,32 @@ def _timm_filter(arch: str, state: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def load_source_state_dict(spec: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The state dict of a weight source, on CPU, keys as the model :func:`create` builds has them.
+    """The state dict of a weight source (:func:`read_source` without the record of its file)."""
+    return read_source(spec).state
+
+
+def read_source(spec: dict[str, Any]) -> SourceWeights:
+    """The state dict of a weight source, on CPU, keys as the model :func:`create` builds has them,
+    and the record of the file it came from (:class:`SourceWeights`).
 
     ``spec`` is one of
         ``{"kind": "pretrain", "path": ".../model.pt"}``: our pretrain output, a ``torch.save``'d
             dict ``{"state_dict": ..., "arch": ..., "num_classes": ..., ...}``; an optional
             ``"arch"`` in the spec must match the file's.
-        ``{"kind": "file", "path": "x.pth" | "x.safetensors", "arch": optional timm name}``: a plain
-            state dict or a timm/torchvision checkpoint (``state_dict``/``model`` wrappers and
-            ``module.`` prefixes are removed); with ``arch``, timm's checkpoint filter for it maps
-            original releases (DeiT, Swin) to timm's keys.
+        ``{"kind": "file", "path": "x.pth" | "x.safetensors", "arch": optional timm name,
+            "allow_pickle": optional bool}``: a plain state dict or a timm/torchvision checkpoint
+            (``state_dict``/``model`` wrappers and ``module.`` prefixes are removed); with ``arch``,
+            timm's checkpoint filter for it maps original releases (DeiT, Swin) to timm's keys.
+            A pickle that needs more than :data:`CHECKPOINT_GLOBALS` is refused unless
+            ``allow_pickle`` is true.
         ``{"kind": "timm", "arch": name, "tag": optional, "file": optional local copy}``: the timm
             hub weights of ``arch.tag`` (default tag: :data:`IMAGENET_WEIGHTS`, else timm's).
             Loaded through ``timm.create_model(..., pretrained=True,
-            pretrained_cfg_overlay=dict(file=...))``, so timm's own filters apply.
+            pretrained_cfg_overlay=dict(file=...))``, so timm's own filters apply (and its
+            ``weights_only`` loader).
 
-    Raises ``WeightsError`` for a missing or unreadable file or unreachable hub weights and
-    ``ConfigError`` for a malformed spec.
+    Raises ``WeightsError`` for a missing, unreadable or code-carrying file or unreachable hub
+    weights and ``ConfigError`` for a malformed spec.
     """
     kind = spec.get("kind")
     if kind == "pretrain":
@@ -235,14 +305,15 @@ def load_source_state_dict(spec: dict[str, Any]) -> dict[str, torch.Tensor]:
                 f"pretrained model {str(path)!r} is a {have!r}, "
                 f"but architecture {want!r} was asked for"
             )
-        return _tensors_only(payload["state_dict"], repr(str(path)))
+        return SourceWeights(_tensors_only(payload["state_dict"], repr(str(path))), _file_origin(kind, path))
     if kind == "file":
         path = Path(_required(spec, "path"))
-        state = _tensors_only(_load_file(path), repr(str(path)))
+        allow_pickle = bool(spec.get("allow_pickle"))
+        state = _tensors_only(_load_file(path, allow_pickle), repr(str(path)))
         arch = spec.get("arch")
         if arch and timm.is_model(arch):
             state = _timm_filter(arch, state)
-        return state
+        return SourceWeights(state, {**_file_origin(kind, path), "allow_pickle": allow_pickle})
     if kind == "timm":
         arch = _required(spec, "arch")
         base = arch.split(".")[0]
@@ -269,8 +340,26 @@ def load_source_state_dict(spec: dict[str, Any]) -> dict[str, torch.Tensor]:
             raise WeightsError(
                 f"weights file {file!r} does not fit timm model {name!r}: {e}"
             ) from e
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return SourceWeights(state, {**_file_origin(kind, Path(file)), "name": name,
+                                     **({} if spec.get("file") else _download_origin(name, Path(file)))})
     raise ConfigError(f"unknown weight source kind {kind!r}; allowed: 'pretrain', 'file', 'timm'")
+
+
+def _file_origin(kind: str, path: Path) -> dict[str, Any]:
+    return {"kind": kind, "file": str(path), "sha256": file_sha256(path)}
+
+
+def _download_origin(name: str, file: Path) -> dict[str, Any]:
+    """Where timm's weights file for ``name`` was downloaded from: the hub repository and the
+    commit (the Hugging Face cache keeps each file under ``snapshots/<commit>/``), or the URL."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = (cfg.hf_hub_id or "").partition("@")[0] if cfg is not None else ""
+    if repo:
+        parts = file.parts
+        revision = parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
+        return {"hub": repo, "revision": revision}
+    return {"url": cfg.url} if cfg is not None and cfg.url else {}
 
 
 def _required(spec: dict[str, Any], key: str) -> Any:

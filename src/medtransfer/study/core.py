@@ -257,7 +257,8 @@ class Core:
         if "pretrain" in entry:
             return {"kind": "pretrain", "path": paths.pretrain_model(source, arch)}
         if "file" in entry:
-            return {"kind": "file", "path": entry["file"].replace("{arch}", arch)}
+            spec = {"kind": "file", "path": entry["file"].replace("{arch}", arch)}
+            return {**spec, "allow_pickle": True} if entry.get("allow_pickle") else spec
         tag = entry["timm"]
         return {"kind": "timm", "arch": arch, "tag": None if tag is True else tag}
 

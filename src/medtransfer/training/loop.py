@@ -150,7 +150,11 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
     steps_per_epoch = len(train_loader)
 
     start_epoch, start_batch, history, elapsed = 0, 0, [], 0.0
-    resumed = load_checkpoint(checkpoint_path, spec_hash)
+    # rank 0 reads first and alone sets a corrupt file aside; the others then read what it left
+    resumed = load_checkpoint(checkpoint_path, spec_hash) if world.is_main else None
+    world.barrier()
+    if not world.is_main:
+        resumed = load_checkpoint(checkpoint_path, spec_hash)
     if resumed is not None:
         module.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])

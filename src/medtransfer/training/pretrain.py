@@ -61,9 +61,9 @@ def _starting_model(spec: dict, info) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model at its starting point: random init, or the ``from`` source's weights (new head)."""
     model = models.create(spec["arch"], max(1, info.num_classes), in_chans=3, **spec["arch_options"])
     if spec.get("from"):
-        source = models.load_source_state_dict(spec["from"])
-        record = init.apply(model, "WT", source=source, seed=spec["seed"])
-        return model, {"from": spec["from"], **record}
+        source = models.read_source(spec["from"])
+        record = init.apply(model, "WT", source=source.state, seed=spec["seed"])
+        return model, {"from": spec["from"], **record, "source_weights": source.origin}
     return model, init.apply(model, "RI", seed=spec["seed"])
 
 
@@ -168,6 +168,7 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
         **extra,
         "knn": knn,
         "start": {"from": start_record.get("from"), "init": start_record["init"]},
+        **({"start_weights": start_record["source_weights"]} if spec.get("from") else {}),
         "history": history,
         "train_seconds": train_seconds,
         "precision": precision.record(),

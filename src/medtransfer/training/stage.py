@@ -85,9 +85,11 @@ def initialised_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, di
     create_kwargs = {**spec["arch_options"],
                      **init.create_kwargs(init_spec["name"], k=init_spec["k"], slim=init_spec.get("slim"))}
     model = models.create(spec["arch"], num_classes, in_chans=3, **create_kwargs)
-    source = models.load_source_state_dict(spec["source"]) if spec.get("source") else None
-    record = init.apply(model, init_spec["name"], source=source, k=init_spec["k"], seed=spec["seed"],
-                        **({"slim": init_spec["slim"]} if init_spec.get("slim") else {}))
+    source = models.read_source(spec["source"]) if spec.get("source") else None
+    record = init.apply(model, init_spec["name"], source=source.state if source else None, k=init_spec["k"],
+                        seed=spec["seed"], **({"slim": init_spec["slim"]} if init_spec.get("slim") else {}))
+    if source is not None:
+        record["source_weights"] = source.origin  # the file, its sha256 (and allow_pickle, hub revision)
     return model, record, create_kwargs
 
 
