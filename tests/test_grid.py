@@ -127,3 +127,19 @@ def test_resources_scale_per_architecture_and_dataset():
     assert study.resources_for("finetune", arch="cbr_tiny", dataset="lesions") == \
         {"threads": 1, "mem_mb": 3000, "runtime": 50}
     assert study.resources_for("preprocess", dataset="lesions")["mem_mb"] == 1000
+
+
+def test_gabor_with_a_source_is_planned_with_it_and_a_sourceless_init_refuses_one():
+    """{Gabor: natural} fits the Gabor ranges to the source's first conv (init.apply does): the
+    planner must hand the run that source, not silently plan plain Gabor (issue 25, finding 11)."""
+    config = tiny_config()
+    config["study"]["inits"] = [{"RI": None, "architectures": ["cbr_tiny"]}, "Gabor", {"Gabor": "natural"}]
+    config["analysis"]["pairs"] = [{"a": "Gabor_natural", "b": "RI"}]
+    study = Study(config)
+    by_label = {run.init: study.run_spec(run) for run in study.runs}
+    assert by_label["Gabor_natural"]["source"] == {"kind": "pretrain", "path": "results/pretrain/natural/cbr_tiny/model.pt"}
+    assert by_label["Gabor_natural"]["init"]["source"] == "natural" and by_label["Gabor"]["source"] is None
+    assert ("natural", "cbr_tiny") in study.pretrain_jobs()
+    config["study"]["inits"] = ["RI", {"RI": "natural"}]
+    with pytest.raises(ConfigError, match=r"study\.inits\[1\]\.RI: RI takes no source"):
+        Study(config)

@@ -48,6 +48,11 @@ def needs_source(name: str) -> bool:
     return INITS.get(name).needs_source
 
 
+def reads_source(name: str) -> bool:
+    """Whether a config entry may name a source for ``name`` (required or optional)."""
+    return INITS.get(name).source != "none"
+
+
 def takes_k(name: str) -> bool:
     return INITS.get(name).takes_k
 
@@ -57,8 +62,8 @@ def options(name: str) -> tuple[str, ...]:
 
 
 INITS_WITH_SOURCE: tuple[str, ...] = tuple(name for name in LISTED if needs_source(name))
-# Gabor reads a source if apply() is given one, but a config entry names none (the planner
-# passes Gabor no source).
+# Gabor is among these and still takes a source when its entry names one ({Gabor: natural}:
+# the filter ranges are fitted to the source's first conv): see reads_source.
 INITS_WITHOUT_SOURCE: tuple[str, ...] = tuple(name for name in LISTED if not needs_source(name))
 INITS_WITH_K: tuple[str, ...] = tuple(name for name in LISTED if takes_k(name))
 # Every init's config entry may restrict the architectures it runs on (the planner's key).
@@ -67,4 +72,4 @@ INIT_OPTIONS: tuple[str, ...] = (
 )
 
 __all__ = ["INITS", "INITS_WITHOUT_SOURCE", "INITS_WITH_K", "INITS_WITH_SOURCE", "INIT_OPTIONS", "LISTED",
-           "needs_source", "options", "takes_k"]
+           "needs_source", "reads_source", "options", "takes_k"]

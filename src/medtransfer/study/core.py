@@ -17,7 +17,7 @@ from itertools import product
 from medtransfer import paths
 from medtransfer.columns import run_columns
 from medtransfer.errors import ConfigError
-from medtransfer.init.registry import INIT_OPTIONS, INITS_WITH_K, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE
+from medtransfer.init.registry import INIT_OPTIONS, INITS_WITH_K, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, reads_source
 from medtransfer.paths import Run
 from medtransfer.protocols import FROZEN_PROTOCOLS
 from medtransfer.study.config import _check_milestones, deep_merge, processes_per_job
@@ -104,9 +104,16 @@ def expand_init(entry: str | dict, index: int) -> list[InitSpec]:
     name = names[0]
     if name not in INITS_WITH_SOURCE + INITS_WITHOUT_SOURCE:
         raise ConfigError(f"config key {key}: unknown init {name!r}; allowed: {allowed}")
-    source = entry[name] if name in INITS_WITH_SOURCE else None
+    # The init's traits say whether it reads a source: required (WT, ST, ...), optional (Gabor's
+    # filter ranges fitted to the source's first conv) or never (RI), so no source is dropped.
+    source = entry[name]
     if name in INITS_WITH_SOURCE and not isinstance(source, str):
         raise ConfigError(f"config key {key}.{name}: give the name of a source from `sources:`")
+    if source is not None and not reads_source(name):
+        raise ConfigError(f"config key {key}.{name}: {name} takes no source, got {source!r}; write {name} "
+                          "(or {" + name + ": null} with options)")
+    if source is not None and not isinstance(source, str):
+        raise ConfigError(f"config key {key}.{name}: give the name of a source from `sources:` or null, got {source!r}")
     ks = options.get("k")
     if name in INITS_WITH_K and ks is None:
         raise ConfigError(f"config key {key}: {name} needs k (the number of transferred blocks, or a list)")
