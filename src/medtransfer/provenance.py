@@ -67,10 +67,15 @@ def provenance(*, spec_hash: str, seed: int | None = None, device: str | None = 
     }
 
 
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """The sha256 of a file's bytes (hex), read in chunks: weight files can be gigabytes."""
-    digest = hashlib.sha256()
+def file_digest(path: str | Path, algorithm: str = "sha256", chunk_bytes: int = 1 << 20) -> str:
+    """The ``algorithm`` hex digest of a file's bytes, read in chunks: weight files can be gigabytes."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file (hex): the provenance of every weight file a run starts from."""
+    return file_digest(path, "sha256")

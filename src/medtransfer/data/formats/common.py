@@ -18,6 +18,7 @@ from typing import Any
 from medtransfer.data.images import PIL_FILTERS
 from medtransfer.data.raw import require
 from medtransfer.errors import ConfigError, DataError
+from medtransfer.provenance import file_digest
 
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -65,13 +66,9 @@ def task_for(num_classes: int, override: str | None, where: str) -> str:
 
 # --- checksums -------------------------------------------------------------------------------------
 
-def md5_file(path: str | Path, block: int = 1 << 20) -> str:
-    """md5 hex digest of a file, read in 1 MiB blocks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+def md5_file(path: str | Path) -> str:
+    """md5 hex digest of a file (a dataset's fingerprint, not a security check)."""
+    return file_digest(path, "md5")
 
 
 def md5_of_listing(root: str | Path, files: Iterable[str | Path]) -> str:
