@@ -1,11 +1,16 @@
 # medtransfer: transfer learning for medical image classification, from raw data to figures.
-# The study is config.yaml (or --configfile workflow/studies/<study>.yaml); see README.md.
+# The study is --configfile workflow/studies/<study>.yaml (the demo, config.yaml, without one); see README.md.
 from snakemake.utils import min_version
 
 min_version("8.0")
 
 
-configfile: "config.yaml"
+# A study is exactly the files named with --configfile (merged in order, over the package's
+# defaults in medtransfer.study.defaults); the demo (config.yaml) is the study only when no file
+# is named, so no key of the demo leaks into another study.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 report: "workflow/report/workflow.rst"
