@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -66,7 +64,6 @@ def main() -> None:
         rows: list[dict] = []
         cca_cases(demo_study(), lambda *a: (rows.append(a), print(*a, flush=True)))
         return
-    from medtransfer import paths
     from medtransfer.analysis.fid import domain_distance, frechet_distance
     from medtransfer.analysis.predictions import prediction_similarity, prediction_similarity_table
     from medtransfer.analysis.representation_gain import representation_gain

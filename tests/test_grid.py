@@ -8,7 +8,7 @@ import pytest
 
 from medtransfer import paths
 from medtransfer.errors import ConfigError
-from medtransfer.study import INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, Study, expand_init, load_config, validate_config
+from medtransfer.study import Study, expand_init, load_config, validate_config
 
 from conftest import REPO, SCHEMA, tiny_config
 
