@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from medtransfer.study.defaults import DEFAULT_RESOURCES
 from conftest import run_snakemake as snakemake
 from test_plan_snapshot import SNAPSHOT, parse_dry_run
 
@@ -54,6 +55,21 @@ def test_a_study_named_with_configfile_plans_exactly_as_alone_with_no_demo_key(t
         paths = {path for job in jobs.values() for path in job["output"] + job["input"]}
         leaked = sorted(p for p in paths for n in foreign if f"/{n}/" in p or p.endswith(f"/{n}.h5"))
         assert leaked == [], f"{name}: demo names in its plan: {leaked[:5]}"
+        specs = [json.loads(job["spec"]) for job in jobs.values() if job["spec"]]
+        # no demo architecture option (its quarter-width CBR-Tiny) where the study sets none
+        for arch, options in DEMO["architectures"].items():
+            if arch not in (study.get("architectures") or {}):
+                assert all(s.get("arch_options") in (None, {}) for s in specs if s.get("arch") == arch), (name, arch)
+        # no demo loader setting: streaming jobs get workers unless the study says otherwise
+        if "num_workers" not in (study.get("train") or {}):
+            assert all(s["training"]["num_workers"] > 0 for s in specs if "training" in s), name
+        # no demo resource: a rule the study leaves alone runs with the package's defaults
+        for job in jobs.values():
+            rule = job["log"][0].split("/logs/")[1].split("/")[0] if job["log"] else None
+            if rule in DEMO["resources"] and rule not in (study.get("resources") or {}):
+                asked = {k: job["resources"].get(k) for k in ("mem_mb", "runtime")}
+                default = {k: str(DEFAULT_RESOURCES[rule][k]) for k in asked}
+                assert asked == default, f"{name}: {job['output'][0]} runs with {asked}, not the defaults {default}"
 
 
 def test_without_a_configfile_the_demo_is_the_study(tmp_path):
