@@ -323,7 +323,7 @@ def test_a_k_larger_than_the_training_subset_names_the_key(study):
     with pytest.raises(ConfigError, match=r"analysis.layer_knn.k: k = 500 is larger than the training subset"):
         run_layer_knn(spec, torch.device("cpu"))
     frame = run_layer_knn({**spec, "cap_k": True}, torch.device("cpu"))
-    assert (frame["k"] == frame["n_memory"]).all()
+    assert (frame["knn_k"] == frame["n_memory"]).all()
 
 
 # --------------------------------------------------------------------------- first-layer filters

@@ -47,7 +47,7 @@ def make_reuse_results(folder: Path, seed: int = 0) -> dict[str, Path]:
                 value = 0.55 + 0.05 * i + (0.1 if state == "final" else 0.0) + rng.normal(0, 0.01)
                 for metric in ("auc", "acc"):
                     tables["layer_knn"].append(run | dict(state=state, split="test", block=block, block_index=i,
-                                                          metric=metric, value=value, k=200))
+                                                          metric=metric, value=value, knn_k=200))
         scored = [("none", -1)] + [(block, i) for i, block in enumerate(blocks)] + [("all", len(blocks))]
         for block, index in scored:
             value = 0.8 if block == "none" else 0.8 - rng.uniform(0, 0.3)

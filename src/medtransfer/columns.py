@@ -68,12 +68,12 @@ WEIGHT_DRIFT_READ_COLUMNS = _without(WEIGHT_DRIFT_COLUMNS, "init_l2")
 REINIT_COLUMNS = RUN_COLUMNS + ("run", "split", "block", "block_index", "metric", "value", "drop")
 #: What the re-initialisation figure and caption read.
 REINIT_READ_COLUMNS = _without(REINIT_COLUMNS, "split")
-#: layer_knn.csv: one row per run, state, block and metric. Its ``k`` is the neighbours of the
-#: k-NN, which the job writes over the run's ``k`` (the same column, in the run columns' place).
-LAYER_KNN_COLUMNS = RUN_COLUMNS + ("run", "state", "split", "block", "block_index", "metric", "value", "n_memory",
-                                   "n_query", "n_features")  # fmt: skip
+#: layer_knn.csv: one row per run, state, block and metric; ``knn_k`` is the neighbours of the
+#: k-NN (the run's own ``k``, the blocks a WT-ST / WT-RI run transferred, stays beside it).
+LAYER_KNN_COLUMNS = RUN_COLUMNS + ("run", "state", "split", "block", "block_index", "metric", "value", "knn_k",
+                                   "n_memory", "n_query", "n_features")  # fmt: skip
 #: What the layer-wise k-NN figure and caption read.
-LAYER_KNN_READ_COLUMNS = _without(LAYER_KNN_COLUMNS, "split", "n_memory", "n_query", "n_features")
+LAYER_KNN_READ_COLUMNS = _without(LAYER_KNN_COLUMNS, "split", "knn_k", "n_memory", "n_query", "n_features")
 #: filters.csv: one row per run (the change of its first convolution).
 FILTERS_COLUMNS = RUN_COLUMNS + ("run", "layer", "n_weights", "mean_abs_change", "init_mean_abs", "relative_change")
 #: filter_kernels.csv: one row per run, state and kernel weight of the first convolution.

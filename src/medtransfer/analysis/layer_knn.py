@@ -167,7 +167,7 @@ def run_layer_knn(spec: dict, device: torch.device) -> pd.DataFrame:
                 metrics = knn_metrics(memory[block], memory_labels, queries[block], query_labels, task=info.task,
                                       num_classes=info.num_classes, k=k, temperature=float(spec["temperature"]))
                 rows += [{**spec["columns"], "run": run, "state": state, "split": spec["split"], "block": block,
-                          "block_index": index[block], "metric": metric, "value": float(value), "k": k,
+                          "block_index": index[block], "metric": metric, "value": float(value), "knn_k": k,
                           "n_memory": len(memory_labels), "n_query": len(query_labels),
                           "n_features": int(widths[block])} for metric, value in metrics.items()]
             del memory, queries

@@ -184,8 +184,8 @@ def plot_layer_knn(knn_csv: str | Path, out_pdf: str | Path, metric: str = "auc"
     frame = _select_metric(frame, metric, knn_csv).dropna(subset=["value"])
     name = _metric_name(metric, _split_of(frame))
     k = ""
-    if "k" in frame.columns and frame["k"].nunique() == 1:
-        k = f", k = {int(frame['k'].iloc[0])}"
+    if "knn_k" in frame.columns and frame["knn_k"].nunique() == 1:
+        k = f", k = {int(frame['knn_k'].iloc[0])}"
     title = f"Layer-wise k-NN {name} on pooled block features{k}"
     with figure_style():
         if frame.empty:
