@@ -119,14 +119,16 @@ def test_finetune_runs_and_their_specs_do_not_move_when_protocols_are_added():
 
 @pytest.mark.parametrize("name", PROTOCOL_TABLE)
 def test_every_protocol_names_the_command_that_runs_its_jobs(name):
-    """The table's traits agree with the jobs: frozen-feature protocols run ``probe`` with their
-    options under the config key of their name; fine-tuning runs ``finetune``."""
+    """The table's traits agree with the jobs: frozen-feature protocols run ``probe``, the others
+    (fine-tuning, lpft) ``finetune``; every protocol but fine-tuning (whose options are ``train:``)
+    has options under the config key of its name."""
     from medtransfer.cli import build_parser
 
     protocol = PROTOCOL_TABLE[name]
     commands = build_parser()._subparsers._group_actions[0].choices
     assert protocol.name == name and protocol.command in commands
-    assert protocol.frozen_features == (protocol.command == "probe") == (protocol.defaults is not None)
+    assert protocol.frozen_features == (protocol.command == "probe")
+    assert (protocol.defaults is not None) == (name != "finetune")
 
 
 def test_unknown_or_repeated_protocols_are_config_errors():

@@ -43,7 +43,9 @@ def _without(columns: tuple[str, ...], *unread: str) -> tuple[str, ...]:
 METRICS_COLUMNS = RUN_COLUMNS + (
     "task", "test_auc", "test_acc", "test_kappa", "val_auc", "best_epoch", "epochs", "train_seconds",
 )  # fmt: skip
-#: history.csv of a classification study: one row per run and epoch.
+#: history.csv of a classification study: one row per run and epoch. A metric that
+#: ``train.select_on``, a plateau schedule or early stopping names (``val_kappa``,
+#: ``val_balanced_acc``) adds its column after ``val_acc``, in that run only.
 HISTORY_COLUMNS = RUN_COLUMNS + ("epoch", "train_loss", "val_loss", "val_auc", "val_acc", "lr", "seconds")
 
 # ---- representation similarity (analysis.init_final, analysis.pairs) --------------------------

@@ -77,16 +77,21 @@ def features(dataset: str, arch: str, init: str, key: str, root: str = RESULTS) 
 
 
 PROTOCOL_RUN_FILES = ("metrics.json", "predictions.h5")
+#: the files of a run of a protocol that trains the network (lpft): those of a fine-tuning run
+TRAINED_PROTOCOL_RUN_FILES = RUN_FILES + ("init.json",)
 
 
 def protocol_run_dir(protocol: str, run: Run, root: str = RESULTS) -> str:
-    """A frozen-feature protocol's run (fine-tuning runs keep :func:`run_dir`)."""
+    """A run of any protocol but fine-tuning (fine-tuning runs keep :func:`run_dir`)."""
     return f"{root}/protocols/{protocol}/{run.id}"
 
 
 def protocol_run_file(protocol: str, run: Run, name: str, root: str = RESULTS) -> str:
-    if name not in PROTOCOL_RUN_FILES:
-        raise ValueError(f"{name!r} is not a protocol run file; those are {PROTOCOL_RUN_FILES}")
+    """A frozen-feature protocol's run writes ``PROTOCOL_RUN_FILES``; lpft, which trains the
+    network, those of a fine-tuning run (``TRAINED_PROTOCOL_RUN_FILES``)."""
+    allowed = TRAINED_PROTOCOL_RUN_FILES if protocol == "lpft" else PROTOCOL_RUN_FILES
+    if name not in allowed:
+        raise ValueError(f"{name!r} is not a {protocol} run file; those are {allowed}")
     return f"{protocol_run_dir(protocol, run, root)}/{name}"
 
 

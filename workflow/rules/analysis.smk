@@ -22,7 +22,7 @@ rule similarity_init_final:
 
 rule collect_metrics:
     input:
-        metrics=run_outputs("metrics.json") + probe_outputs("metrics.json"),
+        metrics=every_protocol_outputs("metrics.json"),
     output:
         paths.analysis_table("metrics"),
     log:
@@ -101,7 +101,7 @@ rule collect_parts:
 
 rule collect_provenance:
     input:
-        metrics=run_outputs("metrics.json") + probe_outputs("metrics.json"),
+        metrics=every_protocol_outputs("metrics.json"),
         pretrain=pretrain_metas(),
     output:
         csv=paths.table("provenance", "csv"),

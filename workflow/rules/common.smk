@@ -181,6 +181,15 @@ def probe_outputs(name):
     ]
 
 
+def lpft_outputs(name):
+    return [paths.protocol_run_file("lpft", run, name) for run in STUDY.lpft_runs]
+
+
+def every_protocol_outputs(name):
+    """File `name` of every run of every protocol (fine-tuning, frozen features, lpft)."""
+    return run_outputs(name) + probe_outputs(name) + lpft_outputs(name)
+
+
 def similarity_inputs(wildcards):
     spec = STUDY.similarity_spec(wildcards.dataset, wildcards.arch, wildcards.fraction)
     return [path for run in spec["runs"] for path in run["activations"].values()]

@@ -30,7 +30,8 @@ from medtransfer.figures.style import (
 )
 from medtransfer.protocols import PROTOCOLS
 
-PROTOCOL_TITLES = {"finetune": "fine-tuning", "linear": "linear probe (frozen)", "knn": "k-NN (frozen)"}
+PROTOCOL_TITLES = {"finetune": "fine-tuning", "linear": "linear probe (frozen)", "knn": "k-NN (frozen)",
+                   "lpft": "linear probe, then fine-tuning"}
 
 
 def plot_protocols(metrics_csv: str | Path, out_pdf: str | Path, metric: str = "test_auc") -> Path:

@@ -88,6 +88,8 @@ def front_rst(spec: dict) -> str:
     jobs = [many(counts["finetune"], "fine-tuning run")]
     if counts["probe"]:
         jobs.append(many(counts["probe"], "linear-probe / k-NN run") + " on frozen features")
+    if counts.get("lpft"):
+        jobs.append(many(counts["lpft"], "LP-FT run") + " (head on the frozen backbone, then fine-tuned)")
     if counts["pretrain"]:
         jobs.append(many(counts["pretrain"], "source pretraining"))
     out += [f"A transfer-learning study run with medtransfer: {', '.join(jobs)}. Every number in this "

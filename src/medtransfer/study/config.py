@@ -45,6 +45,93 @@ def validate_config(config: dict, schema: str | Path) -> None:
         raise ConfigError(f"config key {key}: {error.message}")
 
 
+def merge_training(base: dict, override: dict | None) -> dict:
+    """A training section merged over ``base`` (:func:`deep_merge`), except that a ``plateau``
+    schedule replaces a base schedule of another kind instead of merging into it (milestones and
+    gamma of a multistep default mean nothing to it), and a schedule of another kind replaces a
+    base ``plateau`` one (give it whole: its milestones too). Every other schedule merges as it
+    always has (their specs, and so their runs, stay what they were)."""
+    merged = deep_merge(base, override)
+    schedule = (override or {}).get("schedule")
+    base_name = (base.get("schedule") or {}).get("name")
+    if isinstance(schedule, dict) and schedule.get("name", base_name) != base_name \
+            and "plateau" in (schedule.get("name"), base_name):
+        merged["schedule"] = copy.deepcopy(schedule)
+    return merged
+
+
+#: The ``val_<metric>`` names a classification run and a segmentation run report after every
+#: epoch (medtransfer.training.metrics.TASK_METRICS; kappa: ordinal tasks only, balanced_acc:
+#: single-label ones, which only the job knows); ``val_loss`` for both.
+CLASSIFICATION_MONITORS = ("val_loss", "val_auc", "val_acc", "val_kappa", "val_balanced_acc")
+SEGMENTATION_MONITORS = ("val_loss", "val_dice", "val_iou")
+#: ``train.select_on``: a classification metric, the loss, or ``last`` (segmentation runs select
+#: with ``segmentation.select_on``).
+SELECT_ON = CLASSIFICATION_MONITORS + ("last",)
+#: ``train.schedule: {name: plateau}`` options besides its ``monitor`` (torch's ReduceLROnPlateau).
+PLATEAU_OPTIONS = ("factor", "patience", "threshold", "cooldown", "min_lr")
+
+
+def check_optimisation(training: dict, key: str) -> None:
+    """ConfigError naming the key, the bad value and the allowed ones for the optimisation keys
+    of a training section ``key``: ``select_on``, a plateau ``schedule``, ``warmup_steps``,
+    ``early_stopping`` and ``grad_clip`` (medtransfer.training.schedules). Which monitors a
+    target reports (classification or segmentation) is :meth:`FinetunePlan._check_monitors`'."""
+    monitors = CLASSIFICATION_MONITORS + SEGMENTATION_MONITORS[1:]
+    select_on = training.get("select_on", "val_auc")
+    if select_on not in SELECT_ON:
+        hint = (" (segmentation targets select with segmentation.select_on)"
+                if select_on in SEGMENTATION_MONITORS else "")
+        raise ConfigError(f"config key {key}.select_on: {select_on!r}; allowed: {', '.join(SELECT_ON)}{hint}")
+    schedule = training.get("schedule") or {}
+    if schedule.get("name") == "plateau":
+        if schedule.get("monitor") not in monitors:
+            raise ConfigError(f"config key {key}.schedule.monitor: {schedule.get('monitor')!r}; a plateau "
+                              f"schedule steps on a validation value, one of {', '.join(monitors)}")
+        factor = schedule.get("factor", 0.1)
+        if not 0 < factor < 1:
+            raise ConfigError(f"config key {key}.schedule.factor: {factor!r}; give a number in (0, 1), "
+                              "the lr's multiplier at each plateau")
+        # gamma: the schema's default, which Snakemake's validation writes into every schedule
+        stray = sorted(set(schedule) - {"name", "monitor", "warmup_epochs", "gamma", *PLATEAU_OPTIONS})
+        if stray:
+            raise ConfigError(f"config key {key}.schedule: {', '.join(stray)} are not options of the plateau "
+                              f"schedule; allowed: monitor, {', '.join(PLATEAU_OPTIONS)}, warmup_epochs")
+    else:
+        stray = sorted(set(schedule) & {"monitor", *PLATEAU_OPTIONS})
+        if stray:
+            raise ConfigError(f"config key {key}.schedule: {', '.join(stray)} are options of the plateau schedule, "
+                              f"not of {schedule.get('name')!r}; set name: plateau or remove them")
+    stopping = training.get("early_stopping")
+    if stopping is not None:
+        if not isinstance(stopping, dict) or stopping.get("monitor") not in monitors:
+            monitor = stopping.get("monitor") if isinstance(stopping, dict) else stopping
+            raise ConfigError(f"config key {key}.early_stopping.monitor: {monitor!r}; allowed: {', '.join(monitors)}")
+        patience = stopping.get("patience")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ConfigError(f"config key {key}.early_stopping.patience: {patience!r}; give an integer >= 1 "
+                              "(epochs in a row without improvement before training stops)")
+    for name in ("warmup_steps",):
+        value = training.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"config key {key}.{name}: {value!r}; give an integer >= 0 (optimizer steps)")
+    clip = training.get("grad_clip")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
+        raise ConfigError(f"config key {key}.grad_clip: {clip!r}; give a number > 0 (the max global L2 norm of "
+                          "the gradients) or null (no clipping)")
+
+
+def monitors_of(training: dict) -> dict[str, str]:
+    """The ``val_<metric>`` values ``training`` monitors, by the key that names each (what every
+    target of the study must report)."""
+    named = {}
+    if (training.get("schedule") or {}).get("name") == "plateau":
+        named["schedule.monitor"] = training["schedule"]["monitor"]
+    if training.get("early_stopping"):
+        named["early_stopping.monitor"] = training["early_stopping"]["monitor"]
+    return named
+
+
 def _check_milestones(milestones: list[float], key: str) -> None:
     """Milestones are all epochs (>= 1) or all fractions of the run (< 1). A mix such as
     [0.5, 1.0] almost always means fractions, but 1.0 would decay after the first epoch."""

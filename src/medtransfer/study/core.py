@@ -19,8 +19,8 @@ from medtransfer.columns import run_columns
 from medtransfer.errors import ConfigError
 from medtransfer.init.registry import INIT_OPTIONS, INITS_WITH_K, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, reads_source
 from medtransfer.paths import Run
-from medtransfer.protocols import FROZEN_PROTOCOLS
-from medtransfer.study.config import _check_milestones, deep_merge, processes_per_job
+from medtransfer.protocols import FROZEN_PROTOCOLS, LPFT_DEFAULTS
+from medtransfer.study.config import _check_milestones, check_optimisation, deep_merge, merge_training, processes_per_job
 from medtransfer.study.defaults import (
     DEFAULT_ANALYSIS,
     DEFAULT_RESOURCES,
@@ -156,14 +156,17 @@ class Core:
         config = self.config
         self.datasets: dict[str, dict] = config["datasets"]
         self.sources: dict[str, dict] = config.get("sources") or {}
-        self.train = deep_merge(DEFAULT_TRAINING, config.get("train"))
-        self.pretrain_defaults = deep_merge(self.train, config.get("pretrain"))
+        self.train = merge_training(DEFAULT_TRAINING, config.get("train"))
+        self.pretrain_defaults = merge_training(self.train, config.get("pretrain"))
+        #: the lpft protocol's first phase (the head on the frozen backbone): `lpft:` over `train:`
+        self.lpft = merge_training(deep_merge(self.train, LPFT_DEFAULTS), config.get("lpft"))
         self.analysis = deep_merge(DEFAULT_ANALYSIS, config.get("analysis"))
         self.arch_options: dict[str, dict] = config.get("architectures") or {}
         self.resources = deep_merge(DEFAULT_RESOURCES, config.get("resources"))
-        for key, training in (("train", self.train), ("pretrain", self.pretrain_defaults)):
+        for key, training in (("train", self.train), ("pretrain", self.pretrain_defaults), ("lpft", self.lpft)):
             _check_milestones(training["schedule"].get("milestones", []), f"{key}.schedule.milestones")
             processes_per_job(training, key)
+            check_optimisation(training, key)
 
     def _expand_inits(self) -> None:
         """``study.inits`` expanded (a k sweep is one init per k) and checked against the sources
@@ -220,6 +223,8 @@ class Core:
         #: (protocol, cell) of the frozen-feature protocols; fusions under the linear protocol only
         self.probe_runs = [(protocol, run) for protocol in self.protocols if protocol in FROZEN_PROTOCOLS
                            for run in self.cells if protocol == "linear" or run.init not in fused]
+        #: the lpft protocol's runs (a head on one frozen backbone, then all of it: no fusions)
+        self.lpft_runs = ([run for run in self.cells if run.init not in fused] if "lpft" in self.protocols else [])
 
     def _check_dataset(self, name: str, key: str) -> None:
         if name not in self.datasets:

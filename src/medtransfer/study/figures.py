@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from medtransfer.errors import ConfigError
 from medtransfer.figures.catalog import FIGURES
-from medtransfer.protocols import FROZEN_PROTOCOLS
 from medtransfer.study.core import INITS_WITH_K
 
 #: Figure name -> the tidy CSV (``medtransfer.paths.analysis_table`` kind) it is drawn from, read
@@ -18,7 +17,7 @@ class FiguresPlan:
 
     def figure_names(self) -> list[str]:
         """The figures this study can draw (e.g. the k sweep only when a WT-ST/WT-RI init is in it)."""
-        names = ["protocols"] if set(self.protocols) & set(FROZEN_PROTOCOLS) else []
+        names = ["protocols"] if set(self.protocols) - {"finetune"} else []
         if not self.runs:  # every other figure is of fine-tuning runs
             return names
         segmenting = any(self.is_segmentation_target(run.dataset) for run in self.runs)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from medtransfer.errors import ConfigError
 from medtransfer.paths import Run
-from medtransfer.study.config import deep_merge
+from medtransfer.study.config import CLASSIFICATION_MONITORS, SEGMENTATION_MONITORS, deep_merge, monitors_of
 from medtransfer.study.data import is_segmentation
 from medtransfer.study.defaults import DEFAULT_SEGMENTATION
 
@@ -51,6 +51,24 @@ class FinetunePlan:
         if self.segmentation_targets:
             self.runs = [run for run in self.runs if not (run.dataset in self.segmentation_targets and run.init in fused)]
             self.probe_runs = [(p, run) for p, run in self.probe_runs if run.dataset not in self.segmentation_targets]
+            # lpft's first phase fits a classifier head; a segmentation decoder is no linear probe
+            self.lpft_runs = [run for run in self.lpft_runs if run.dataset not in self.segmentation_targets]
+        self._check_monitors()
+
+    def _check_monitors(self) -> None:
+        """The plateau and early-stopping monitors of ``train:`` (and of ``lpft:`` when that protocol
+        runs) are values every target reports: a classification metric or the loss for
+        classification targets, Dice, IoU or the loss for segmentation targets."""
+        targets = self.config["study"]["targets"]
+        kinds = {"segmentation" if t in self.segmentation_targets else "classification" for t in targets}
+        sections = [("train", self.train)] + ([("lpft", self.lpft)] if self.lpft_runs else [])
+        for key, training in sections:
+            for where, monitor in monitors_of(training).items():
+                for kind in sorted(kinds):
+                    allowed = SEGMENTATION_MONITORS if kind == "segmentation" else CLASSIFICATION_MONITORS
+                    if monitor not in allowed:
+                        raise ConfigError(f"config key {key}.{where}: {monitor!r} is not a metric of the study's "
+                                          f"{kind} targets; allowed: {', '.join(allowed)}")
 
     def is_segmentation_target(self, dataset: str) -> bool:
         return dataset in self.segmentation_targets

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from medtransfer import paths
 from medtransfer.errors import ConfigError
-from medtransfer.study.config import deep_merge, processes_per_job
+from medtransfer.study.config import CLASSIFICATION_MONITORS, check_optimisation, merge_training, monitors_of, processes_per_job
 from medtransfer.study.core import fusion_members
 from medtransfer.study.data import is_segmentation
 from medtransfer.training.ssl.options import resolve_options
@@ -30,8 +30,21 @@ class PretrainPlan:
             raise ConfigError(f"config key {key}.dataset: {entry['dataset']!r} is a segmentation dataset (its "
                               "targets are masks); pretrain on its images as an image folder instead "
                               "({format: imagefolder, labels: false} for the self-supervised methods)")
-        processes_per_job(deep_merge(self.pretrain_defaults, entry.get("training")), f"{key}.training")
+        training = merge_training(self.pretrain_defaults, entry.get("training"))
+        processes_per_job(training, f"{key}.training")
+        check_optimisation(training, f"{key}.training")
         method = entry.get("method", "supervised")
+        monitors = monitors_of(training)
+        if method != "supervised" and monitors:
+            where, monitor = next(iter(monitors.items()))
+            raise ConfigError(f"config key {key}.training.{where}: {monitor!r}, but {method} pretraining has no "
+                              "validation metric to monitor (the train: and pretrain: sections reach it); set "
+                              "early_stopping: null and a schedule without a monitor under pretrain: (every "
+                              f"source) or {key}.training (this one)")
+        for where, monitor in monitors.items():
+            if monitor not in CLASSIFICATION_MONITORS:
+                raise ConfigError(f"config key {key}.training.{where}: {monitor!r} is not a metric of supervised "
+                                  f"pretraining (a classification); allowed: {', '.join(CLASSIFICATION_MONITORS)}")
         resolve_options(method, entry.get("options"), key)
         if method == "supervised" and self.datasets[entry["dataset"]].get("labels", True) is False:
             raise ConfigError(f"config key {key}.method: supervised pretraining needs labels, but dataset "
@@ -83,7 +96,7 @@ class PretrainPlan:
             "arch_options": self.arch_options.get(arch, {}),
             "dataset": entry["dataset"],
             "cache": paths.dataset_cache(entry["dataset"]),
-            "training": deep_merge(self.pretrain_defaults, entry.get("training")),
+            "training": merge_training(self.pretrain_defaults, entry.get("training")),
             "seed": 0,
             "out_dir": paths.pretrain_dir(source, arch),
         }

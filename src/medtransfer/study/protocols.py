@@ -80,6 +80,12 @@ class ProtocolsPlan:
             "out": paths.features(dataset, arch, init_label, key),
         }
 
+    def lpft_spec(self, run: Run) -> dict:
+        """An lpft run: the fine-tuning run's spec, in the protocol's own run directory, with its
+        first phase's training settings (``lpft:`` over ``train:``) under ``lpft``."""
+        return {**self.run_spec(run), "run_dir": paths.protocol_run_dir("lpft", run), "protocol": "lpft",
+                "lpft": self.lpft}
+
     def probe_spec(self, protocol: str, run: Run) -> dict:
         if protocol not in FROZEN_PROTOCOLS:
             raise ConfigError(f"protocol {protocol!r} has no frozen-feature runs (those are: "

@@ -66,7 +66,9 @@ class ReportPlan:
                 "protocols": self.protocols,
             },
             "counts": {"finetune": len(self.runs), "probe": len(self.probe_runs),
-                       "pretrain": len(self.pretrain_jobs())},
+                       "pretrain": len(self.pretrain_jobs()),
+                       # only then: the front page spec of every other study stays as it was
+                       **({"lpft": len(self.lpft_runs)} if self.lpft_runs else {})},
             "datasets": datasets,
             "figures": self.figure_names(),
             "categories": sorted(set(categories)),

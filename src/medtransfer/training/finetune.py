@@ -6,6 +6,12 @@ right after initialisation and where each block's came from), ``history.csv`` (o
 epoch), ``final.pt`` (the weights of the best validation epoch), ``predictions.h5`` (val and
 test scores) and ``metrics.json`` (test metrics with provenance). Training state lives in
 ``checkpoint.pt`` until the run finishes, so a killed job resumes where it stopped.
+
+An lpft run (the spec's ``protocol: lpft``, its first phase's training under ``lpft``) first
+trains the head alone on the frozen backbone (:mod:`medtransfer.protocols.lpft`, resumable from
+``checkpoint_lp.pt``), then fine-tunes every layer from the weights it selected; its
+``history.csv`` holds both phases (column ``phase``: ``lp``, ``ft``) and its metrics.json the
+first phase under ``lpft``.
 """
 
 from __future__ import annotations
@@ -61,6 +67,16 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
         write_json(run_dir / "init.json", {"run": spec["run"], **record})
 
     precision = precision_for(torch_device, training)
+    probe = None
+    if spec.get("lpft"):  # LP-FT: the head on the frozen backbone first, from its own checkpoint
+        from medtransfer.protocols.lpft import HeadOnlyObjective
+
+        probe = fit(model, loaders["train"], loaders["val"], task=info.task, training=spec["lpft"],
+                    device=torch_device, checkpoint_path=run_dir / "checkpoint_lp.pt", spec_hash=job_hash,
+                    precision=precision, progress=progress, world=world, config_key="lpft",
+                    objective_class=HeadOnlyObjective)
+        model.load_state_dict(probe.best_state)
+        probe.objective.unfreeze()
     result = fit(model, loaders["train"], loaders["val"], task=info.task, training=training,
                  device=torch_device, checkpoint_path=run_dir / "checkpoint.pt", spec_hash=job_hash,
                  precision=precision, progress=progress, world=world)
@@ -72,8 +88,12 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
     examples = (spec.get("segmentation") or {}).get("examples", 0)
     evaluations = {split: evaluate(model, loaders[split], info.task, torch_device, precision, examples=examples)
                    for split in ("val", "test")}
+    history = pd.DataFrame(result.history)
+    if probe is not None:
+        history = pd.concat([pd.DataFrame(probe.history).assign(phase="lp"), history.assign(phase="ft")],
+                            ignore_index=True)
     with atomic_path(run_dir / "history.csv") as tmp:
-        pd.DataFrame(result.history).to_csv(tmp, index=False)
+        history.to_csv(tmp, index=False)
     write_predictions(run_dir / "predictions.h5", evaluations, info.task, info.class_names)
     torch_save({"state_dict": result.best_state, **saved, "best_epoch": result.best_epoch}, run_dir / "final.pt")
     metrics = {
@@ -86,7 +106,9 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
         "epochs": len(result.history),
         "num_train": int(len(train_indices)),
         "n_train": int(len(train_indices)),
-        "train_seconds": result.train_seconds,
+        "train_seconds": result.train_seconds + (probe.train_seconds if probe is not None else 0.0),
+        **({"early_stopped": len(result.history) < int(training["epochs"])} if training.get("early_stopping") else {}),
+        **({"protocol": "lpft", "lpft": _phase_record(probe, spec["lpft"])} if probe is not None else {}),
         "precision": precision.record(),
         "provenance": provenance(spec_hash=job_hash, seed=spec["seed"], device=str(torch_device),
                                  wall_seconds=time.monotonic() - wall_start, commit=commit, **world.record()),
@@ -95,4 +117,15 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
     # metrics.json last: its presence means the run is complete.
     write_json(run_dir / "metrics.json", metrics)
     (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+    (run_dir / "checkpoint_lp.pt").unlink(missing_ok=True)
     return metrics
+
+
+def _phase_record(probe, training: dict) -> dict:
+    """metrics.json's ``lpft``: what the frozen-backbone phase ran and where it ended."""
+    last = probe.history[-1] if probe.history else {}
+    return {"epochs": len(probe.history), "best_epoch": probe.best_epoch, "train_seconds": probe.train_seconds,
+            "select_on": training.get("select_on"),
+            **({"early_stopped": len(probe.history) < int(training["epochs"])} if training.get("early_stopping")
+               else {}),
+            "last_val": {k: v for k, v in last.items() if k.startswith("val_")}}

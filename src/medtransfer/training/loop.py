@@ -30,6 +30,7 @@ from tqdm import tqdm
 from medtransfer.training.checkpoint import load_checkpoint, restore_rng_states, rng_states, save_checkpoint
 from medtransfer.training.distributed import World, wrap_loss
 from medtransfer.training.precision import Precision
+from medtransfer.training.schedules import Controls
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def lr_factor(epoch: int, epochs: int, schedule: dict) -> float:
     if epoch < warmup:
         return (epoch + 1) / (warmup + 1)
     name = schedule["name"]
-    if name == "constant":
+    if name in ("constant", "plateau"):  # plateau: its factor is training.schedules.Plateau's
         return 1.0
     if name == "multistep":
         milestones = [m if m >= 1 else round(m * epochs) for m in schedule.get("milestones", [])]
@@ -133,6 +134,12 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
     ``world``: this process's place in a multi-process job (default: the only process);
     ``train_loader`` then yields this process's share of each global batch, and
     ``training["sync_batchnorm"]`` (default true) synchronises BatchNorm across processes.
+
+    ``training``'s ``schedule: {name: plateau}``, ``warmup_steps``, ``grad_clip`` and
+    ``early_stopping`` (:mod:`medtransfer.training.schedules`) act on the history row of each
+    epoch (its validation); early stopping ends the history before ``epochs``. An objective with
+    a ``train_mode()`` method sets its module's training mode itself each epoch (a frozen
+    backbone keeps its BatchNorm statistics).
     """
     epochs = int(training["epochs"])
     world = world or World()
@@ -145,6 +152,8 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
     world.seed_streams()
     optimizer = make_optimizer([p for p in objective.parameters() if p.requires_grad], training["optimizer"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, epochs, training["schedule"]))
+    # plateau, warm-up, clipping, early stopping: none of it runs (or is checkpointed) unless asked
+    controls = Controls(training, optimizer, scheduler)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.autocast_dtype == torch.float16)
     checkpoint_every = float(training.get("checkpoint_minutes", 10.0)) * 60.0
     steps_per_epoch = len(train_loader)
@@ -161,6 +170,7 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
         scheduler.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
         objective.load_state_dict(resumed["objective"])
+        controls.load_state_dict(resumed.get("controls"))
         start_epoch, start_batch = resumed["epoch"], resumed["batch"]
         history, elapsed = resumed["history"], resumed["elapsed"]
         # each process continues its own streams (one process: the only one, under "rng")
@@ -178,6 +188,7 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
             **({"rng_ranks": streams} if streams is not None else {}),
             "spec_hash": spec_hash, "model": module.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            **({"controls": controls.state_dict()} if controls.active else {}),
             "objective": objective.state_dict(), "epoch": epoch, "batch": batch,
             "running": (running_loss, seen), "history": history,
             "elapsed": elapsed + (time.monotonic() - clock),
@@ -185,11 +196,18 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
         world.barrier()  # no process stops (SIGTERM) before the checkpoint is on disk
 
     with _SigtermFlag() as sigterm:
-        for epoch in range(start_epoch, epochs):
+        # a run that early stopping ended (resumed from its last checkpoint) trains no further
+        end_epoch = start_epoch if controls.stopped_epoch else epochs
+        train_mode = getattr(objective, "train_mode", None)  # e.g. BatchNorm of a frozen backbone in eval
+        for epoch in range(start_epoch, end_epoch):
             clock = time.monotonic()
             last_save = clock
-            module.train()
-            epoch_lr = optimizer.param_groups[0]["lr"]
+            if train_mode is not None:
+                train_mode()
+            else:
+                module.train()
+            epoch_lr = (controls.lrs(epoch * steps_per_epoch)[0] if controls.sets_lr
+                        else optimizer.param_groups[0]["lr"])
             train_loader.set_epoch(epoch)
             running_loss, seen = (resumed["running"] if resumed is not None and epoch == start_epoch
                                   and start_batch > 0 else (0.0, 0))
@@ -207,6 +225,8 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 objective.before_step(step)
+                controls.clip(scaler)
+                controls.set_lr(step)
                 scaler.step(optimizer)
                 scaler.update()
                 objective.after_step(step)
@@ -229,6 +249,9 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
             scheduler.step()
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": running_loss / max(seen, 1)}
             objective.end_epoch(epoch, row)
+            stop = controls.end_epoch(row) if controls.active else False
+            if world.distributed and controls.stopping is not None:  # one decision for every process
+                stop = bool(world.sum([float(stop)], device)[0])
             row.update(lr=epoch_lr, seconds=time.monotonic() - clock)
             history.append(row)
             elapsed += row["seconds"]
@@ -236,4 +259,8 @@ def train_epochs(objective: Objective, train_loader, *, training: dict, device: 
             checkpoint(epoch + 1, 0, 0.0, 0)
             if world.sum([float(sigterm.raised)], device)[0]:
                 raise Preempted(f"SIGTERM after epoch {epoch + 1}; checkpoint saved to {checkpoint_path}")
+            if stop:
+                log.info("early stopping after epoch %d: %s did not improve for %d epochs", epoch + 1,
+                         controls.stopping.monitor, controls.stopping.patience)
+                break
     return history, elapsed

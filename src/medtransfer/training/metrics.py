@@ -211,6 +211,16 @@ def score_collector(task: str, examples: int = 0) -> ClassificationScores | Segm
     return SegmentationScores(examples) if task == "segmentation" else ClassificationScores(task)
 
 
-#: The validation metrics each epoch's history row records (``val_<name>``), per task.
+#: The validation metrics each epoch's history row records (``val_<name>``), per task; a metric
+#: that ``select_on``, a plateau schedule or early stopping names is recorded beside them.
 VALIDATION_METRICS: dict[str, tuple[str, ...]] = {"segmentation": ("dice", "iou")}
 DEFAULT_VALIDATION_METRICS = ("auc", "acc")
+#: The metrics an evaluation of each task reports (what ``val_<metric>`` may name in ``select_on``
+#: and the monitors; the planner's torch-free copy is medtransfer.study.finetune.TASK_KIND_MONITORS).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("auc", "acc", "balanced_acc"),
+    "multiclass": ("auc", "acc", "balanced_acc"),
+    "ordinal": ("auc", "acc", "balanced_acc", "kappa"),
+    "multilabel": ("auc", "acc"),
+    "segmentation": ("dice", "iou", "dice_global", "pixel_acc"),
+}

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from medtransfer.errors import DataError
+from medtransfer.errors import ConfigError, DataError
 from medtransfer.training.loop import Preempted, lr_factor, make_optimizer, train_epochs
-from medtransfer.training.metrics import (DEFAULT_VALIDATION_METRICS, VALIDATION_METRICS, loss_function,
-                                          score_collector)
+from medtransfer.training.metrics import (DEFAULT_VALIDATION_METRICS, TASK_METRICS, VALIDATION_METRICS,
+                                          loss_function, score_collector)
 from medtransfer.training.precision import Precision, autocast, cpu_has_bf16_units, precision_for
+from medtransfer.training.schedules import LOSS, monitored_metrics
 
 __all__ = ["Evaluation", "FitResult", "Precision", "Preempted", "SupervisedObjective", "autocast",
            "cpu_has_bf16_units", "evaluate", "fit", "lr_factor", "make_optimizer", "precision_for"]
@@ -74,25 +75,49 @@ class FitResult:
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
+    objective: Any = None  # the SupervisedObjective (or objective_class) that trained
 
 
 def _selection_score(row: dict[str, Any], select_on: str) -> float:
-    if select_on == "val_auc":
-        if math.isnan(row["val_auc"]):
-            # AUC is undefined only through the labels (one class, or every label single-valued),
-            # so no epoch could ever be selected and the test would silently score the init
-            raise DataError(
-                f"validation AUC is undefined at epoch {row['epoch']}: the validation split has a single "
-                "class (or every label column a single value), so the best-val-AUC checkpoint cannot be "
-                "chosen. Fix: give the dataset a validation split with every class (its `val_fraction`, "
-                "or the split files), or set train.select_on: val_loss (or last)."
-            )
-        return row["val_auc"]
-    if select_on == "val_dice":  # segmentation; never NaN (an image with nothing to find scores 1)
-        return row["val_dice"]
-    if select_on == "val_loss":
-        return -row["val_loss"]
-    return float(row["epoch"])  # "last": every epoch is better than the one before
+    """How good epoch ``row`` is under ``select_on`` (higher is better): ``last`` prefers every
+    epoch to the one before, ``val_loss`` lower losses, any other ``val_<metric>`` higher values."""
+    if select_on == "last":
+        return float(row["epoch"])
+    if select_on == LOSS:
+        return -row[LOSS]
+    value = row[select_on]
+    if math.isnan(value):
+        # AUC, kappa, balanced accuracy are undefined only through the labels (one class, or every
+        # label single-valued), so no epoch could ever be selected and the test would silently
+        # score the init (Dice never is: an image with nothing to find scores 1)
+        raise DataError(
+            f"{select_on} (the validation {select_on.removeprefix('val_')}) is undefined at epoch {row['epoch']}: the validation "
+            "split has a single class (or every label column a single value), so the best-"
+            f"{select_on} checkpoint cannot be chosen. Fix: give the dataset a validation split with every "
+            "class (its `val_fraction`, or the split files), or set train.select_on: val_loss (or last)."
+        )
+    return value
+
+
+def check_monitors(task: str, training: dict, key: str = "train") -> list[str]:
+    """The ``val_<metric>`` metrics (names without ``val_``) that ``training`` selects on or
+    monitors beyond the task's defaults; ConfigError naming the key when ``task`` does not report
+    one (e.g. ``val_kappa``, of ordinal tasks only, on a binary dataset), before any training."""
+    reported = TASK_METRICS.get(task, ())
+    named = {"select_on": training.get("select_on", "val_auc")}
+    if (training.get("schedule") or {}).get("name") == "plateau":
+        named["schedule.monitor"] = training["schedule"]["monitor"]
+    if training.get("early_stopping"):
+        named["early_stopping.monitor"] = training["early_stopping"]["monitor"]
+    for where, name in named.items():
+        if name in ("last", LOSS):
+            continue
+        if name.removeprefix("val_") not in reported:
+            allowed = ", ".join([LOSS] + [f"val_{m}" for m in reported])
+            raise ConfigError(f"config key {key}.{where}: {name} is not a metric of this {task} task; "
+                              f"allowed: {allowed}{', last' if where == 'select_on' else ''}")
+    defaults = VALIDATION_METRICS.get(task, DEFAULT_VALIDATION_METRICS)
+    return [m for m in monitored_metrics(training) if m not in defaults]
 
 
 class SupervisedObjective:
@@ -100,9 +125,11 @@ class SupervisedObjective:
     after every epoch and the weights of the best validation epoch (part of the checkpoint)."""
 
     def __init__(self, model: torch.nn.Module, *, task: str, val_loader, device: torch.device,
-                 precision: Precision, select_on: str) -> None:
+                 precision: Precision, select_on: str, extra_metrics: tuple[str, ...] = ()) -> None:
         self.module, self.task, self.val_loader = model, task, val_loader
         self.device, self.precision, self.select_on = device, precision, select_on
+        #: the history's val_<metric> columns: the task's, then those select_on and monitors add
+        self.metric_names = tuple(VALIDATION_METRICS.get(task, DEFAULT_VALIDATION_METRICS)) + tuple(extra_metrics)
         self.best_state = copy.deepcopy(model.state_dict())
         self.best_epoch, self.best_score = 0, -math.inf
 
@@ -122,7 +149,7 @@ class SupervisedObjective:
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         val = evaluate(self.module, self.val_loader, self.task, self.device, self.precision)
-        names = VALIDATION_METRICS.get(self.task, DEFAULT_VALIDATION_METRICS)
+        names = self.metric_names
         row.update(val_loss=val.loss, **{f"val_{name}": val.metrics[name] for name in names})
         score = _selection_score({**row, "epoch": epoch + 1}, self.select_on)
         if score > self.best_score:
@@ -152,6 +179,8 @@ def fit(
     precision: Precision | None = None,
     progress: bool = True,
     world=None,
+    config_key: str = "train",
+    objective_class: type[SupervisedObjective] | None = None,
 ) -> FitResult:
     """Train ``model`` in place; return the best-validation weights and the per-epoch history.
 
@@ -159,12 +188,16 @@ def fit(
     ``checkpoint_path`` is where the resumable state lives; if it holds a checkpoint of the
     same ``spec_hash`` training continues from it. ``world``: this process's place in a
     multi-process job (:class:`medtransfer.training.distributed.World`; default one process).
+    ``config_key`` names ``training``'s config section in errors; ``objective_class`` replaces
+    :class:`SupervisedObjective` (the lpft protocol's frozen-backbone phase).
     """
     precision = precision or precision_for(device, training)
-    objective = SupervisedObjective(model, task=task, val_loader=val_loader, device=device, precision=precision,
-                                    select_on=training.get("select_on", "val_auc"))
+    extra = check_monitors(task, training, config_key)
+    objective = (objective_class or SupervisedObjective)(
+        model, task=task, val_loader=val_loader, device=device, precision=precision,
+        select_on=training.get("select_on", "val_auc"), extra_metrics=tuple(extra))
     history, seconds = train_epochs(objective, train_loader, training=training, device=device,
                                     checkpoint_path=checkpoint_path, spec_hash=spec_hash, precision=precision,
                                     progress=progress, world=world)
     return FitResult(best_state=objective.best_state, best_epoch=objective.best_epoch, history=history,
-                     train_seconds=seconds)
+                     train_seconds=seconds, objective=objective)
