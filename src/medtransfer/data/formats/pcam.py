@@ -257,7 +257,7 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
 def _pooled_subset(name: str, entry: Mapping[str, Any], official: dict[str, tuple[Any, np.ndarray]]
                    ) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, Any]]:
     """``pooled_subset`` patches of the pooled official splits, then train/val/test made from them."""
-    n, seed = int(entry["pooled_subset"]), int(entry.get("pooled_seed", 0))
+    n, seed = int(entry.get("pooled_subset", 0)), int(entry.get("pooled_seed", 0))
     labels = np.concatenate([official[s][1] for s in SPLITS])
     if n > len(labels):
         raise DataError(f"datasets.{name}.pooled_subset is {n}, but the official splits hold {len(labels)} patches "
