@@ -10,6 +10,9 @@ unpack it; ``root`` is the folder holding ``train.csv`` and ``valid.csv`` (or th
       labels: competition          # or all (default), or a list of observation names
       uncertainty: U-Ones          # or U-Zeros, U-Ignore (default), or per label:
                                    # {Atelectasis: U-Ones, Edema: U-Ones, default: U-Zeros}
+                                   # LSR-Ones / LSR-Zeros: soft labels drawn in training
+      eval_labels: competition     # metrics over these labels only (default: all the labels)
+      no_finding: derived          # "No Finding" = 1 on all-zero rows (default as_given)
       frontal_only: true           # default false
       val_fraction: 0.1            # of train.csv's images, made patient-disjoint (default 0.1)
       split_seed: 0
@@ -19,6 +22,15 @@ Labels are multilabel float32 [N, K] in the order of :data:`OBSERVATIONS` (or of
 ``unmentioned: ignore`` makes blanks NaN), -1.0 uncertain -> the label's policy:
 ``U-Ones`` -> 1.0, ``U-Zeros`` -> 0.0, ``U-Ignore`` -> NaN (masked in the loss and the AUC),
 after Irvin et al. (AAAI 2019). The preset ``competition`` is their 5 evaluation labels.
+``LSR-Ones`` / ``LSR-Zeros`` (Hosseinzadeh Taher et al. 2021, BenchmarkTransferLearning
+``dataloader.py``): the cache keeps uncertain entries as NaN and records the soft-label range per
+label (attribute ``label_smoothing``); the fine-tuning train loader replaces them with draws from
+U(0.55, 0.85) / U(0, 0.3) per image, label and epoch (:meth:`medtransfer.data.loader.BatchLoader.soft_labels`).
+``eval_labels`` (a preset or a list of the labels): the cache records them (``evaluated_labels``)
+and the metrics average over them only, as Hosseinzadeh Taher et al. report the 5 competition
+labels of a 14-label model. ``no_finding: derived`` (U-Zeros / U-Ones, blanks negative): "No
+Finding" = 1 on every row whose labels are all 0, as Matsoukas et al.'s feature-reuse code
+(``defaults/datasets.py``).
 
 Splits: ``train.csv`` gives train and val (val made from whole patients, stratified by the first
 positive label, seeded; see :mod:`medtransfer.data.splits`); ``valid.csv`` (234 images, 200

@@ -41,6 +41,12 @@ Both: ``size`` (required; every image is resized to size x size with PIL, no cro
 area = box, bicubic), ``workers`` (threads decoding images; default the usable cores + 1). 16-bit gray images
 are scaled to 8 bits (value / 257). A file that is missing or unreadable, a missing column or a
 label outside ``classes`` stops with a DataError naming the file (and the CSV row).
+
+Both read only the file list and labels; the images are a
+:class:`~medtransfer.data.images.DecodedImages`, decoded chunk by chunk while the cache is written
+(:func:`medtransfer.data.streaming.write_cache`, resumable), so converting ImageNet-1k holds a
+few chunks of pixels, not the dataset. A missing CSV image stops the reader (before converting);
+an unreadable one stops the conversion, naming it.
 """
 
 from __future__ import annotations
