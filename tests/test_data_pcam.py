@@ -109,3 +109,72 @@ def test_malformed_files(tmp_path):
     (tmp_path / "e" / file_name("val", "x")).write_bytes(b"\x89HDF\r\n\x1a\n cut off")
     with pytest.raises(DataError, match=r"split_valid_x\.h5 is not a readable HDF5 file"):
         read_dataset("p", {"format": "pcam", "root": str(tmp_path / "e")})
+
+
+# --- pooled_subset (Juodelyte et al.'s PCam-small) ------------------------------------------------
+
+def quarter_positive(split, y):
+    return (np.arange(len(y)) % 4 == 0).astype(np.uint8).reshape(y.shape)
+
+
+def rows_by_content(images, pool_x):
+    """The row of the pooled official files that holds each patch (rows are distinct random noise)."""
+    rows = []
+    for image in images:
+        row = np.flatnonzero((pool_x == image.transpose(1, 2, 0)).all(axis=(1, 2, 3)))
+        assert len(row) == 1
+        rows.append(int(row[0]))
+    return rows
+
+
+def test_pooled_subset_draws_stratified_from_all_splits(tmp_path):
+    arrays = write_pcam(tmp_path / "pcam", sizes={"train": 40, "valid": 12, "test": 12}, y_of=quarter_positive)
+    pool_x = np.concatenate([arrays[s][0] for s in ("train", "valid", "test")])
+    pool_y = np.concatenate([arrays[s][1] for s in ("train", "valid", "test")]).reshape(-1)
+    assert pool_y.sum() == 16  # 48 negatives, 16 positives
+    entry = {"format": "pcam", "root": str(tmp_path / "pcam"), "pooled_subset": 20, "pooled_seed": 3}
+    out = tmp_path / "small.h5"
+    write_cache("small", entry, read_dataset("small", entry), out, chunk_images=3, progress=False)
+    info = read_info(out)
+    found = []
+    for split in ("train", "val", "test"):
+        images, labels = read_split(out, split)
+        rows = rows_by_content(images, pool_x)
+        np.testing.assert_array_equal(labels, pool_y[rows])  # each patch keeps its official label
+        found += rows
+    assert len(found) == len(set(found)) == 20
+    assert (pool_y[found] == 0).sum() == 15 and (pool_y[found] == 1).sum() == 5  # 20 x 48/64 and 20 x 16/64
+    recorded = info.attributes["pooled_subset"]
+    assert recorded["patches"] == 20 and recorded["pooled_seed"] == 3
+    assert list(recorded["from"].values()) == [sum(r < 40 for r in found), sum(40 <= r < 52 for r in found),
+                                               sum(r >= 52 for r in found)]
+    assert "split_seed 0" in info.attributes["split_policy"]
+
+    def drawn(seed):
+        raw = read_dataset("small", {**entry, "pooled_seed": seed})
+        return sorted(r for s in ("train", "val", "test") for r in rows_by_content(np.asarray(raw.splits[s][0]), pool_x))
+
+    assert drawn(3) == sorted(found) and drawn(4) != sorted(found)  # seeded: same seed, same patches
+
+
+def test_pooled_subset_draws_from_every_official_split(tmp_path):
+    arrays = write_pcam(tmp_path / "pcam", sizes={"train": 40, "valid": 12, "test": 12}, y_of=quarter_positive)
+    pool_x = np.concatenate([arrays[s][0] for s in ("train", "valid", "test")])
+    raw = read_dataset("small", {"format": "pcam", "root": str(tmp_path / "pcam"), "pooled_subset": 60})
+    rows = [r for s in ("train", "val", "test") for r in rows_by_content(np.asarray(raw.splits[s][0]), pool_x)]
+    # 60 of 64 patches: every official split gives some, none twice
+    assert len(set(rows)) == 60 and {r < 40 for r in rows} == {True, False} and any(r >= 52 for r in rows)
+
+
+def test_pooled_subset_bad_values(tmp_path):
+    from medtransfer.errors import ConfigError
+
+    write_pcam(tmp_path / "pcam")
+    base = {"format": "pcam", "root": str(tmp_path / "pcam")}
+    with pytest.raises(DataError, match=r"pooled_subset is 23, but the official splits hold 22 patches"):
+        read_dataset("p", {**base, "pooled_subset": 23})
+    for bad in (0, -5, 2.5, "10000", True):
+        with pytest.raises(ConfigError, match=r"datasets.p.pooled_subset is .*allowed: a positive integer"):
+            read_dataset("p", {**base, "pooled_subset": bad})
+    with pytest.raises(ConfigError, match=r"datasets.p.pooled_seed is set without pooled_subset"):
+        read_dataset("p", {**base, "pooled_seed": 1})

@@ -132,8 +132,10 @@ class DecodedImages:
         if isinstance(index, slice):
             return range(*index.indices(len(self)))
         rows = np.asarray(index)
-        if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
-            raise TypeError("DecodedImages takes a slice or a 1-d array of indices")
+        if rows.ndim == 1 and rows.dtype == np.bool_ and len(rows) == len(self):
+            rows = np.flatnonzero(rows)  # a mask, as numpy takes it
+        if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or len(rows) == 0):
+            raise TypeError("DecodedImages takes an int, a slice, a boolean mask or a 1-d array of indices")
         return [int(i) for i in rows]
 
     def _load(self, i: int) -> np.ndarray:
@@ -143,7 +145,11 @@ class DecodedImages:
             what = f"{self.describe[i]}: image {self.paths[i]}" if self.describe else f"image {self.paths[i]}"
             raise DataError(f"{what} cannot be read ({err}); fix or remove it") from None
 
-    def __getitem__(self, index: slice | Sequence[int] | np.ndarray) -> np.ndarray:
+    def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):  # one image [C, S, S]; IndexError past the end ends iteration
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"image {index} of {len(self)}")
+            return self._load(int(index) % len(self))
         rows = self._rows(index)
         out = np.empty((len(rows), *self.shape[1:]), np.uint8)
 

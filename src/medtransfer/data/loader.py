@@ -45,7 +45,7 @@ from medtransfer.errors import ConfigError, DataError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENT_KEYS = ("hflip", "crop_padding")
-_ORDER_STREAM, _AUGMENT_STREAM = 0, 1
+_ORDER_STREAM, _AUGMENT_STREAM, _LABEL_STREAM = 0, 1, 2
 
 
 def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
@@ -55,6 +55,13 @@ def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
     generator = torch.Generator()
     generator.manual_seed(int(state) & ((1 << 63) - 1))
     return generator
+
+
+def evaluated_columns(info: CacheInfo) -> list[int] | None:
+    """The label columns a multi-label cache's metrics average over (its ``evaluated_labels``
+    attribute, e.g. CheXpert's ``eval_labels``), None for all."""
+    names = info.attributes.get("evaluated_labels")
+    return None if names is None else [info.class_names.index(name) for name in names]
 
 
 def normalisation(normalize: str | Mapping[str, Any], info: CacheInfo, channels: int) -> tuple[list, list]:
@@ -161,7 +168,8 @@ class BatchLoader:
                  indices: np.ndarray | None = None, device: str | torch.device = "cpu", channels: int = 3,
                  normalize: str | Mapping[str, Any] = "dataset", image_size: int | None = None,
                  resize_mode: str = "nearest", augment: Mapping[str, Any] | None = None, drop_last: bool = False,
-                 max_memory_mb: int = 2048, num_workers: int = 2, world: tuple[int, int] = (0, 1)) -> None:
+                 max_memory_mb: int = 2048, num_workers: int = 2, world: tuple[int, int] = (0, 1),
+                 soft_labels: bool = False) -> None:
         self.path = str(cache_path)
         self.info = read_info(cache_path)
         if split not in self.info.split_sizes:
@@ -210,6 +218,9 @@ class BatchLoader:
         with open_cache(self.path) as h5:
             labels = h5[split]["labels"][...]
         self._labels = torch.from_numpy(labels[self.indices]).to(self.device)
+        self._smoothing = self._soft_label_ranges() if soft_labels else None
+        #: the label columns a multi-label evaluation averages over (None: all); read by evaluate()
+        self.evaluated_columns = evaluated_columns(self.info)
         self.masks = self.task == "segmentation"  # the targets are the masks, not the labels
         image_bytes = self.num_examples * (self.info.channels + self.masks) * self.info.image_size ** 2
         self.in_memory = image_bytes <= int(max_memory_mb) * (1 << 20)
@@ -221,6 +232,32 @@ class BatchLoader:
                 self._masks = torch.from_numpy(_read_rows(self.path, split, self.indices, dataset="masks")
                                                ).to(self.device)
         self.epoch = 0
+
+    def _soft_label_ranges(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(low [K], high [K]) of the soft labels of a cache's ``label_smoothing`` attribute
+        (CheXpert's LSR-Ones / LSR-Zeros), NaN for the labels without one; None when it has none."""
+        smoothing = self.info.attributes.get("label_smoothing")
+        if not smoothing or self.task != "multilabel":
+            return None
+        low = torch.full((self.info.num_classes,), float("nan"))
+        high = low.clone()
+        for name, (lo, hi) in smoothing.items():
+            k = self.info.class_names.index(name)
+            low[k], high[k] = float(lo), float(hi)
+        return low.to(self.device), high.to(self.device)
+
+    def soft_labels(self, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``labels`` [B, K] of the images at ``positions`` (into ``indices``) with each NaN entry of
+        a smoothed label replaced by a draw from U(low, high) of that label: one draw per image,
+        label and epoch, a pure function of (seed, epoch, position) whatever the batch or process.
+        Hosseinzadeh Taher et al. draw the soft label of an uncertain entry anew every time the
+        image is loaded (BenchmarkTransferLearning, dataloader.py, CheXpertDataset.__getitem__)."""
+        if self._smoothing is None:
+            return labels
+        low, high = self._smoothing
+        draws = torch.rand(self.num_examples, len(low), generator=epoch_generator(self.seed, self.epoch, _LABEL_STREAM))
+        soft = low + (high - low) * draws[positions.cpu()].to(labels.device)
+        return torch.where(torch.isnan(labels) & ~torch.isnan(low), soft, labels)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -311,7 +348,8 @@ class BatchLoader:
                 if self.masks:
                     yield self.transform_pair(self._images[positions], self._masks[positions], generator, size)
                 else:
-                    yield self.transform(self._images[positions], generator, size), self._labels[positions]
+                    yield (self.transform(self._images[positions], generator, size),
+                           self.soft_labels(self._labels[positions], positions))
             return
         dataset = _H5Batches(self.path, self.split, [self.indices[p.numpy()] for p in batches], masks=self.masks)
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=self.num_workers,
@@ -324,7 +362,7 @@ class BatchLoader:
                     yield self.transform_pair(images, masks, generator, size)
                 else:
                     images = item.to(self.device, non_blocking=True)
-                    yield self.transform(images, generator, size), self._labels[positions]
+                    yield self.transform(images, generator, size), self.soft_labels(self._labels[positions], positions)
         finally:
             dataset.close()
 
@@ -333,7 +371,8 @@ def make_loader(cache_path: str | Path, split: str, *, batch_size: int, shuffle:
                 indices: np.ndarray | None = None, device: str | torch.device = "cpu", channels: int = 3,
                 normalize: str | Mapping[str, Any] = "dataset", image_size: int | None = None,
                 resize_mode: str = "nearest", augment: Mapping[str, Any] | None = None, drop_last: bool = False,
-                max_memory_mb: int = 2048, num_workers: int = 2, world: tuple[int, int] = (0, 1)) -> BatchLoader:
+                max_memory_mb: int = 2048, num_workers: int = 2, world: tuple[int, int] = (0, 1),
+                soft_labels: bool = False) -> BatchLoader:
     """A :class:`BatchLoader` over ``split`` of the cache at ``cache_path``.
 
     - ``indices``: rows of the split to use (e.g. :func:`~medtransfer.data.fractions.subset_indices`);
@@ -348,8 +387,12 @@ def make_loader(cache_path: str | Path, split: str, *, batch_size: int, shuffle:
       with ``num_workers`` processes.
     - ``world``: ``(rank, size)`` of a multi-process job: this process yields its share
       (``batch_size / size`` images) of every global batch of ``batch_size``.
+    - ``soft_labels``: for a cache with ``label_smoothing`` (CheXpert's LSR-Ones / LSR-Zeros), the
+      uncertain (NaN) entries of those labels become soft labels drawn per image and epoch
+      (:meth:`BatchLoader.soft_labels`); the fine-tuning train loader sets it. Without it they
+      stay NaN: unknown, masked in the loss and the metrics.
     """
     return BatchLoader(cache_path, split, batch_size=batch_size, shuffle=shuffle, seed=seed, indices=indices,
                        device=device, channels=channels, normalize=normalize, image_size=image_size,
                        resize_mode=resize_mode, augment=augment, drop_last=drop_last,
-                       max_memory_mb=max_memory_mb, num_workers=num_workers, world=world)
+                       max_memory_mb=max_memory_mb, num_workers=num_workers, world=world, soft_labels=soft_labels)

@@ -66,7 +66,8 @@ def complete_splits(
 ) -> dict[str, tuple[Any, np.ndarray]]:
     """Make missing ``val`` (and ``test``) splits out of ``train``, stratified and seeded.
 
-    Images must be numpy arrays here. What was done is written to ``attributes['split_policy']``
+    Images are numpy arrays, or lazy array-likes with a ``subset(indices)`` (e.g.
+    :class:`~medtransfer.data.images.DecodedImages`), which stay lazy. What was done is written to ``attributes['split_policy']``
     (the cache records it), e.g. ``"val: 10% of source train, stratified, split_seed 0"``.
     """
     if "train" not in splits:
@@ -77,10 +78,11 @@ def complete_splits(
         return splits
     images, labels = splits["train"]
     parts = stratified_split(labels, missing, seed)
+    take = images.subset if hasattr(images, "subset") else images.__getitem__
     out = dict(splits)
-    out["train"] = (images[parts["rest"]], labels[parts["rest"]])
+    out["train"] = (take(parts["rest"]), labels[parts["rest"]])
     for split in missing:
-        out[split] = (images[parts[split]], labels[parts[split]])
+        out[split] = (take(parts[split]), labels[parts[split]])
     made = "; ".join(f"{s}: {f:g} of source train" for s, f in missing.items())
     how = "random (unlabelled)" if np.all(np.asarray(labels) == NO_LABEL) else "stratified by class"
     attributes["split_policy"] = f"{made}; {how}, split_seed {seed}"

@@ -25,6 +25,8 @@ prediction is the argmax class of each pixel):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, roc_auc_score
@@ -62,13 +64,17 @@ def _mean_auc(columns: list[tuple[np.ndarray, np.ndarray]]) -> float:
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
-def classification_metrics(task: str, y_true: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+def classification_metrics(task: str, y_true: np.ndarray, scores: np.ndarray,
+                           evaluated: Sequence[int] | None = None) -> dict[str, float]:
     """Metrics of one split.
 
     Args:
         task: one of TASKS.
         y_true: int [N] (or [N, 1]) class indices, or float [N, K] 0/1/NaN for multi-label.
         scores: float [N, K] probabilities (``scores_from_logits``).
+        evaluated: multi-label only: the label columns the metrics average over (default all), e.g.
+            CheXpert's 5 competition labels of a model trained on 14 (the cache's
+            ``evaluated_labels``, :func:`medtransfer.data.loader.evaluated_columns`).
     Returns:
         {"auc", "acc"} plus "balanced_acc" for single-label and "kappa" for ordinal tasks.
     """
@@ -76,6 +82,9 @@ def classification_metrics(task: str, y_true: np.ndarray, scores: np.ndarray) ->
         raise ValueError(f"task must be one of {CLASSIFICATION_TASKS}, not {task!r}")
     y_true = np.asarray(y_true)
     scores = np.asarray(scores, dtype=np.float64)
+    if task == "multilabel" and evaluated is not None:
+        columns = np.asarray(evaluated, np.int64)
+        y_true, scores = y_true[:, columns], scores[:, columns]
     if task == "multilabel":
         known = ~np.isnan(y_true)
         columns = [(y_true[known[:, j], j], scores[known[:, j], j]) for j in range(y_true.shape[1])]
@@ -161,10 +170,12 @@ def segmentation_metrics(counts: np.ndarray) -> dict[str, float]:
 # --- what an evaluation keeps of a split, per task -----------------------------------------------------
 
 class ClassificationScores:
-    """Keeps the class probabilities [N, K] and labels of every batch (``scores_from_logits``)."""
+    """Keeps the class probabilities [N, K] and labels of every batch (``scores_from_logits``);
+    ``evaluated``: the multi-label columns the metrics average over (default all)."""
 
-    def __init__(self, task: str) -> None:
+    def __init__(self, task: str, evaluated: Sequence[int] | None = None) -> None:
         self.task, self._scores, self._labels = task, [], []
+        self.evaluated = evaluated
 
     def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
         self._scores.append(scores_from_logits(self.task, logits).cpu())
@@ -173,7 +184,7 @@ class ClassificationScores:
     def result(self) -> tuple[np.ndarray, np.ndarray, dict[str, float], dict[str, np.ndarray]]:
         """(scores [N, K], labels, metrics, extras = {})."""
         scores, labels = torch.cat(self._scores).numpy(), torch.cat(self._labels).numpy()
-        return scores, labels, classification_metrics(self.task, labels, scores), {}
+        return scores, labels, classification_metrics(self.task, labels, scores, self.evaluated), {}
 
 
 class SegmentationScores:
@@ -206,9 +217,10 @@ class SegmentationScores:
         return dice.astype(np.float32), counts[..., 2], segmentation_metrics(counts), extras
 
 
-def score_collector(task: str, examples: int = 0) -> ClassificationScores | SegmentationScores:
+def score_collector(task: str, examples: int = 0,
+                    evaluated: Sequence[int] | None = None) -> ClassificationScores | SegmentationScores:
     """What :func:`medtransfer.training.trainer.evaluate` keeps of a split for ``task``."""
-    return SegmentationScores(examples) if task == "segmentation" else ClassificationScores(task)
+    return SegmentationScores(examples) if task == "segmentation" else ClassificationScores(task, evaluated)
 
 
 #: The validation metrics each epoch's history row records (``val_<name>``), per task; a metric

@@ -65,7 +65,7 @@ def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | N
     return {
         "train": spec_loader(spec, "train", device, batch_size=spec["training"]["batch_size"], shuffle=True,
                              indices=train_indices, augment=spec["training"]["augment"],
-                             world=(world.rank, world.size)),
+                             world=(world.rank, world.size), soft_labels=True),
         "val": spec_loader(spec, "val", device),
         "test": spec_loader(spec, "test", device),
     }

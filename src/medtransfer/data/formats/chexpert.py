@@ -10,6 +10,9 @@ unpack it; ``root`` is the folder holding ``train.csv`` and ``valid.csv`` (or th
       labels: competition          # or all (default), or a list of observation names
       uncertainty: U-Ones          # or U-Zeros, U-Ignore (default), or per label:
                                    # {Atelectasis: U-Ones, Edema: U-Ones, default: U-Zeros}
+                                   # LSR-Ones / LSR-Zeros: soft labels drawn in training
+      eval_labels: competition     # metrics over these labels only (default: all the labels)
+      no_finding: derived          # "No Finding" = 1 on all-zero rows (default as_given)
       frontal_only: true           # default false
       val_fraction: 0.1            # of train.csv's images, made patient-disjoint (default 0.1)
       split_seed: 0
@@ -19,6 +22,15 @@ Labels are multilabel float32 [N, K] in the order of :data:`OBSERVATIONS` (or of
 ``unmentioned: ignore`` makes blanks NaN), -1.0 uncertain -> the label's policy:
 ``U-Ones`` -> 1.0, ``U-Zeros`` -> 0.0, ``U-Ignore`` -> NaN (masked in the loss and the AUC),
 after Irvin et al. (AAAI 2019). The preset ``competition`` is their 5 evaluation labels.
+``LSR-Ones`` / ``LSR-Zeros`` (Hosseinzadeh Taher et al. 2021, BenchmarkTransferLearning
+``dataloader.py``): the cache keeps uncertain entries as NaN and records the soft-label range per
+label (attribute ``label_smoothing``); the fine-tuning train loader replaces them with draws from
+U(0.55, 0.85) / U(0, 0.3) per image, label and epoch (:meth:`medtransfer.data.loader.BatchLoader.soft_labels`).
+``eval_labels`` (a preset or a list of the labels): the cache records them (``evaluated_labels``)
+and the metrics average over them only, as Hosseinzadeh Taher et al. report the 5 competition
+labels of a 14-label model. ``no_finding: derived`` (U-Zeros / U-Ones, blanks negative): "No
+Finding" = 1 on every row whose labels are all 0, as Matsoukas et al.'s feature-reuse code
+(``defaults/datasets.py``).
 
 Splits: ``train.csv`` gives train and val (val made from whole patients, stratified by the first
 positive label, seeded; see :mod:`medtransfer.data.splits`); ``valid.csv`` (234 images, 200
@@ -57,8 +69,13 @@ OBSERVATIONS = (
 )
 COMPETITION = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 PRESETS = {"all": OBSERVATIONS, "competition": COMPETITION}
-POLICIES = {"u-ones": 1.0, "u-zeros": 0.0, "u-ignore": np.nan}
-POLICY_NAMES = {"u-ones": "U-Ones", "u-zeros": "U-Zeros", "u-ignore": "U-Ignore"}
+POLICIES = {"u-ones": 1.0, "u-zeros": 0.0, "u-ignore": np.nan, "lsr-ones": np.nan, "lsr-zeros": np.nan}
+POLICY_NAMES = {"u-ones": "U-Ones", "u-zeros": "U-Zeros", "u-ignore": "U-Ignore", "lsr-ones": "LSR-Ones",
+                "lsr-zeros": "LSR-Zeros"}
+#: the soft label an uncertain entry gets in training, drawn uniformly from [low, high) per image
+#: and epoch (Hosseinzadeh Taher et al. 2021; their dataloader.py, CheXpertDataset.__getitem__)
+SMOOTHING = {"lsr-ones": (0.55, 0.85), "lsr-zeros": (0.0, 0.3)}
+EVAL_PRESETS = {"competition": COMPETITION}
 METADATA = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 SPLIT_FOLDERS = ("train", "valid", "test")
 DOWNLOAD = "https://stanfordmlgroup.github.io/competitions/chexpert/"
@@ -82,7 +99,7 @@ def _label_names(entry: Mapping[str, Any], name: str) -> list[str]:
 def _policy(value: Any, key: str) -> str:
     policy = str(value).strip().lower().replace("_", "-")
     if policy not in POLICIES:
-        raise ConfigError(f"{key} is {value!r}; allowed: U-Ones, U-Zeros, U-Ignore")
+        raise ConfigError(f"{key} is {value!r}; allowed: {', '.join(POLICY_NAMES.values())}")
     return policy
 
 
@@ -97,6 +114,54 @@ def uncertainty_policies(entry: Mapping[str, Any], labels: list[str], name: str)
         raise ConfigError(f"{key}: {', '.join(map(repr, unknown))} not among the labels ({', '.join(labels)})")
     default = setting.get("default", "U-Ignore")
     return {label: _policy(setting.get(label, default), f"{key}.{label}") for label in labels}
+
+
+def evaluated_labels(entry: Mapping[str, Any], labels: list[str], name: str) -> list[str] | None:
+    """The labels ``eval_labels`` names (a preset or a list), all among ``labels``; None when unset."""
+    setting = entry.get("eval_labels")
+    if setting is None:
+        return None
+    key = f"datasets.{name}.eval_labels"
+    if isinstance(setting, str):
+        if setting not in EVAL_PRESETS:
+            raise ConfigError(f"{key} is {setting!r}; allowed: {', '.join(EVAL_PRESETS)} or a list of the labels")
+        chosen = list(EVAL_PRESETS[setting])
+    else:
+        chosen = [str(x) for x in setting]
+    missing = [x for x in chosen if x not in labels]
+    if missing or not chosen:
+        raise ConfigError(f"{key}: {missing or 'empty list'} not among the labels trained on ({', '.join(labels)}); "
+                          f"evaluated labels must be a non-empty subset of datasets.{name}.labels")
+    return [x for x in labels if x in chosen]  # in the order of the labels (the model's outputs)
+
+
+def check_no_finding(entry: Mapping[str, Any], labels: list[str], policies: Mapping[str, str], unmentioned: str,
+                     name: str) -> bool:
+    """Whether ``no_finding: derived`` is set, after checking it can be: "No Finding" among the
+    labels, every uncertain and blank entry made 0 or 1 (U-Zeros / U-Ones, ``unmentioned: negative``)."""
+    setting = entry.get("no_finding", "as_given")
+    key = f"datasets.{name}.no_finding"
+    if setting not in ("as_given", "derived"):
+        raise ConfigError(f"{key} is {setting!r}; allowed: as_given (the CSV's column), derived")
+    if setting == "as_given":
+        return False
+    if "No Finding" not in labels:
+        raise ConfigError(f"{key}: derived needs 'No Finding' among datasets.{name}.labels")
+    soft = sorted({POLICY_NAMES[p] for p in policies.values() if p not in ("u-ones", "u-zeros")})
+    if soft or unmentioned != "negative":
+        raise ConfigError(f"{key}: derived needs every label known (uncertainty U-Zeros or U-Ones, unmentioned: "
+                          f"negative), got uncertainty {', '.join(soft) or 'U-Zeros/U-Ones'} and unmentioned: "
+                          f"{unmentioned}")
+    return True
+
+
+def derive_no_finding(values: np.ndarray, labels: list[str]) -> np.ndarray:
+    """Matsoukas et al.'s "No Finding": 1 for every row whose labels (after the uncertainty policy,
+    blanks negative) are all 0, the CSV's value otherwise (ChrisMats/feature-reuse,
+    defaults/datasets.py, CheXpert.get_data_as_list)."""
+    out = values.copy()
+    out[values.sum(axis=1) == 0, labels.index("No Finding")] = 1.0
+    return out
 
 
 def encode_labels(values: Any, labels: list[str], policies: Mapping[str, str], unmentioned: str,
@@ -189,8 +254,16 @@ def check(name: str, entry: Mapping[str, Any]) -> None:
     """The entry's decoding keys, labels, uncertainty policies and ``unmentioned`` (``ConfigError``),
     before any file is read."""
     check_decoding_keys(name, entry)
-    uncertainty_policies(entry, _label_names(entry, name), name)
-    _unmentioned(entry, name)
+    labels = _label_names(entry, name)
+    policies = uncertainty_policies(entry, labels, name)
+    unmentioned = _unmentioned(entry, name)
+    if unmentioned != "negative" and any(p in SMOOTHING for p in policies.values()):
+        raise ConfigError(f"datasets.{name}.uncertainty: LSR-Ones / LSR-Zeros keep the uncertain entries as NaN for "
+                          f"the training loader to smooth, so blanks cannot be NaN too: drop "
+                          f"datasets.{name}.unmentioned: {unmentioned} (blanks are negatives, as Hosseinzadeh Taher "
+                          "et al.'s unknown_label 0)")
+    evaluated_labels(entry, labels, name)
+    check_no_finding(entry, labels, policies, unmentioned, name)
 
 
 @register_format("chexpert", required={"root": "the unpacked CheXpert folder",
@@ -208,6 +281,10 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
 
     train = _read_csv(name, root, "train.csv", labels, policies, unmentioned, frontal_only)
     test = _read_csv(name, root, "valid.csv", labels, policies, unmentioned, frontal_only)
+    derived = check_no_finding(entry, labels, policies, unmentioned, name)
+    if derived:
+        train = train._replace(labels=derive_no_finding(train.labels, labels))
+        test = test._replace(labels=derive_no_finding(test.labels, labels))
     check_disjoint({"train.csv": np.unique(train.patients), "valid.csv": np.unique(test.patients)}, "patient",
                    str(root))
     parts = grouped_split(train.labels, train.patients, {"val": val_fraction}, seed)
@@ -236,5 +313,14 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
         "rows_read": {"train.csv": train.rows_read, "valid.csv": test.rows_read},
         "images_listing_md5": listing,
     }
+    # keys only where set: a cache of an entry without them keeps its attributes (and fingerprint)
+    smoothing = {label: list(SMOOTHING[p]) for label, p in policies.items() if p in SMOOTHING}
+    if smoothing:
+        attributes["label_smoothing"] = smoothing
+    evaluated = evaluated_labels(entry, labels, name)
+    if evaluated is not None:
+        attributes["evaluated_labels"] = evaluated
+    if derived:
+        attributes["no_finding"] = "derived: 1 where every other label is 0 (Matsoukas et al.)"
     return RawDataset(splits=splits, task="multilabel", class_names=labels, source=str(root),
                       checksum=digest, attributes=attributes)

@@ -41,6 +41,12 @@ Both: ``size`` (required; every image is resized to size x size with PIL, no cro
 area = box, bicubic), ``workers`` (threads decoding images; default the usable cores + 1). 16-bit gray images
 are scaled to 8 bits (value / 257). A file that is missing or unreadable, a missing column or a
 label outside ``classes`` stops with a DataError naming the file (and the CSV row).
+
+Both read only the file list and labels; the images are a
+:class:`~medtransfer.data.images.DecodedImages`, decoded chunk by chunk while the cache is written
+(:func:`medtransfer.data.streaming.write_cache`, resumable), so converting ImageNet-1k holds a
+few chunks of pixels, not the dataset. A missing CSV image stops the reader (before converting);
+an unreadable one stops the conversion, naming it.
 """
 
 from __future__ import annotations
@@ -51,9 +57,9 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.data.formats.common import (SPLIT_ALIASES, check_decoding_keys, decoding_keys, md5_file,
-                                             md5_of_listing, split_keys, task_for)
-from medtransfer.data.images import IMAGE_EXTENSIONS, load_images
+from medtransfer.data.formats.common import (SPLIT_ALIASES, check_decoding_keys, decoding_keys, listing_checksum,
+                                             md5_file, md5_of_listing, split_keys, task_for)
+from medtransfer.data.images import IMAGE_EXTENSIONS, DecodedImages
 from medtransfer.data.raw import NO_LABEL, SPLITS, RawDataset, register_format, require
 from medtransfer.data.splits import complete_splits
 from medtransfer.errors import ConfigError, DataError
@@ -114,8 +120,7 @@ def read_imagefolder(name: str, entry: dict[str, Any]) -> RawDataset:
         listing[split] = (paths, labels)
     all_files = [p for paths, _ in listing.values() for p in paths]
     splits = {
-        split: (load_images(paths, size, channels, resize, workers, desc=f"{name} {split}"),
-                np.asarray(labels, np.int64))
+        split: (DecodedImages(paths, size, channels, resize, workers=workers), np.asarray(labels, np.int64))
         for split, (paths, labels) in listing.items()
     }
     attributes: dict[str, Any] = {}
@@ -138,7 +143,7 @@ def _read_unlabeled(name: str, entry: dict[str, Any], root: Path, tops: dict[str
     for split, paths in listing.items():
         if not paths:
             raise DataError(f"{tops[split]}: no images ({', '.join(IMAGE_EXTENSIONS)}) at any depth")
-    splits = {split: (load_images(paths, size, channels, resize, workers, desc=f"{name} {split}"),
+    splits = {split: (DecodedImages(paths, size, channels, resize, workers=workers),
                       np.full(len(paths), NO_LABEL, np.int64))
               for split, paths in listing.items()}
     attributes: dict[str, Any] = {}
@@ -235,10 +240,12 @@ def read_csv(name: str, entry: dict[str, Any]) -> RawDataset:
         split_of = np.asarray(split_of)
     else:
         split_of = np.full(len(paths), "train")
-    images = load_images(paths, size, channels, resize, workers, describe=rows, desc=name)
-    splits = {s: (images[split_of == s], labels[split_of == s]) for s in SPLITS if (split_of == s).any()}
     # the checksum is the CSV's md5; the image files are fingerprinted by name and size beside it
-    attributes: dict[str, Any] = {"images_listing_md5": md5_of_listing(root, paths)}
+    # (checking first that each exists, so a missing one stops before the conversion, naming its row)
+    attributes: dict[str, Any] = {"images_listing_md5": listing_checksum(root, paths, rows)}
+    images = DecodedImages(paths, size, channels, resize, workers=workers, describe=rows)
+    splits = {s: (images.subset(np.flatnonzero(split_of == s)), labels[split_of == s])
+              for s in SPLITS if (split_of == s).any()}
     splits = complete_splits(splits, attributes=attributes, **split_keys(entry))
     return RawDataset(
         splits=splits,
