@@ -6,7 +6,7 @@ from __future__ import annotations
 from medtransfer import paths
 from medtransfer.errors import ConfigError
 from medtransfer.study.config import deep_merge, processes_per_job
-from medtransfer.study.core import fusion_members
+from medtransfer.study.core import _merged, fusion_members
 from medtransfer.study.data import is_segmentation
 from medtransfer.training.ssl.options import resolve_options
 
@@ -75,6 +75,21 @@ class PretrainPlan:
                         source = self._from_of(source, source_arch)
         return sorted(jobs)
 
+    def pretrain_training(self, source: str, arch: str) -> dict:
+        """The ``training`` of the pretraining of ``source`` at ``arch``: ``pretrain`` (over
+        ``train``), then ``pretrain.by_arch[arch]``, ``pretrain.by_dataset[its dataset]`` and the
+        entry's own ``training`` merged over it, in that order."""
+        entry = self.source_entry(source, arch)["pretrain"]
+        return deep_merge(_merged(self.pretrain_defaults, self.pretrain_by, entry["dataset"], arch), entry.get("training"))
+
+    def _check_pretrain_overrides(self) -> None:
+        """Every pretraining job's merged training passes the checks of a training section."""
+        if not self.pretrain_by:
+            return
+        for source, arch in self.pretrain_jobs():
+            dataset = self.source_entry(source, arch)["pretrain"]["dataset"]
+            self._check_training(self.pretrain_training(source, arch), "pretrain", self.pretrain_by, dataset, arch)
+
     def pretrain_spec(self, source: str, arch: str) -> dict:
         entry = self.source_entry(source, arch)["pretrain"]
         spec = {
@@ -83,9 +98,10 @@ class PretrainPlan:
             "arch_options": self.arch_options.get(arch, {}),
             "dataset": entry["dataset"],
             "cache": paths.dataset_cache(entry["dataset"]),
-            "training": deep_merge(self.pretrain_defaults, entry.get("training")),
+            "training": self.pretrain_training(source, arch),
             "seed": 0,
             "out_dir": paths.pretrain_dir(source, arch),
+            **self.preprocess_spec_of(source, arch),  # the source's input transform, also while it is trained
         }
         # only when not the defaults, so supervised sources keep their spec hash (and results)
         method = entry.get("method", "supervised")

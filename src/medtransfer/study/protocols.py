@@ -76,8 +76,9 @@ class ProtocolsPlan:
             "init": init.as_dict(),
             "source": self.source_spec(init.source, arch) if init.source else None,
             "seed": 0 if key == "shared" else int(key.removeprefix("s")),
-            "training": self.train,
+            "training": self.training_for(dataset, arch),
             "out": paths.features(dataset, arch, init_label, key),
+            **self.preprocess_spec_of(init.source, arch),
         }
 
     def probe_spec(self, protocol: str, run: Run) -> dict:
