@@ -237,9 +237,22 @@ def test_preprocess_reaches_every_job_that_reads_the_source_and_no_other():
     dvme = next(r for _, r in study.probe_runs if r.init == "DVME_other+unit-src")
     assert study.features_path(dvme)[1].endswith("WT_unit-src/shared.h5")
     assert study.features_spec("lesions", "cbr_tiny", "WT_unit-src", "shared")["preprocess"] == "unit"
+    # the FID embedder, when it is the source, reads images as the source's runs do
+    assert study.fid_embedder_spec()["normalize"] == "caffe"
+
+
+@pytest.mark.parametrize("value", ["tf", {"mean": [0.5, 0.5], "std": 0.2}, {"mean": 0.5, "std": 0},
+                                   {"mean": 0.5, "std": 0.2, "rgb": True}])
+def test_a_preprocess_outside_the_allowed_ones_is_a_config_error_naming_the_key(value):
+    from medtransfer.data.loader import PREPROCESS_NAMES
+    from medtransfer.study.pretrain import PREPROCESS_NAMES as PLANNED
+
+    assert PLANNED == PREPROCESS_NAMES
     bad = preprocess_config()
-    bad["sources"]["natural"]["preprocess"] = "tf"
-    with pytest.raises(ConfigError, match="sources.natural"):
+    bad["sources"]["other"]["preprocess"] = value
+    with pytest.raises(ConfigError, match=r"sources.other.preprocess: .*allowed: imagenet, caffe, unit or"):
+        Study(bad)
+    with pytest.raises(ConfigError, match="sources.other"):
         validate_config(bad, SCHEMA)
 
 

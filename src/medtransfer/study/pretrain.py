@@ -11,6 +11,27 @@ from medtransfer.study.data import is_segmentation
 from medtransfer.training.ssl.options import resolve_options
 
 
+# A source's input transforms (medtransfer.data.input_transform; tests/test_source_config.py keeps
+# the names equal to the loader's, which imports torch).
+PREPROCESS_NAMES = ("imagenet", "caffe", "unit")
+
+
+def _check_preprocess(value: object, key: str) -> None:
+    """ConfigError naming ``key`` unless ``value`` is a named input transform or {mean, std[, bgr]}."""
+    def numbers(v: object, positive: bool = False) -> bool:
+        values = v if isinstance(v, list) else [v]
+        return bool(values) and all(isinstance(x, (int, float)) and not isinstance(x, bool) and (x > 0 or not positive)
+                                    for x in values) and len(values) in (1, 3)
+    if isinstance(value, str) and value in PREPROCESS_NAMES:
+        return
+    if (isinstance(value, dict) and set(value) <= {"mean", "std", "bgr"} and {"mean", "std"} <= set(value)
+            and numbers(value["mean"]) and numbers(value["std"], positive=True)
+            and isinstance(value.get("bgr", False), bool)):
+        return
+    raise ConfigError(f"config key {key}: {value!r}; allowed: {', '.join(PREPROCESS_NAMES)} or {{mean, std, bgr}} "
+                      "(mean and std one value or one per channel in 0-1 units, std > 0; bgr true or false)")
+
+
 class PretrainPlan:
     """The pretraining stage of :class:`medtransfer.study.Study`."""
 
@@ -22,6 +43,8 @@ class PretrainPlan:
             for key, entry in entries:
                 if "pretrain" in entry:
                     self._check_pretrain(entry["pretrain"], f"{key}.pretrain")
+                if entry.get("preprocess") is not None:
+                    _check_preprocess(entry["preprocess"], f"{key}.preprocess")
         self._check_from_cycles()
 
     def _check_pretrain(self, entry: dict, key: str) -> None:
