@@ -5,6 +5,7 @@ supervised pretraining on multi-label data."""
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -180,6 +181,7 @@ def test_preprocess_caffe_is_keras_caffe_mode(cache, request):
 
 
 def test_preprocess_caffe_matches_keras_itself_where_keras_is_installed(rgb_cache):
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # Keras 3 beside our torch, no TensorFlow needed
     imagenet_utils = pytest.importorskip("keras.applications.imagenet_utils")
     path, splits = rgb_cache
     got = batches(make_loader(path, "val", batch_size=10, shuffle=False, normalize="caffe", num_workers=0))
