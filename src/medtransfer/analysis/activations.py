@@ -19,7 +19,7 @@ import torch
 from medtransfer import data, models
 from medtransfer.atomic import atomic_path
 from medtransfer.errors import ConfigError
-from medtransfer.training.stage import input_size
+from medtransfer.training.stage import input_size, spec_normalize
 
 
 def probe_indices(n_examples: int, size: int, seed: int) -> np.ndarray:
@@ -111,7 +111,7 @@ def extract(spec: dict, device: torch.device) -> None:
     indices = probe_indices(len(split_labels), spec["probe_size"], spec["probe_seed"])
     loader = data.make_loader(
         spec["cache"], spec["probe_split"], batch_size=training["eval_batch_size"], shuffle=False,
-        indices=indices, device=device, channels=3, normalize=training["normalize"],
+        indices=indices, device=device, channels=3, normalize=spec_normalize(spec),
         image_size=input_size(spec),
         resize_mode=training["resize_mode"], max_memory_mb=training["max_memory_mb"],
         num_workers=training["num_workers"],

@@ -8,7 +8,7 @@ Public API::
     build_cache, write_cache                 # streaming.py: its (resumable) writer
     DecodedImages                            # images.py: image files decoded when sliced
     subset_indices, segmentation_subset, train_subset   # fractions.py
-    make_loader, BatchLoader                 # loader.py
+    make_loader, BatchLoader, input_transform   # loader.py
 
 A new dataset format is one module under ``formats/`` with one ``@register_format("name",
 required={...})`` function; importing :mod:`medtransfer.data.formats` (below) registers them all.
@@ -18,12 +18,13 @@ from medtransfer.data import formats  # noqa: F401  registers the built-in forma
 from medtransfer.data.cache import SCHEMA_VERSION, CacheInfo, read_info, read_labels, read_masks, read_split
 from medtransfer.data.fractions import segmentation_subset, subset_indices, train_subset
 from medtransfer.data.images import DecodedImages
-from medtransfer.data.loader import BatchLoader, make_loader, normalisation
+from medtransfer.data.loader import BatchLoader, input_transform, make_loader, normalisation
 from medtransfer.data.raw import FORMATS, TASKS, RawDataset, check_entry, read_dataset, register_format
 from medtransfer.data.streaming import build_cache, build_cache_resumable, write_cache
 
 __all__ = [
     "normalisation",
+    "input_transform",
     "FORMATS",
     "TASKS",
     "RawDataset",

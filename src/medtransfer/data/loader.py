@@ -8,8 +8,8 @@ batch goes through the same device-side steps. Both paths yield identical batche
 
 Per batch, in this order: uint8 -> float (0..255); augmentation (random crop with zero padding,
 then horizontal flip, both per image, drawn for the whole batch at once); resize to
-``image_size``; gray -> 3 channels (a broadcast, no copy); normalisation
-``(x / 255 - mean) / std``.
+``image_size``; gray -> 3 channels (a broadcast, no copy); RGB -> BGR where the input transform
+asks for it (``caffe``); normalisation ``(x / 255 - mean) / std`` (:func:`input_transform`).
 
 Order and augmentation are pure functions of ``(seed, epoch)``: call ``set_epoch(epoch)`` before
 iterating (as with ``DistributedSampler``), and a resumed run sees exactly the same batches.
@@ -64,24 +64,57 @@ def evaluated_columns(info: CacheInfo) -> list[int] | None:
     return None if names is None else [info.class_names.index(name) for name in names]
 
 
-def normalisation(normalize: str | Mapping[str, Any], info: CacheInfo, channels: int) -> tuple[list, list]:
-    """Per-channel (mean, std) in 0..1 units of a ``normalize`` setting for a cache (see make_loader)."""
+#: Keras's ``imagenet_utils.preprocess_input(mode="caffe")``: the ImageNet mean of 0..255 pixels in
+#: BGR order, subtracted after RGB -> BGR, with no std scaling (RadImageNet's and Keras ResNet-50's input).
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+#: The named input transforms a source's ``preprocess`` (or ``train.normalize``) may give.
+PREPROCESS_NAMES = ("imagenet", "caffe", "unit")
+
+
+def input_transform(normalize: str | Mapping[str, Any], info: CacheInfo, channels: int) -> tuple[list, list, bool]:
+    """Per-channel (mean, std) in 0..1 units and whether channels are reversed (RGB -> BGR) first:
+    the batch the model sees is ``(flip(x) / 255 - mean) / std`` for uint8 ``x`` [B, C, H, W], gray
+    already replicated to ``channels``.
+
+    ``normalize``: ``"dataset"`` (the cache's train mean/std), ``"imagenet"`` (ImageNet mean/std
+    of [0, 1] RGB), ``"caffe"`` (BGR, :data:`CAFFE_MEAN_BGR` subtracted from 0..255 values: mean =
+    CAFFE_MEAN_BGR / 255, std = 1 / 255), ``"unit"`` ([0, 1]: mean 0, std 1), or ``{mean, std}``
+    (one value or one per channel, 0..1 units) with optional ``bgr: true`` (mean and std then in
+    BGR order)."""
+    bgr = False
     if normalize == "dataset":
         mean, std = list(info.mean), list(info.std)
-    elif normalize == "imagenet":
+    elif normalize in ("imagenet", "caffe"):
         if channels != 3:
-            raise ConfigError("normalize 'imagenet' needs channels=3 (ImageNet statistics are RGB)")
-        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+            raise ConfigError(f"normalize {normalize!r} needs channels=3 (ImageNet statistics are RGB)")
+        if normalize == "imagenet":
+            mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        else:
+            mean, std, bgr = [m / 255.0 for m in CAFFE_MEAN_BGR], [1.0 / 255.0], True
+    elif normalize == "unit":
+        mean, std = [0.0], [1.0]
     elif isinstance(normalize, Mapping) and "mean" in normalize and "std" in normalize:
         mean = list(np.atleast_1d(np.asarray(normalize["mean"], np.float64)))
         std = list(np.atleast_1d(np.asarray(normalize["std"], np.float64)))
+        bgr = bool(normalize.get("bgr", False))
     else:
-        raise ConfigError(f"normalize is {normalize!r}; allowed: 'dataset', 'imagenet' or {{mean: .., std: ..}}")
+        raise ConfigError(f"normalize is {normalize!r}; allowed: 'dataset', 'imagenet', 'caffe', 'unit' or "
+                          "{mean: .., std: .., bgr: false}")
     for name, values in (("mean", mean), ("std", std)):
         if len(values) not in (1, channels):
             raise ConfigError(f"normalize {name} has {len(values)} values; give 1 or {channels} (channels)")
     if min(std) <= 0:
         raise ConfigError(f"normalize std must be > 0, got {std} (a constant dataset has std 0)")
+    return mean, std, bgr
+
+
+def normalisation(normalize: str | Mapping[str, Any], info: CacheInfo, channels: int) -> tuple[list, list]:
+    """Per-channel (mean, std) in 0..1 units of a ``normalize`` setting for a cache (see make_loader);
+    a setting that also reverses the channels (``caffe``, ``bgr: true``) is refused: use
+    :func:`input_transform`."""
+    mean, std, bgr = input_transform(normalize, info, channels)
+    if bgr:
+        raise ConfigError(f"normalize {normalize!r} reverses the channels (BGR); this caller takes mean/std only")
     return mean, std
 
 
@@ -209,8 +242,8 @@ class BatchLoader:
             raise ConfigError(f"augment keys {sorted(unknown)} unknown; allowed: {', '.join(AUGMENT_KEYS)}")
         self.crop_padding = int(self.augment.get("crop_padding", 0) or 0)
         self.hflip = bool(self.augment.get("hflip", False))
-        mean, std = normalisation(normalize, self.info, channels)
-        # x / 255 then (x - mean) / std  ==  x * scale + shift
+        mean, std, self.bgr = input_transform(normalize, self.info, channels)
+        # x / 255 then (x - mean) / std  ==  x * scale + shift (after RGB -> BGR where bgr)
         std_t = torch.tensor(std, dtype=torch.float32)
         self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
         self._shift = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1).to(self.device)
@@ -321,6 +354,12 @@ class BatchLoader:
         x = interpolate(x, self.image_size, self.resize_mode)
         if x.shape[1] != self.channels:
             x = x.expand(-1, self.channels, -1, -1)
+        return self._normalise(x)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Float [B, channels, H, W] in 0..255 -> the model's input (see :func:`input_transform`)."""
+        if self.bgr:
+            x = x.flip(1)
         return (x * self._scale + self._shift).contiguous()
 
     def transform_pair(self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator | None = None,
@@ -336,7 +375,7 @@ class BatchLoader:
         y = interpolate(y, self.image_size, "nearest")
         if x.shape[1] != self.channels:
             x = x.expand(-1, self.channels, -1, -1)
-        return (x * self._scale + self._shift).contiguous(), y[:, 0].round().long()
+        return self._normalise(x), y[:, 0].round().long()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = self._batches()
@@ -378,8 +417,9 @@ def make_loader(cache_path: str | Path, split: str, *, batch_size: int, shuffle:
     - ``indices``: rows of the split to use (e.g. :func:`~medtransfer.data.fractions.subset_indices`);
       without shuffling, batches follow their order.
     - ``channels``: 3 repeats a gray image into 3 channels per batch; 1 with RGB data is an error.
-    - ``normalize``: ``"dataset"`` (the cache's train mean/std), ``"imagenet"``, or
-      ``{"mean": m, "std": s}`` with one value or one per channel (MedMNIST: 0.5 / 0.5).
+    - ``normalize``: ``"dataset"`` (the cache's train mean/std), ``"imagenet"``, ``"caffe"``,
+      ``"unit"``, or ``{"mean": m, "std": s}`` with one value or one per channel (MedMNIST: 0.5 /
+      0.5) and optional ``"bgr": True`` (:func:`input_transform`).
     - ``image_size``: resize batches on the device (e.g. 28 -> 224 with ``resize_mode="nearest"``).
     - ``augment``: ``{"hflip": bool, "crop_padding": int}`` (pixels of the cached image), drawn
       per image from a generator seeded by (seed, epoch).

@@ -12,7 +12,9 @@ so sources with very different feature scales start on an equal footing.
 
 Under the linear protocol a head trains on cached features (medtransfer.protocols.dvme, .probe);
 under the finetune protocol :class:`FusionNetwork` puts it on top of the source backbones and the
-whole network trains end to end, each backbone fed the batch at its own input size.
+whole network trains end to end, each backbone fed the batch at its own input size and, where
+the fused sources differ in their input transform (``sources.<name>.preprocess``), its own
+:class:`Normalise` of the [0, 1] batch.
 """
 
 from __future__ import annotations
@@ -84,30 +86,55 @@ def fusion_head(name: str, widths: list[int], num_outputs: int, **options) -> nn
     return ConcatHead(widths, num_outputs)
 
 
+class Normalise(nn.Module):
+    """A fused backbone's input transform of a [0, 1] batch [B, 3, H, W]: channels reversed (RGB ->
+    BGR) where ``bgr``, then ``(x - mean) / std`` per channel (0..1 units, as
+    :func:`medtransfer.data.input_transform` gives them). The statistics are non-persistent buffers:
+    they follow the network to its device and stay out of its state_dict."""
+
+    def __init__(self, mean: list[float], std: list[float], bgr: bool = False) -> None:
+        super().__init__()
+        self.bgr = bool(bgr)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x.flip(1) if self.bgr else x) - self.mean) / self.std
+
+
 class FusionNetwork(nn.Module):
     """S backbones (our classifiers; their own heads unused) and a fusion head: [B, C, H, W] -> [B, K].
 
     ``input_sizes[i]`` is the square size backbone i is fed (None: the batch as it comes), so
     sources of different architectures (a 28 px ResNet and a 224 px ViT) share one batch;
     ``resize(x, size)`` makes it (the study's resize, :func:`medtransfer.data.cache.interpolate`
-    with ``train.resize_mode``, as the loader resizes for a single-source run).
+    with ``train.resize_mode``, as the loader resizes for a single-source run). ``transforms``
+    (optional, one :class:`Normalise` per backbone): the batch is [0, 1] and each backbone
+    normalises its resized copy itself, as a loader with its source's input transform would.
     """
 
     def __init__(self, backbones: list[nn.Module], input_sizes: list[int | None], head: nn.Module, *,
-                 resize: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+                 resize: Callable[[torch.Tensor, int], torch.Tensor],
+                 transforms: list[Normalise] | None = None) -> None:
         super().__init__()
         if len(backbones) != len(input_sizes):
             raise ValueError("one input size per backbone")
+        if transforms is not None and len(transforms) != len(backbones):
+            raise ValueError("one input transform per backbone")
         self.backbones = nn.ModuleList(backbones)
         self.input_sizes = list(input_sizes)
         self.head = head
         self.resize = resize
+        self.transforms = nn.ModuleList(transforms) if transforms is not None else None
 
     def embeddings(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The pooled embedding [B, D_s] of every backbone."""
         out = []
-        for backbone, size in zip(self.backbones, self.input_sizes):
-            out.append(pooled_features(backbone, x if size is None else self.resize(x, size)))
+        for i, (backbone, size) in enumerate(zip(self.backbones, self.input_sizes)):
+            member = x if size is None else self.resize(x, size)
+            if self.transforms is not None:  # resize, then normalise: the loader's order
+                member = self.transforms[i](member)
+            out.append(pooled_features(backbone, member))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from medtransfer.study.analysis import MEASURE_NAMES, AnalysisPlan
 from medtransfer.study.config import (
     deep_merge,
     load_config,
+    overrides_as_written,
     processes_per_job,
     validate_config,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "is_segmentation",
     "launcher",
     "load_config",
+    "overrides_as_written",
     "processes_per_job",
     "validate_config",
 ]
@@ -114,6 +116,7 @@ class Study(Core, DataPlan, PretrainPlan, FinetunePlan, ProtocolsPlan, Represent
         self._check_targets()
         self._check_sources()
         self._expand_inits()
+        self._check_training_overrides()
         self._check_protocols()
         self._expand_cells()
         self._check_segmentation_targets()

@@ -3,7 +3,9 @@ checks of the training sections that every stage which trains shares."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -20,6 +22,51 @@ def deep_merge(base: dict, override: dict | None) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+#: The keys of a training section (``train``, ``pretrain``) that merge a section over it for the
+#: jobs of one dataset or architecture (``train.by_arch.resnet50.optimizer.lr``).
+BY_KEYS = ("by_arch", "by_dataset")
+
+
+def split_overrides(section: dict | None, key: str) -> tuple[dict, dict]:
+    """A training section without its ``by_arch`` / ``by_dataset`` and those, checked to map names
+    to training sections with no ``by_*`` of their own (ConfigError naming ``key``)."""
+    section = dict(section or {})
+    by = {}
+    for name in BY_KEYS:
+        if name not in section:
+            continue
+        entries = section.pop(name)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise ConfigError(f"config key {key}.{name}: give a mapping of names to training settings "
+                              f"(e.g. {{resnet50: {{optimizer: {{lr: 1.0e-4}}}}}}), got {entries!r}")
+        for entry_name, entry in entries.items():
+            if not isinstance(entry, dict):
+                raise ConfigError(f"config key {key}.{name}.{entry_name}: give training settings (a mapping, "
+                                  f"merged over {key}), got {entry!r}")
+            nested = [k for k in BY_KEYS if k in entry]
+            if nested:
+                raise ConfigError(f"config key {key}.{name}.{entry_name}.{nested[0]}: overrides do not nest; "
+                                  f"write it as {key}.{nested[0]} (a job on a dataset takes {key}.by_arch, then "
+                                  f"{key}.by_dataset)")
+        by[name] = copy.deepcopy(entries)
+    return section, by
+
+
+@contextlib.contextmanager
+def overrides_as_written(config: dict) -> Iterator[None]:
+    """Restore ``train`` / ``pretrain``'s ``by_arch`` and ``by_dataset`` as the config wrote them
+    after the block (``snakemake.utils.validate``, which fills the schema's defaults in): an
+    override holds only what the user set, or ``optimizer: {lr: 1.0e-4}`` would also reset
+    ``train.optimizer.weight_decay`` to the schema's default."""
+    saved = {(section, name): copy.deepcopy(config[section][name]) for section in ("train", "pretrain")
+             if isinstance(config.get(section), dict) for name in BY_KEYS if name in config[section]}
+    yield
+    for (section, name), value in saved.items():
+        config[section][name] = value
 
 
 def load_config(path: str | Path, schema: str | Path | None = None) -> dict:

@@ -20,7 +20,8 @@ from medtransfer.errors import ConfigError
 from medtransfer.init.registry import INIT_OPTIONS, INITS_WITH_K, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, reads_source
 from medtransfer.paths import Run
 from medtransfer.protocols import FROZEN_PROTOCOLS, LPFT_DEFAULTS
-from medtransfer.study.config import _check_milestones, check_optimisation, deep_merge, merge_training, processes_per_job
+from medtransfer.study.config import (BY_KEYS, _check_milestones, check_optimisation, deep_merge, merge_training,
+                                      processes_per_job, split_overrides)
 from medtransfer.study.defaults import (
     DEFAULT_ANALYSIS,
     DEFAULT_RESOURCES,
@@ -134,6 +135,15 @@ def fusion_members(spec: InitSpec, arch: str) -> list[tuple[str, str]]:
             for name, _, member_arch in (member.partition("@") for member in spec.sources or ())]
 
 
+def _merged(training: dict, by: dict, dataset: str, arch: str) -> dict:
+    """``training`` with ``by["by_arch"][arch]`` and then ``by["by_dataset"][dataset]`` merged over
+    it; ``training`` itself (the same object) where neither names them."""
+    overrides = [o for o in ((by.get("by_arch") or {}).get(arch), (by.get("by_dataset") or {}).get(dataset)) if o]
+    for override in overrides:
+        training = merge_training(training, override)
+    return training
+
+
 def launcher(processes: int) -> str:
     """The command that starts ``medtransfer`` for a job of ``processes`` processes: the CLI itself
     for one, PyTorch's ``torchrun`` (one node, ``processes`` workers, a free rendezvous port) for
@@ -156,8 +166,12 @@ class Core:
         config = self.config
         self.datasets: dict[str, dict] = config["datasets"]
         self.sources: dict[str, dict] = config.get("sources") or {}
-        self.train = merge_training(DEFAULT_TRAINING, config.get("train"))
-        self.pretrain_defaults = merge_training(self.train, config.get("pretrain"))
+        # train.by_dataset / by_arch (and pretrain's): merged over the section per job
+        # (training_for, pretrain_training), never part of a job's training dict
+        train, self.train_by = split_overrides(config.get("train"), "train")
+        pretrain, self.pretrain_by = split_overrides(config.get("pretrain"), "pretrain")
+        self.train = merge_training(DEFAULT_TRAINING, train)
+        self.pretrain_defaults = merge_training(self.train, pretrain)
         #: the lpft protocol's first phase (the head on the frozen backbone): `lpft:` over `train:`
         self.lpft = merge_training(deep_merge(self.train, LPFT_DEFAULTS), config.get("lpft"))
         self.analysis = deep_merge(DEFAULT_ANALYSIS, config.get("analysis"))
@@ -167,6 +181,50 @@ class Core:
             _check_milestones(training["schedule"].get("milestones", []), f"{key}.schedule.milestones")
             processes_per_job(training, key)
             check_optimisation(training, key)
+
+    def training_for(self, dataset: str, arch: str) -> dict:
+        """The ``training`` of a job on ``dataset`` with ``arch``: ``train`` with
+        ``train.by_arch[arch]`` and then ``train.by_dataset[dataset]`` merged over it (the dataset
+        wins); ``train`` itself where neither names them, so those specs stay as they were."""
+        return _merged(self.train, self.train_by, dataset, arch)
+
+    def _check_training_overrides(self) -> None:
+        """``train.by_dataset`` names targets, ``train.by_arch`` architectures of the study (and
+        ``pretrain.by_*`` datasets that sources pretrain on, architectures they are pretrained
+        at); every merged section passes the checks of ``train``."""
+        targets = list(self.config["study"]["targets"])
+        pretrained = sorted({entry["pretrain"]["dataset"] for name in self.sources
+                             for entry in [self.sources[name], *(self.sources[name].get("per_arch") or {}).values()]
+                             if "pretrain" in entry})
+        member_archs = sorted({a for spec in self.inits for _, a in fusion_members(spec, "")} - {""})
+        allowed = {("train", "by_dataset"): (targets, "a target of the study (study.targets)"),
+                   ("train", "by_arch"): (self.architectures, "an architecture of the study (study.architectures)"),
+                   ("pretrain", "by_dataset"): (pretrained, "a dataset a source pretrains on (sources.*.pretrain.dataset)"),
+                   ("pretrain", "by_arch"): ([*self.architectures, *member_archs],
+                                             "an architecture of the study (study.architectures, fused sources)")}
+        for section, by in (("train", self.train_by), ("pretrain", self.pretrain_by)):
+            for key in BY_KEYS:
+                names, what = allowed[(section, key)]
+                for name in by.get(key, {}):
+                    if name not in names:
+                        raise ConfigError(f"config key {section}.{key}.{name}: {name!r} is not {what}; "
+                                          f"allowed: {', '.join(names) or 'none'}")
+        for dataset, arch in product(targets, self.architectures):
+            self._check_training(self.training_for(dataset, arch), "train", self.train_by, dataset, arch)
+        self._check_pretrain_overrides()
+
+    @staticmethod
+    def _check_training(training: dict, section: str, by: dict, dataset: str, arch: str) -> None:
+        """The checks of a training section on a merged one, named after the override that made it."""
+        if dataset in by.get("by_dataset", {}):
+            section = f"{section}.by_dataset.{dataset}"
+        elif arch in by.get("by_arch", {}):
+            section = f"{section}.by_arch.{arch}"
+        else:
+            return  # the section itself: checked in _read_sections
+        _check_milestones(training["schedule"].get("milestones", []), f"{section}.schedule.milestones")
+        processes_per_job(training, section)
+        check_optimisation(training, section)
 
     def _expand_inits(self) -> None:
         """``study.inits`` expanded (a k sweep is one init per k) and checked against the sources
@@ -276,6 +334,7 @@ class Core:
 
     def run_spec(self, run: Run) -> dict:
         init = self.init_spec(run.init)
+        training = self.training_for(run.dataset, run.arch)
         return {
             "run": run.id,
             "run_dir": paths.run_dir(run),
@@ -287,19 +346,27 @@ class Core:
             "source": self.source_spec(init.source, run.arch) if init.source else None,
             "fraction": float(run.fraction),
             "seed": int(run.seed),
-            "training": self.train,
+            "training": training,
+            **self.preprocess_spec_of(init.source, run.arch),
             **({"members": self.member_specs(init, run.arch)} if init.fusion else {}),
             **({"dvme": self.dvme} if init.name == "DVME" else {}),
             # only for segmentation targets: every classification spec (and its hash) stays as it was
             **({"segmentation": self.segmentation,
-                "training": {**self.train, "select_on": self.segmentation["select_on"]}}
+                "training": {**training, "select_on": self.segmentation["select_on"]}}
                if self.is_segmentation_target(run.dataset) else {}),
         }
+
+    def preprocess_spec_of(self, source: str | None, arch: str) -> dict:
+        """``{"preprocess": ...}`` where ``source`` at ``arch`` has a ``preprocess`` (its input
+        transform replaces ``train.normalize`` in every job that reads it:
+        :func:`medtransfer.training.stage.spec_normalize`); else nothing, so those specs stay as they were."""
+        preprocess = self.source_entry(source, arch).get("preprocess") if source is not None else None
+        return {"preprocess": preprocess} if preprocess is not None else {}
 
     def member_specs(self, init: InitSpec, arch: str) -> list[dict]:
         """The backbones of a fusion run: each fused source's WT at its architecture."""
         return [{"source": source, "arch": member_arch, "arch_options": self.arch_options.get(member_arch, {}),
-                 "weights": self.source_spec(source, member_arch)}
+                 "weights": self.source_spec(source, member_arch), **self.preprocess_spec_of(source, member_arch)}
                 for source, member_arch in fusion_members(init, arch)]
 
     def run_columns(self, run: Run) -> dict:

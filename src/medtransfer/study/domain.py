@@ -104,6 +104,8 @@ class DomainPlan:
             training = self.pretrain_spec(features, arch)["training"]
             spec.update(normalize=training["normalize"], normalize_cache=paths.dataset_cache(entry["pretrain"]["dataset"]),
                         image_size=training["image_size"])
+        if entry.get("preprocess") is not None:  # the source's own input transform wins
+            spec["normalize"] = entry["preprocess"]
         return spec
 
     def fid_embedder(self) -> str:

@@ -6,9 +6,30 @@ from __future__ import annotations
 from medtransfer import paths
 from medtransfer.errors import ConfigError
 from medtransfer.study.config import CLASSIFICATION_MONITORS, check_optimisation, merge_training, monitors_of, processes_per_job
-from medtransfer.study.core import fusion_members
+from medtransfer.study.core import _merged, fusion_members
 from medtransfer.study.data import is_segmentation
 from medtransfer.training.ssl.options import resolve_options
+
+
+# A source's input transforms (medtransfer.data.input_transform; tests/test_source_config.py keeps
+# the names equal to the loader's, which imports torch).
+PREPROCESS_NAMES = ("imagenet", "caffe", "unit")
+
+
+def _check_preprocess(value: object, key: str) -> None:
+    """ConfigError naming ``key`` unless ``value`` is a named input transform or {mean, std[, bgr]}."""
+    def numbers(v: object, positive: bool = False) -> bool:
+        values = v if isinstance(v, list) else [v]
+        return bool(values) and all(isinstance(x, (int, float)) and not isinstance(x, bool) and (x > 0 or not positive)
+                                    for x in values) and len(values) in (1, 3)
+    if isinstance(value, str) and value in PREPROCESS_NAMES:
+        return
+    if (isinstance(value, dict) and set(value) <= {"mean", "std", "bgr"} and {"mean", "std"} <= set(value)
+            and numbers(value["mean"]) and numbers(value["std"], positive=True)
+            and isinstance(value.get("bgr", False), bool)):
+        return
+    raise ConfigError(f"config key {key}: {value!r}; allowed: {', '.join(PREPROCESS_NAMES)} or {{mean, std, bgr}} "
+                      "(mean and std one value or one per channel in 0-1 units, std > 0; bgr true or false)")
 
 
 class PretrainPlan:
@@ -22,6 +43,8 @@ class PretrainPlan:
             for key, entry in entries:
                 if "pretrain" in entry:
                     self._check_pretrain(entry["pretrain"], f"{key}.pretrain")
+                if entry.get("preprocess") is not None:
+                    _check_preprocess(entry["preprocess"], f"{key}.preprocess")
         self._check_from_cycles()
 
     def _check_pretrain(self, entry: dict, key: str) -> None:
@@ -88,6 +111,21 @@ class PretrainPlan:
                         source = self._from_of(source, source_arch)
         return sorted(jobs)
 
+    def pretrain_training(self, source: str, arch: str) -> dict:
+        """The ``training`` of the pretraining of ``source`` at ``arch``: ``pretrain`` (over
+        ``train``), then ``pretrain.by_arch[arch]``, ``pretrain.by_dataset[its dataset]`` and the
+        entry's own ``training`` merged over it, in that order."""
+        entry = self.source_entry(source, arch)["pretrain"]
+        return merge_training(_merged(self.pretrain_defaults, self.pretrain_by, entry["dataset"], arch), entry.get("training"))
+
+    def _check_pretrain_overrides(self) -> None:
+        """Every pretraining job's merged training passes the checks of a training section."""
+        if not self.pretrain_by:
+            return
+        for source, arch in self.pretrain_jobs():
+            dataset = self.source_entry(source, arch)["pretrain"]["dataset"]
+            self._check_training(self.pretrain_training(source, arch), "pretrain", self.pretrain_by, dataset, arch)
+
     def pretrain_spec(self, source: str, arch: str) -> dict:
         entry = self.source_entry(source, arch)["pretrain"]
         spec = {
@@ -96,9 +134,10 @@ class PretrainPlan:
             "arch_options": self.arch_options.get(arch, {}),
             "dataset": entry["dataset"],
             "cache": paths.dataset_cache(entry["dataset"]),
-            "training": merge_training(self.pretrain_defaults, entry.get("training")),
+            "training": self.pretrain_training(source, arch),
             "seed": 0,
             "out_dir": paths.pretrain_dir(source, arch),
+            **self.preprocess_spec_of(source, arch),  # the source's input transform, also while it is trained
         }
         # only when not the defaults, so supervised sources keep their spec hash (and results)
         method = entry.get("method", "supervised")

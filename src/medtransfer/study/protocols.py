@@ -12,9 +12,10 @@ from medtransfer.protocols import (
     FROZEN_PROTOCOLS,
     KNN_DEFAULTS,
     LINEAR_DEFAULTS,
+    LPFT_DEFAULTS,
     PROTOCOLS,
 )
-from medtransfer.study.config import deep_merge
+from medtransfer.study.config import deep_merge, merge_training
 from medtransfer.study.core import InitSpec, fusion_members
 
 
@@ -76,15 +77,24 @@ class ProtocolsPlan:
             "init": init.as_dict(),
             "source": self.source_spec(init.source, arch) if init.source else None,
             "seed": 0 if key == "shared" else int(key.removeprefix("s")),
-            "training": self.train,
+            "training": self.training_for(dataset, arch),
             "out": paths.features(dataset, arch, init_label, key),
+            **self.preprocess_spec_of(init.source, arch),
         }
 
     def lpft_spec(self, run: Run) -> dict:
         """An lpft run: the fine-tuning run's spec, in the protocol's own run directory, with its
         first phase's training settings (``lpft:`` over ``train:``) under ``lpft``."""
         return {**self.run_spec(run), "run_dir": paths.protocol_run_dir("lpft", run), "protocol": "lpft",
-                "lpft": self.lpft}
+                "lpft": self.lpft_training(run.dataset, run.arch)}
+
+    def lpft_training(self, dataset: str, arch: str) -> dict:
+        """The first phase's training of an lpft run: ``lpft:`` over the run's own training (so
+        ``train.by_dataset`` / ``by_arch``, e.g. no flips on chest X-rays, reach the head phase too)."""
+        base = self.training_for(dataset, arch)
+        if base is self.train:
+            return self.lpft
+        return merge_training(deep_merge(base, LPFT_DEFAULTS), self.config.get("lpft"))
 
     def probe_spec(self, protocol: str, run: Run) -> dict:
         if protocol not in FROZEN_PROTOCOLS:

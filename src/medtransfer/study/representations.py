@@ -24,7 +24,8 @@ class RepresentationsPlan:
             "init": run_spec["init"],
             "columns": run_columns(run_spec),
             "out": {state: paths.activations(run, state) for state in paths.STATES},
-            "training": {k: self.train[k] for k in ("normalize", "image_size", "resize_mode", "eval_batch_size",
-                                                    "max_memory_mb", "num_workers")},
+            "training": {k: run_spec["training"][k] for k in ("normalize", "image_size", "resize_mode",
+                                                              "eval_batch_size", "max_memory_mb", "num_workers")},
             **{k: self.analysis[k] for k in keys},
+            **({"preprocess": run_spec["preprocess"]} if "preprocess" in run_spec else {}),
         }

@@ -1,6 +1,9 @@
 """Pretraining of a source model: supervised (the workflow's stand-in for ImageNet weights) or
 self-supervised (SimCLR, MoCo v2, BYOL, DINO, SwAV, Barlow Twins), from random init or, for
-continual pretraining, from another source's weights (``from``).
+continual pretraining, from another source's weights (``from``). Supervised pretraining trains on
+single labels (cross-entropy) or on multi-label data (BCE over the known labels, best epoch by the
+mean per-label validation AUC: Hosseinzadeh Taher et al.'s domain-adapted CheXpert / ChestX-ray14
+models) through :func:`medtransfer.training.trainer.fit`, as fine-tuning does.
 
 Writes ``model.pt`` ({"state_dict", "arch", "num_classes", "arch_options", "class_names",
 "dataset", "method"}, the format ``medtransfer.models.load_source_state_dict`` reads as kind
@@ -12,7 +15,9 @@ SIGTERM like fine-tuning.
 Every source is evaluated the same way: a weighted k-NN (k = 200, T = 0.07; Wu et al. 2018, as
 DINO) on the pooled features of the test split with the whole train split as memory, for the
 trained backbone and for the same architecture at its random init (and at its starting weights
-when continuing from another source), so meta.json says how much the pretraining gave.
+when continuing from another source), so meta.json says how much the pretraining gave: top-1
+accuracy (``acc``) for single labels, the mean per-label AUC of the k-NN scores (``auc``) for
+multi-label data.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from medtransfer import data, init, models
 from medtransfer.atomic import torch_save, write_json
 from medtransfer.errors import ConfigError
 from medtransfer.specs import spec_hash
-from medtransfer.models.embedding import embed_loader, embedding_spread, knn_accuracy
+from medtransfer.models.embedding import embed_loader, embedding_spread, knn_accuracy, knn_scores
 from medtransfer.provenance import git_commit, provenance
 from medtransfer.training import distributed
-from medtransfer.training.stage import input_size, make_loaders, seed_everything, spec_loader
+from medtransfer.training.metrics import classification_metrics
+from medtransfer.training.stage import input_size, make_loaders, seed_everything, spec_loader, spec_normalize
 from medtransfer.training.loop import train_epochs
 from medtransfer.training.precision import precision_for
 from medtransfer.training.ssl.objective import COLLAPSE_SPREAD
@@ -47,12 +53,26 @@ MONITOR_MEMORY = 5000
 
 
 def _labelled(info) -> bool:
+    """Single-label classes: what the k-NN accuracy (and the SSL monitor) scores."""
     return info.task in ("binary", "multiclass", "ordinal")
 
 
+def _supervisable(info) -> bool:
+    """Labels a supervised pretraining trains on: single-label, or multi-label (BCE over the known
+    labels, :func:`medtransfer.training.metrics.loss_function`; Hosseinzadeh Taher et al.'s
+    domain-adapted ChestX-ray14 / CheXpert models)."""
+    return _labelled(info) or info.task == "multilabel"
+
+
 def _knn_test(backbone: torch.nn.Module, spec: dict, info, device: torch.device, channels_last: bool) -> float:
+    """The evaluation k-NN of a backbone: top-1 accuracy for single labels; for multi-label data
+    the mean per-label AUC of the k-NN's per-label scores (the share of known positive neighbours)."""
     memory, memory_labels = embed_loader(backbone, spec_loader(spec, "train", device), device, channels_last)
     queries, query_labels = embed_loader(backbone, spec_loader(spec, "test", device), device, channels_last)
+    if info.task == "multilabel":
+        scores = knn_scores(memory, memory_labels, queries, num_classes=info.num_classes, k=EVAL_K,
+                            temperature=EVAL_TEMPERATURE)
+        return classification_metrics("multilabel", query_labels.numpy(), scores.numpy())["auc"]
     return knn_accuracy(memory, memory_labels, queries, query_labels, num_classes=info.num_classes, k=EVAL_K,
                         temperature=EVAL_TEMPERATURE)
 
@@ -74,7 +94,7 @@ def _check_batches(spec: dict, info, method: str) -> None:
             f"config key sources.{spec['source']}.pretrain.training.batch_size (or pretrain.batch_size): "
             f"{method} trains on full batches of {batch} images, but dataset {spec['dataset']!r} has only {n} "
             f"training images; lower the batch size below {n} or pretrain on a larger dataset")
-    if method == "supervised" and not _labelled(info):
+    if method == "supervised" and not _supervisable(info):
         raise ConfigError(
             f"config key sources.{spec['source']}.pretrain.method: supervised pretraining needs labels, but "
             f"dataset {spec['dataset']!r} is {info.task}; choose a self-supervised method "
@@ -123,9 +143,9 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
         train_loader = spec_loader(spec, "train", torch_device, batch_size=training["batch_size"], shuffle=True,
                                    drop_last=True, normalize={"mean": 0.0, "std": 1.0},
                                    world=(world.rank, world.size))
-        mean, std = data.normalisation(training["normalize"], info, 3)
+        mean, std, bgr = data.input_transform(spec_normalize(spec), info, 3)
         views = ssl.Views(options, size=input_size(spec) or info.image_size, gray=info.channels == 1,
-                          mean=mean, std=std)
+                          mean=mean, std=std, bgr=bgr)
         monitor = None
         if _labelled(info):
             rows = np.random.default_rng(spec["seed"]).permutation(info.split_sizes["train"])[:MONITOR_MEMORY]
@@ -149,14 +169,15 @@ def pretrain(spec: dict, *, device: str | None = None, progress: bool = True) ->
 
     state = {k: v.detach().cpu().clone() for k, v in backbone.state_dict().items()}
     knn: dict[str, Any] = {"k": EVAL_K, "temperature": EVAL_TEMPERATURE, "memory": "train", "query": "test"}
-    if _labelled(info):
+    if _supervisable(info):
+        score = "auc" if info.task == "multilabel" else "acc"  # mean per-label AUC: no top-1 for many labels
         backbone.to(torch_device)
-        knn["acc"] = _knn_test(backbone, spec, info, torch_device, precision.channels_last)
+        knn[score] = _knn_test(backbone, spec, info, torch_device, precision.channels_last)
         random_model = models.rebuild(model, spec["seed"]).to(torch_device)
-        knn["random_init_acc"] = _knn_test(random_model, spec, info, torch_device, False)
+        knn[f"random_init_{score}"] = _knn_test(random_model, spec, info, torch_device, False)
         if spec.get("from"):
             start, _ = _starting_model(spec, info)
-            knn["start_acc"] = _knn_test(start.to(torch_device), spec, info, torch_device, False)
+            knn[f"start_{score}"] = _knn_test(start.to(torch_device), spec, info, torch_device, False)
         test_features, _ = embed_loader(backbone, spec_loader(spec, "test", torch_device), torch_device)
         knn["embedding_spread"] = embedding_spread(test_features)
     meta = {

@@ -19,7 +19,7 @@ from medtransfer import data, init, models
 from medtransfer.atomic import atomic_path
 from medtransfer.data.cache import interpolate
 from medtransfer.models import segmentation
-from medtransfer.models.fusion import FusionNetwork, fusion_head
+from medtransfer.models.fusion import FusionNetwork, Normalise, fusion_head
 from medtransfer.training import distributed
 
 
@@ -41,6 +41,31 @@ def input_size(spec: dict) -> int | None:
     return spec["training"].get("image_size") or models.default_input_size(spec["arch"], **spec.get("arch_options", {}))
 
 
+def spec_normalize(spec: dict) -> str | dict:
+    """The input transform of a job spec's batches, the ``normalize`` that
+    :func:`medtransfer.data.input_transform` maps to (mean, std, bgr): the ``preprocess`` of the
+    source the spec reads (config ``sources.<name>.preprocess``; the planner puts it in the specs of
+    runs, features and pretraining from that source), ``unit`` ([0, 1]) for a fusion whose members
+    carry their own (each backbone then transforms the batch itself: :func:`member_normalize`),
+    else ``training.normalize``. Every loader of a spec takes its normalisation from here."""
+    if spec.get("preprocess") is not None:
+        return spec["preprocess"]
+    if _members_transform(spec):
+        return "unit"
+    return spec["training"]["normalize"]
+
+
+def _members_transform(spec: dict) -> bool:
+    """Whether a fusion spec's members bring their own input transform (a member with ``preprocess``)."""
+    return any(member.get("preprocess") is not None for member in spec.get("members") or ())
+
+
+def member_normalize(spec: dict, member: dict) -> str | dict:
+    """The input transform of one fused backbone: its source's ``preprocess``, else the run's
+    ``training.normalize``."""
+    return member["preprocess"] if member.get("preprocess") is not None else spec["training"]["normalize"]
+
+
 def spec_loader(spec: dict, split: str, device: torch.device, *, batch_size: int | None = None,
                 shuffle: bool = False, **overrides: Any):
     """A loader over ``split`` of ``spec["cache"]`` with the spec's training settings (normalisation,
@@ -49,7 +74,7 @@ def spec_loader(spec: dict, split: str, device: torch.device, *, batch_size: int
     :func:`medtransfer.data.make_loader`. Fine-tuning, pretraining, frozen features and the
     augmented linear probe all read their batches through this one function."""
     training = spec["training"]
-    settings = dict(normalize=training["normalize"], image_size=input_size(spec), resize_mode=training["resize_mode"],
+    settings = dict(normalize=spec_normalize(spec), image_size=input_size(spec), resize_mode=training["resize_mode"],
                     max_memory_mb=training["max_memory_mb"], num_workers=training["num_workers"], seed=spec["seed"])
     settings.update(overrides)
     return data.make_loader(spec["cache"], split, batch_size=batch_size or training["eval_batch_size"],
@@ -112,7 +137,12 @@ def fusion_model(spec: dict, num_classes: int) -> tuple[torch.nn.Module, dict, d
     name = spec["init"]["name"]
     torch.manual_seed(spec["seed"])
     head = fusion_head(name, widths, num_classes, **(spec.get("dvme") or {}))
-    network = FusionNetwork(backbones, sizes, head,
+    transforms = None
+    if _members_transform(spec):  # the loader yields [0, 1] (spec_normalize): each member normalises
+        info = data.read_info(spec["cache"])
+        transforms = [Normalise(*data.input_transform(member_normalize(spec, member), info, 3))
+                      for member in spec["members"]]
+    network = FusionNetwork(backbones, sizes, head, transforms=transforms,
                             resize=functools.partial(interpolate, mode=spec["training"]["resize_mode"]))
     record = {"init": name, "seed": spec["seed"], "members": records,
               "head": {"name": name, "widths": widths, "origin": "random (standardised with the members' "

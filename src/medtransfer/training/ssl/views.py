@@ -40,13 +40,14 @@ class Views(nn.Module):
 
     ``recipe``: the view options of :data:`medtransfer.training.ssl.options.VIEW_DEFAULTS`
     (resolved, e.g. a method's defaults with the user's overrides); ``mean``/``std``: per-channel
-    normalisation applied after augmenting; ``gray``: the images are grayscale.
+    normalisation applied after augmenting (after RGB -> BGR with ``bgr``, a source's ``preprocess:
+    caffe``); ``gray``: the images are grayscale.
     """
 
     def __init__(self, recipe: dict[str, Any], *, size: int, gray: bool, mean: Sequence[float],
-                 std: Sequence[float], global_crops: int = 2) -> None:
+                 std: Sequence[float], global_crops: int = 2, bgr: bool = False) -> None:
         super().__init__()
-        self.size, self.gray = int(size), bool(gray)
+        self.size, self.gray, self.bgr = int(size), bool(gray), bool(bgr)
         blur = recipe["blur"]
         self.blur_on = size >= BLUR_MIN_SIZE if blur == "auto" else bool(blur)
         local_size = recipe["local_size"] or max(4, int(round(96 / 224 * size)))
@@ -89,10 +90,11 @@ class Views(nn.Module):
     def describe(self) -> dict[str, Any]:
         """What the views are, for meta.json (sizes, counts, whether blur ran)."""
         return {"size": self.size, "local_size": self.local_size, "global_views": self.count[0],
-                "local_views": self.count[1], "gray": self.gray, "blur": self.blur_on}
+                "local_views": self.count[1], "gray": self.gray, "blur": self.blur_on,
+                **({"bgr": True} if self.bgr else {})}
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = x.float()
-        return [((view(x) - self.mean) / self.std).contiguous()
-                for view in [*self.global_views, *self.local_views]]
+        views = [view(x) for view in [*self.global_views, *self.local_views]]
+        return [(((v.flip(1) if self.bgr else v) - self.mean) / self.std).contiguous() for v in views]
