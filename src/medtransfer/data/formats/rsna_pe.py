@@ -224,10 +224,11 @@ def _window(name: str, entry: Mapping[str, Any]) -> tuple[float, float]:
 def check(name: str, entry: Mapping[str, Any]) -> None:
     """The window, ``order``, ``channels`` (3) and the decoding keys (``ConfigError``), before any file is read."""
     check_decoding_keys(name, {"channels": 3, **entry})
-    if int(entry.get("channels", 3)) != 3:
-        raise ConfigError(f"datasets.{name}.channels is {entry['channels']}; rsna_pe stacks three slices: 3")
-    if entry.get("order", "position") not in ORDERS:
-        raise ConfigError(f"datasets.{name}.order is {entry['order']!r}; allowed: {', '.join(ORDERS)}")
+    channels, order = int(entry.get("channels", 3)), entry.get("order", "position")
+    if channels != 3:
+        raise ConfigError(f"datasets.{name}.channels is {channels}; rsna_pe stacks three slices: 3")
+    if order not in ORDERS:
+        raise ConfigError(f"datasets.{name}.order is {order!r}; allowed: {', '.join(ORDERS)}")
     _window(name, entry)
 
 
