@@ -97,6 +97,9 @@ def test_busi_bad_input_is_named(busi):
     with pytest.raises(DataError, match=r"image .*malignant \(2\).png has no mask"):
         read_dataset("busi", busi_entry(root, target="segmentation"))
     assert len(np.concatenate([s[1] for s in read_dataset("busi", busi_entry(root)).splits.values()])) == 29
+    (root / "normal").rename(root / "Normal cases")
+    with pytest.raises(DataError, match=r"has no folder normal/; is 'root' the Dataset_BUSI_with_GT folder"):
+        read_dataset("busi", busi_entry(root))
 
 
 # --------------------------------------------------------------------------------------------- DDTI
@@ -178,4 +181,8 @@ def test_ddti_bad_input_is_named(ddti):
     write_report(root / "7.xml", 7, "5", 1)
     (root / "3.xml").unlink()
     with pytest.raises(DataError, match=r"image .*3_1.jpg has no report 3.xml"):
+        read_dataset("ddti", ddti_entry(root))
+    for report in root.glob("*.xml"):
+        report.unlink()
+    with pytest.raises(DataError, match=r"no <case>.xml reports; is 'root' the DDTI folder"):
         read_dataset("ddti", ddti_entry(root))
