@@ -61,7 +61,7 @@ def test_busi_classes_are_its_folders_and_masks_are_never_images(busi, tmp_path)
 
 
 def test_busi_merge_normal_into_benign_gives_juodelytes_binary_task(busi):
-    root, truth = busi
+    root, _ = busi
     raw = read_dataset("busi", busi_entry(root, merge={"normal": "benign"}))
     assert raw.task == "binary" and raw.class_names == ["benign", "malignant"]
     labels = np.concatenate([raw.splits[s][1] for s in ("train", "val", "test")])
@@ -120,7 +120,6 @@ def write_report(path, number, tirads, marks):
 
 @pytest.fixture
 def ddti(tmp_path):
-    rng = np.random.default_rng(1)
     root = tmp_path / "ddti"
     root.mkdir()
     truth = {}

@@ -150,7 +150,7 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
         "cases_without_tirads": {"count": len(without_tirads), "policy": missing, "first": without_tirads[:10]},
         "reports_without_images": {"count": len(without_images), "first": without_images[:10]},
         "number_differs_from_file_name": {"count": len(renumbered), "first": renumbered[:10]},
-        "cases": int(len(np.unique(cases_array.astype(str)))),
+        "cases": len(np.unique(cases_array.astype(str))),
         "split_policy": (f"val and test made from whole cases (val {len(parts['val'])}, test {len(parts['test'])} "
                          f"images), stratified by class, split_seed {seed}"),
         "made_splits": describe_split(parts, root.name, "case", seed),

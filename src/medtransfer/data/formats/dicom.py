@@ -22,7 +22,7 @@ def pydicom_module(where: str = "") -> Any:
     """The ``pydicom`` module (>= 3.0), or a DataError saying how to install it."""
     try:
         import pydicom
-        import pydicom.pixels  # noqa: F401  (pydicom 3's pixel API; absent before 3.0)
+        import pydicom.pixels  # pydicom 3.0 pixel API; absent before 3.0
     except ImportError:
         raise DataError(f"{where + ': ' if where else ''}reading DICOM files needs pydicom >= 3.0: {INSTALL}") from None
     return pydicom

@@ -329,7 +329,7 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
         "example": "one slice: channels = (lower neighbour, slice, upper neighbour) by "
                    + ("ImagePositionPatient z" if entry.get("order", "position") == "position" else "InstanceNumber"),
         "window_hu": {"center": center, "width": width},
-        "studies": int(len(study_positive)),
+        "studies": len(study_positive),
         "positive_studies": int(study_positive.sum()),
         "split_policy": (f"val and test made from whole studies (val {len(parts['val'])}, test {len(parts['test'])} "
                          f"slices), stratified by whether a study has a PE slice, split_seed {seed}"),
