@@ -30,6 +30,10 @@ MINIMAL_ENTRIES = {
     "pcam": {"root": "/data/pcam"},
     "cbis_ddsm": {"root": "/data/cbis", "size": 224},
     "masks": {"root": "/data/lungs", "size": 256},
+    "siim_acr": {"root": "/data/siim", "size": 256, "target": "segmentation"},
+    "rsna_pe": {"root": "/data/rsna-str-pe", "size": 224},
+    "busi": {"root": "/data/Dataset_BUSI_with_GT", "size": 224},
+    "ddti": {"root": "/data/ddti", "size": 224},
 }
 # Keys of those entries that may be left out (defaults exist); every other one is required.
 OPTIONAL = {"csv": {"label_column"}}  # one of label_column / label_columns, checked as a pair
@@ -68,7 +72,7 @@ def test_read_dataset_stops_with_the_same_message_before_reading():
 
 @pytest.mark.parametrize("entry,message", [
     ({"format": "dicomzz", "root": "/x"}, "unknown dataset format 'dicomzz' (config key datasets.mine.format); "
-                                          "allowed: aptos2019, cbis_ddsm, chexpert, csv"),
+                                          "allowed: aptos2019, busi, cbis_ddsm, "),
     ({"root": "/x"}, "datasets.mine: missing key 'format'"),
     ({"format": "medmnist", "flag": "breastmnistt", "root": "/x"}, "datasets.mine.flag is 'breastmnistt'"),
     ({"format": "medmnist", "flag": "breastmnist", "root": "/x", "size": 32}, "datasets.mine.size is 32"),

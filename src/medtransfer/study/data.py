@@ -10,12 +10,15 @@ from medtransfer.errors import ConfigError
 # medtransfer.data imports torch; tests/test_segmentation.py keeps these names equal to its own.
 SEGMENTATION_FORMATS = ("masks",)
 SEGMENTATION_SYNTHETIC_TASKS = ("lesion_segmentation",)
+# Formats that are a segmentation target when their entry says ``target: segmentation``.
+SEGMENTATION_TARGET_FORMATS = ("siim_acr", "busi")
 
 
 def is_segmentation(entry: dict) -> bool:
     """Whether a ``datasets:`` entry is a segmentation dataset (masks beside its images)."""
     return entry.get("format") in SEGMENTATION_FORMATS or (
-        entry.get("format") == "synthetic" and entry.get("task") in SEGMENTATION_SYNTHETIC_TASKS)
+        entry.get("format") == "synthetic" and entry.get("task") in SEGMENTATION_SYNTHETIC_TASKS) or (
+        entry.get("format") in SEGMENTATION_TARGET_FORMATS and entry.get("target") == "segmentation")
 
 
 class DataPlan:
