@@ -10,3 +10,4 @@ tables) and :mod:`medtransfer.data.images` (decoding image files).
 from medtransfer.data.formats import synthetic, medmnist, arrays, folders  # noqa: F401  isort: skip
 from medtransfer.data.formats import chexpert, aptos, isic, pcam, cbis_ddsm  # noqa: F401  isort: skip
 from medtransfer.data.formats import masks  # noqa: F401  isort: skip
+from medtransfer.data.formats import lists, chestxray14, isic2018, eyepacs  # noqa: F401  isort: skip
