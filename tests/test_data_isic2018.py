@@ -41,7 +41,7 @@ def entry(root, **kw):
 
 
 def check_labels(raw):
-    for split, (images, labels) in raw.splits.items():
+    for images, labels in raw.splits.values():
         numbers = [int(p.stem.split("_")[1]) for p in images.paths]
         np.testing.assert_array_equal(labels, [i % 7 for i in numbers])
         np.testing.assert_allclose(images[:][:, 0, 2, 2], 30 * labels, atol=3)  # JPEG: within a few levels

@@ -27,8 +27,9 @@ the training patients; without them val and test are both made from the training
 stratified by grade (the patient's most frequent) and seeded.
 
 Labels: task ``ordinal`` (5 grades, metric ``kappa``, quadratic-weighted as the competition's);
-with ``binarize: referable``, task ``binary`` (0 = grade 0-1, 1 = grade 2-4: referable DR, the
-binary task of Raghu et al.'s retina study and of Gulshan et al. 2016), metric ``auc``.
+with ``binarize: referable``, task ``binary`` (0 = grade 0-1, 1 = grade 2-4: referable DR,
+moderate or worse, as Gulshan et al. 2016 define it; the binary retina task of Raghu et al.'s
+study, whose AUCs are on their own fundus data), metric ``auc``.
 ``size`` (required), ``channels`` (default 3), ``resize``, ``workers`` as for ``csv``. A missing
 CSV or image, a grade outside 0-4 or an image name not of that form stops with a DataError
 naming the file and row.
@@ -44,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.data.formats.common import (check_decoding_keys, decoding_keys, listing_checksum, md5_file,
-                                             path_inside, read_table, row_names, split_keys)
+from medtransfer.data.formats.common import (check_decoding_keys, decoding_keys, grades, listing_checksum,
+                                             md5_file, path_inside, read_table, row_names, split_keys)
 from medtransfer.data.images import DecodedImages
 from medtransfer.data.raw import RawDataset, register_format, require
 from medtransfer.data.splits import carve_splits, check_disjoint
@@ -73,24 +74,17 @@ def read_labels(path: Path, folder: Path, name: str) -> tuple[list[Path], np.nda
     """One label CSV -> image paths in ``folder``, grades int64 [N], patients [N], row names, table."""
     table = read_table(path, ["image", "level"], hint=f"download it from {DOWNLOAD}")
     rows = row_names(path, len(table))
-    grades = np.empty(len(table), np.int64)
+    levels = grades(table["level"].tolist(), rows, "level", len(GRADES), "DR grades")
     patients, paths = [], []
-    for i, (image, level) in enumerate(zip(table["image"], table["level"])):
+    for i, image in enumerate(table["image"]):
         image = image.strip() if isinstance(image, str) else ""
         eye = EYE.match(image)
         if not eye:
             raise DataError(f"{rows[i]}: 'image' is {image!r}; expected <patient number>_left or _right, "
                             "as the competition names its images")
-        try:
-            grade = float(level)
-        except (TypeError, ValueError):
-            grade = np.nan
-        if not grade.is_integer() or not 0 <= grade < len(GRADES):
-            raise DataError(f"{rows[i]}: 'level' is {level!r}; DR grades are 0, 1, 2, 3, 4")
-        grades[i] = int(grade)
         patients.append(eye.group(1))
         paths.append(path_inside(folder, f"{image}.jpeg", f"datasets.{name}: {rows[i]}, column 'image'", value=image))
-    return paths, grades, np.asarray(patients), rows, table
+    return paths, levels, np.asarray(patients), rows, table
 
 
 @register_format("eyepacs", required={"root": "the folder with trainLabels.csv and train/",
@@ -110,8 +104,8 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     listing = listing_checksum(root, [p for s in csvs for p in read_splits[s][0]],
                                [r for s in csvs for r in read_splits[s][3]])
     labels, class_names, task, metric = {}, list(GRADES), "ordinal", "kappa"
-    for split, (_, grades, _, _, _) in read_splits.items():
-        labels[split] = grades if binarize is None else (grades >= BINARIZE[binarize]).astype(np.int64)
+    for split, (_, levels, _, _, _) in read_splits.items():
+        labels[split] = levels if binarize is None else (levels >= BINARIZE[binarize]).astype(np.int64)
     if binarize is not None:
         class_names, task, metric = list(REFERABLE), "binary", "auc"
     splits = {split: (DecodedImages(paths, size, channels, resize, workers=workers, describe=rows), labels[split])

@@ -215,7 +215,7 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     check_unique(lists)
     class_names = _class_names(entry, name)
     width = len(lists["train"].labels[0])
-    for split, lst in lists.items():
+    for lst in lists.values():
         if len(lst.labels[0]) != width:
             raise DataError(f"{lst.lines[0]}: {len(lst.labels[0])} label(s), but {lists['train'].lines[0]} has "
                             f"{width}; every list carries the same labels")
