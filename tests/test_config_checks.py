@@ -34,6 +34,10 @@ MINIMAL_ENTRIES = {
     "rsna_pe": {"root": "/data/rsna-str-pe", "size": 224},
     "busi": {"root": "/data/Dataset_BUSI_with_GT", "size": 224},
     "ddti": {"root": "/data/ddti", "size": 224},
+    "chestxray14": {"root": "/data/ChestXray-NIHCC", "size": 224},
+    "lists": {"root": "/data/shenzhen", "files": {"train": "train.txt"}, "size": 224},
+    "isic2018": {"root": "/data/isic2018", "size": 224},
+    "eyepacs": {"root": "/data/eyepacs", "size": 224},
 }
 # Keys of those entries that may be left out (defaults exist); every other one is required.
 OPTIONAL = {"csv": {"label_column"}}  # one of label_column / label_columns, checked as a pair
@@ -72,7 +76,7 @@ def test_read_dataset_stops_with_the_same_message_before_reading():
 
 @pytest.mark.parametrize("entry,message", [
     ({"format": "dicomzz", "root": "/x"}, "unknown dataset format 'dicomzz' (config key datasets.mine.format); "
-                                          "allowed: aptos2019, busi, cbis_ddsm, "),
+                                          "allowed: " + ", ".join(FORMATS.names())),
     ({"root": "/x"}, "datasets.mine: missing key 'format'"),
     ({"format": "medmnist", "flag": "breastmnistt", "root": "/x"}, "datasets.mine.flag is 'breastmnistt'"),
     ({"format": "medmnist", "flag": "breastmnist", "root": "/x", "size": 32}, "datasets.mine.size is 32"),
@@ -102,7 +106,8 @@ def test_shipped_studies_pass_the_dataset_checks(path):
     Study(yaml.safe_load(path.read_text())).check_dataset_entries()
 
 
-@pytest.mark.parametrize("fmt", ["aptos2019", "isic2019", "chexpert", "cbis_ddsm"])
+@pytest.mark.parametrize("fmt", ["aptos2019", "isic2019", "chexpert", "cbis_ddsm", "chestxray14", "isic2018",
+                                 "eyepacs"])
 def test_a_dataset_entry_without_size_is_refused_by_the_entry_check(fmt):
     entry = {"format": fmt, "root": "/data/mine"}
     with pytest.raises(ConfigError, match=r"^datasets.mine: missing key 'size' \(images are resized to size x size\)$"):

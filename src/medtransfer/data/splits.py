@@ -155,7 +155,7 @@ def check_disjoint(groups_by_split: Mapping[str, np.ndarray], what: str, where: 
         for b in names[i + 1:]:
             shared = np.intersect1d(np.asarray(groups_by_split[a]), np.asarray(groups_by_split[b]))
             if len(shared):
-                raise DataError(f"{where}: {len(shared)} {what}(s) in both {a} and {b} (e.g. {shared[0]!r}); "
+                raise DataError(f"{where}: {len(shared)} {what}(s) in both {a} and {b} (e.g. {shared.tolist()[0]!r}); "
                                 "a patient must be in one split only")
 
 
@@ -176,13 +176,37 @@ def split_source_train(
     lazy) or a numpy array. Test is cut first, then val from the rest, both from whole groups.
     Returns the splits and the attributes to record (``split_policy``, ``made_splits``).
     """
-    parts = grouped_split(labels, groups, {"test": test_fraction, "val": val_fraction}, seed)
+    splits, attributes, _ = carve_splits(images, labels, groups, {"test": test_fraction, "val": val_fraction},
+                                         seed=seed, source=source, grouping=grouping)
+    return splits, attributes
+
+
+def carve_splits(
+    images: Any,
+    labels: np.ndarray,
+    groups: np.ndarray | None,
+    fractions: Mapping[str, float],
+    *,
+    seed: int,
+    source: str,
+    grouping: str,
+) -> tuple[dict[str, tuple[Any, np.ndarray]], dict[str, Any], dict[str, np.ndarray]]:
+    """Cut the parts ``fractions`` names (``val``, ``test``, or both) out of one labelled set,
+    whole groups each (:func:`grouped_split`); what is left is ``train``.
+
+    ``images`` is a :class:`~medtransfer.data.images.DecodedImages` (split by ``subset``, still
+    lazy) or a numpy array; ``groups`` [N] the patient (lesion) of each image, or None. Returns the
+    splits, the attributes to record (``split_policy``, ``made_splits``) and the indices into
+    ``images`` of each split (so that a reader can split its other per-image arrays alike).
+    """
+    parts = grouped_split(labels, groups, fractions, seed)
     take = images.subset if hasattr(images, "subset") else images.__getitem__
     splits = {"train" if part == "rest" else part: (take(idx), labels[idx]) for part, idx in parts.items()}
     sizes = ", ".join(f"{part} {len(idx)}" for part, idx in parts.items() if part != "rest")
+    made = " and ".join(part for part in ("val", "test") if part in fractions)
     attributes = {
-        "split_policy": (f"val and test made from {source} ({sizes} images; whole {grouping}s, stratified by "
+        "split_policy": (f"{made} made from {source} ({sizes} images; whole {grouping}s, stratified by "
                          f"class, split_seed {seed})"),
         "made_splits": describe_split(parts, source, grouping, seed),
     }
-    return splits, attributes
+    return splits, attributes, {"train" if part == "rest" else part: idx for part, idx in parts.items()}

@@ -11,3 +11,4 @@ from medtransfer.data.formats import synthetic, medmnist, arrays, folders  # noq
 from medtransfer.data.formats import chexpert, aptos, isic, pcam, cbis_ddsm  # noqa: F401  isort: skip
 from medtransfer.data.formats import masks  # noqa: F401  isort: skip
 from medtransfer.data.formats import siim_acr, rsna_pe, busi, ddti  # noqa: F401  isort: skip
+from medtransfer.data.formats import lists, chestxray14, isic2018, eyepacs  # noqa: F401  isort: skip

@@ -26,10 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from medtransfer.data.formats.common import (check_decoding_keys, decoding_keys, listing_checksum, md5_file,
-                                             path_inside, read_table, row_names, split_keys)
+from medtransfer.data.formats.common import (check_decoding_keys, decoding_keys, grades, listing_checksum,
+                                             md5_file, path_inside, read_table, row_names, split_keys)
 from medtransfer.data.images import DecodedImages
 from medtransfer.data.raw import RawDataset, register_format, require
 from medtransfer.data.splits import split_source_train
@@ -49,15 +47,7 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     csv_path = root / "train.csv"
     table = read_table(csv_path, ["id_code", "diagnosis"], hint=f"download APTOS 2019 from {DOWNLOAD}")
     rows = row_names(csv_path, len(table))
-    labels = np.empty(len(table), np.int64)
-    for i, value in enumerate(table["diagnosis"]):
-        try:
-            grade = float(value)
-        except (TypeError, ValueError):
-            grade = np.nan
-        if not grade.is_integer() or not 0 <= grade < len(GRADES):
-            raise DataError(f"{rows[i]}: 'diagnosis' is {value!r}; APTOS grades are 0, 1, 2, 3, 4")
-        labels[i] = int(grade)
+    labels = grades(table["diagnosis"].tolist(), rows, "diagnosis", len(GRADES), "APTOS grades")
     for i, code in enumerate(table["id_code"]):
         if not isinstance(code, str) or not code.strip():
             raise DataError(f"{rows[i]}: empty 'id_code'")

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
+import numpy as np
+
 from medtransfer.data.images import PIL_FILTERS
 from medtransfer.data.raw import require
 from medtransfer.errors import ConfigError, DataError
@@ -112,6 +114,21 @@ def read_table(path: str | Path, columns: Sequence[str], *, hint: str = "", dtyp
     if table.empty:
         raise DataError(f"{path}: no rows")
     return table
+
+
+def grades(values: Sequence[Any], rows: Sequence[str], column: str, count: int, what: str) -> np.ndarray:
+    """A CSV column of integer grades 0..count-1 (``2``, ``2.0``) -> int64 [N]; DataError naming the
+    row of any other value (``what`` says what the grades are, e.g. ``"APTOS grades"``)."""
+    out = np.empty(len(values), np.int64)
+    for i, value in enumerate(values):
+        try:
+            grade = float(value)
+        except (TypeError, ValueError):
+            grade = np.nan
+        if not grade.is_integer() or not 0 <= grade < count:
+            raise DataError(f"{rows[i]}: {column!r} is {value!r}; {what} are {', '.join(map(str, range(count)))}")
+        out[i] = int(grade)
+    return out
 
 
 def row_names(path: str | Path, count: int) -> list[str]:

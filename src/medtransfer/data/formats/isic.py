@@ -48,21 +48,47 @@ DOWNLOAD = "https://challenge.isic-archive.com/data/#2019"
 METRIC = "balanced_acc"
 
 
-def one_hot_to_index(table: Any, rows: list[str]) -> np.ndarray:
-    """The class index of each one-hot row (int64 [N]); DataError naming the first bad row."""
+def one_hot_to_index(table: Any, rows: list[str], classes: tuple[str, ...] = CLASSES) -> np.ndarray:
+    """The class index of each one-hot row over ``classes`` (int64 [N]); DataError naming the
+    first bad row. ISIC's ground-truth CSVs of 2018 and 2019 are both written this way."""
     import pandas as pd
 
-    values = table[list(CLASSES)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    values = table[list(classes)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     unknown = pd.to_numeric(table["UNK"], errors="coerce").fillna(0).to_numpy() if "UNK" in table else None
     for i, row in enumerate(values):
         if not np.all(np.isin(row, (0.0, 1.0))) or row.sum() != 1.0:
             if unknown is not None and unknown[i] == 1.0:
                 raise DataError(f"{rows[i]}: UNK = 1 (none of the 8 diagnoses); the ISIC 2019 training set "
                                 "has no such image, and it is not a class here: remove the row")
-            cells = ", ".join(f"{c}={v}" for c, v in zip(CLASSES, table.loc[i, list(CLASSES)]))
-            raise DataError(f"{rows[i]}: expected exactly one of {', '.join(CLASSES)} to be 1 and the rest 0, "
+            cells = ", ".join(f"{c}={v}" for c, v in zip(classes, table.loc[i, list(classes)]))
+            raise DataError(f"{rows[i]}: expected exactly one of {', '.join(classes)} to be 1 and the rest 0, "
                             f"got {cells}")
     return values.argmax(axis=1).astype(np.int64)
+
+
+def lesion_ids(meta_path: Path, images: list[str], listed_in: str) -> np.ndarray:
+    """Lesion id per image from a CSV with ``image`` and ``lesion_id`` columns (ISIC 2019's
+    metadata, ISIC 2018's lesion groupings); an image with an empty id is its own lesion, an image
+    without a row an error naming ``listed_in`` (the ground truth that lists it)."""
+    meta = read_table(meta_path, ["image", "lesion_id"])
+    lesion_of = dict(zip(meta["image"].str.strip(), meta["lesion_id"]))
+    missing = [img for img in images if img not in lesion_of]
+    if missing:
+        raise DataError(f"{meta_path}: no row for image {missing[0]!r} (and {len(missing) - 1} more) of {listed_in}")
+    return np.asarray([lesion_of[img] if isinstance(lesion_of[img], str) else f"image:{img}" for img in images])
+
+
+def image_paths(table: Any, rows: list[str], folder: Path, name: str) -> tuple[list[str], list[Path]]:
+    """The ``image`` column (``ISIC_0024306``) -> names and ``folder/{name}.jpg``; DataError naming
+    the row of an empty name or one that leads out of ``folder``."""
+    names = []
+    for i, image in enumerate(table["image"]):
+        if not isinstance(image, str) or not image.strip():
+            raise DataError(f"{rows[i]}: empty 'image'")
+        names.append(image.strip())
+    paths = [path_inside(folder, f"{image}.jpg", f"datasets.{name}: {row}, column 'image'", value=image)
+             for row, image in zip(rows, names)]
+    return names, paths
 
 
 def _lesions(root: Path, images: list[str], name: str, group_by: str) -> np.ndarray | None:
@@ -74,12 +100,7 @@ def _lesions(root: Path, images: list[str], name: str, group_by: str) -> np.ndar
         raise DataError(f"{meta_path} does not exist: it gives the lesion of each image, so that images of "
                         f"one lesion stay in one split; download it from {DOWNLOAD} or set "
                         f"datasets.{name}.group_by: image")
-    meta = read_table(meta_path, ["image", "lesion_id"])
-    lesion_of = dict(zip(meta["image"].str.strip(), meta["lesion_id"]))
-    missing = [img for img in images if img not in lesion_of]
-    if missing:
-        raise DataError(f"{meta_path}: no row for image {missing[0]!r} (and {len(missing) - 1} more) of {GROUND_TRUTH}")
-    return np.asarray([lesion_of[img] if isinstance(lesion_of[img], str) else f"image:{img}" for img in images])
+    return lesion_ids(meta_path, images, GROUND_TRUTH)
 
 
 def check(name: str, entry: Mapping[str, Any]) -> None:
@@ -103,14 +124,7 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     table = read_table(csv_path, ["image", *CLASSES], hint=f"download it from {DOWNLOAD}")
     rows = row_names(csv_path, len(table))
     labels = one_hot_to_index(table, rows)
-    names = []
-    for i, image in enumerate(table["image"]):
-        if not isinstance(image, str) or not image.strip():
-            raise DataError(f"{rows[i]}: empty 'image'")
-        names.append(image.strip())
-    folder = root / str(entry.get("images", IMAGES))
-    paths = [path_inside(folder, f"{image}.jpg", f"datasets.{name}: {row}, column 'image'", value=image)
-             for row, image in zip(rows, names)]
+    names, paths = image_paths(table, rows, root / str(entry.get("images", IMAGES)), name)
     listing = listing_checksum(root, paths, rows)
     lesions = _lesions(root, names, name, group_by)
     images = DecodedImages(paths, size, channels, resize, workers=workers, describe=rows)
