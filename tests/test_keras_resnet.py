@@ -97,7 +97,7 @@ def keras_resnet50(tmp_path_factory):
         layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
     model.load_weights(files["keras2"])
     np.testing.assert_array_equal(np.asarray(model.predict(x, verbose=0)), reference["pooled"])
-    return {"files": files, "x": x, "reference": reference}
+    return {"files": files, "x": x, "reference": reference, "model": model}
 
 
 def relative_error(ours: torch.Tensor, theirs: np.ndarray) -> float:
@@ -149,6 +149,20 @@ def test_the_older_keras_layer_names_load_the_same(keras_resnet50, tmp_path):
     new = load_source_state_dict({"kind": "file", "path": str(keras_resnet50["files"]["keras2"])})
     state = load_source_state_dict({"kind": "file", "path": str(old)})
     assert state.keys() == new.keys() and all(torch.equal(state[k], new[k]) for k in new)
+
+
+def test_a_resnet50_nested_in_another_model_loads_and_a_model_with_its_own_head_is_refused(keras_resnet50, tmp_path):
+    """Juodelyte et al.'s fine-tuned models wrap ResNet50 as one layer of an outer model
+    (src/fine-tuning.py): Keras saves the nested model's variables in that layer's group."""
+    base = keras_resnet50["model"]
+    inputs = keras.Input((SIZE, SIZE, 3))
+    keras.Model(inputs, base(inputs)).save(tmp_path / "nested.h5")
+    keras.Model(inputs, keras.layers.Dense(2, name="dense")(base(inputs))).save(tmp_path / "finetuned.h5")
+    nested = load_source_state_dict({"kind": "file", "path": str(tmp_path / "nested.h5")})
+    plain = load_source_state_dict({"kind": "file", "path": str(keras_resnet50["files"]["keras3"])})
+    assert nested.keys() == plain.keys() and all(torch.equal(nested[k], plain[k]) for k in plain)
+    with pytest.raises(WeightsError, match="dense/kernel"):
+        load_source_state_dict({"kind": "file", "path": str(tmp_path / "finetuned.h5")})
 
 
 def test_the_width_option_is_keras_resnet_with_narrower_stages_and_the_top_loads(tmp_path):
