@@ -142,3 +142,45 @@ def test_a_file_without_any_state_dict_names_the_file(tmp_path):
     torch.save({"epoch": 3, "args": {"lr": 0.1}}, path)
     with pytest.raises(WeightsError, match="notes.pth"):
         load_source_state_dict({"kind": "file", "path": str(path)})
+
+
+def separius_simclr_v2_layout(torchvision_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision ResNet-50 keys in the layout of Separius/SimCLRv2-Pytorch's ``resnet.py``
+    (written from its module tree: ``net`` = [Stem, Blocks × 4]; Stem = [conv, BatchNormRelu, pool];
+    a block's ``net`` = [conv, BNReLU, conv, BNReLU, conv, BN]; ``projection`` = shortcut conv + BN)."""
+    import re
+
+    out = {}
+    for key, value in torchvision_state.items():
+        key = re.sub(r"^conv1\.", "net.0.0.", key)
+        key = re.sub(r"^bn1\.", "net.0.1.0.", key)
+        key = re.sub(r"^layer(\d)\.(\d+)\.conv(\d)\.", lambda m: f"net.{m[1]}.blocks.{m[2]}.net.{2 * int(m[3]) - 2}.", key)
+        key = re.sub(r"^layer(\d)\.(\d+)\.bn(\d)\.", lambda m: f"net.{m[1]}.blocks.{m[2]}.net.{2 * int(m[3]) - 1}.0.", key)
+        key = re.sub(r"^layer(\d)\.(\d+)\.downsample\.0\.", r"net.\1.blocks.\2.projection.shortcut.", key)
+        key = re.sub(r"^layer(\d)\.(\d+)\.downsample\.1\.", r"net.\1.blocks.\2.projection.bn.0.", key)
+        out[key] = value
+    return out
+
+
+def test_separius_simclr_v2_conversion_gives_torchvision_resnet50_features(tmp_path):
+    """r50_1x_sk0.pth as Separius's convert.py saves it ({'resnet', 'head'}): into timm's resnet50,
+    the pooled features of torchvision's ResNet-50 holding the same tensors."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50(weights=None)
+    for module in reference.modules():  # BN statistics away from their defaults
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.1), module.running_var.uniform_(0.5, 1.5), module.bias.data.normal_(0, 0.1)
+    head = {"layers.0.weight": torch.randn(2048, 2048), "layers.1.weight": torch.ones(2048)}
+    path = tmp_path / "r50_1x_sk0.pth"
+    torch.save({"resnet": separius_simclr_v2_layout(reference.state_dict()), "head": head}, path)
+    model = create("resnet50", 3)
+    record = init.apply(model, "WT", load_source_state_dict({"kind": "file", "path": str(path)}), seed=0)
+    assert record["checkpoint"]["unexpected"] == 0 and record["checkpoint"]["missing"] == 0
+    reference.fc = torch.nn.Identity()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = model.eval().forward_head(model.forward_features(x), pre_logits=True)
+        theirs = reference.eval()(x)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)

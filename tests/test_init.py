@@ -37,6 +37,7 @@ SMALL = {
     "cbr_tiny": {"width": 0.25},
     "resnet18_28": {"width": 0.25},
     "resnet50_28": {"width": 0.125},
+    "keras_resnet50": {"width": 0.125},
 }
 LARGE = {
     "resnet18": 32,

@@ -23,7 +23,7 @@ from medtransfer.models import (
 
 torch.set_num_threads(1)
 
-OURS = ["cbr_large_t", "cbr_large_w", "cbr_small", "cbr_tiny", "resnet18_28", "resnet50_28"]
+OURS = ["cbr_large_t", "cbr_large_w", "cbr_small", "cbr_tiny", "keras_resnet50", "resnet18_28", "resnet50_28"]
 TIMM = [
     "resnet18",
     "resnet50",
@@ -33,7 +33,7 @@ TIMM = [
     "swin_tiny_patch4_window7_224",
 ]
 # CNNs take any size: test them small; the others at the size they need.
-SIZE = {"resnet18": 32, "resnet50": 32, "inception_v3": 299}
+SIZE = {"resnet18": 32, "resnet50": 32, "inception_v3": 299, "keras_resnet50": 33}
 
 # Raghu et al. 2019, App. A (see REFERENCES.md): (kernel, widths, pool after the last block)
 CBR_PAPER = {

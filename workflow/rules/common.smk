@@ -20,6 +20,7 @@ try:
     if workflow.is_main_process:  # not again in every cluster job: it imports timm
         STUDY.check_architectures()
         STUDY.check_dataset_entries()
+        STUDY.check_source_files()
         FID_WARNING = STUDY.fid_weights_warning()
         if FID_WARNING:
             print(f"warning: {FID_WARNING}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""Models: our architectures (CBR family, MedMNIST's ResNet (28)) and any timm model, each with one
-ordered list of canonical blocks that transfer and analysis share.
+"""Models: our architectures (CBR family, MedMNIST's ResNet (28), Keras's ResNet-50 for Keras
+weight files) and any timm model, each with one ordered list of canonical blocks that transfer
+and analysis share.
 
 Public API::
 

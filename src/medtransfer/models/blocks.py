@@ -13,6 +13,8 @@ ViT / DeiT         ``patch_embed``, ``blocks.0`` … ``blocks.{L-1}``, ``head`` 
                                                                                class token first)
 Swin               ``patch_embed``, each block of each stage                   [N, H, W, C] (timm's
                    ``layers.{s}.blocks.{b}``, ``head``                         channels-last)
+keras_resnet50     the stem ``conv1`` (output ``conv1_relu``, before the max-pool),  [N, C, H, W]
+                   the stages ``conv2`` … ``conv5`` (models.keras_resnet), ``head``
 Inception-v3       stem convs ``Conv2d_1a_3x3`` … ``Conv2d_4a_3x3``, each      [N, C, H, W]
                    ``Mixed_*`` block, ``head``
 other timm models  heuristic: the modules of timm's ``feature_info`` (usually   as the module returns

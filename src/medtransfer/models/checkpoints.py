@@ -12,6 +12,12 @@ Taher et al.'s 14 ResNet-50s; Truong et al.'s SimCLR / SwAV / DINO):
 - a ``torch.nn.Sequential`` of the backbone's children (lightly's ``backbone.0.weight`` for
   conv1, ``backbone.4.0.conv1.weight`` for layer1.0.conv1).
 - next to the backbone: projection / prediction heads, prototypes, momentum encoders, queues.
+- SimCLR v2 converted from TensorFlow by Separius/SimCLRv2-Pytorch (``convert.py``): a dict
+  ``{"resnet": ..., "head": ...}`` whose ResNet is a ``net`` Sequential (stem ``net.0``, stages
+  ``net.1`` … ``net.4`` of ``blocks``, each block a ``net`` Sequential of conv / BN+ReLU pairs and
+  a ``projection`` shortcut; ``resnet.py`` there). Its ResNet-50 1× without selective kernels
+  is torchvision's ResNet-50 (stride on the 3×3 conv, no conv biases, BN ε 1e-5), so its keys
+  are renamed to torchvision's (:data:`SEPARIUS_SIMCLR_V2`); the contrastive ``head`` is dropped.
 
 :func:`fit_checkpoint` unwraps the dict, finds the prefix under which the most keys are the
 model's, maps Sequential indices to child names, drops everything outside the prefix (heads,
@@ -23,7 +29,8 @@ transferred blocks has no counterpart or another shape.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -43,8 +50,45 @@ EXTRA_PARTS = ("fc", "head", "heads", "classifier", "projection", "projection_he
                "linear", "last_layer")
 
 
+#: Separius's SimCLR v2 ResNet keys (regex) -> torchvision's. In a block's ``net``: 0 conv1,
+#: 1.0 bn1, 2 conv2 (3×3, strided), 3.0 bn2, 4 conv3, 5.0 bn3 (x.0: the BN of a BatchNorm+ReLU pair);
+#: ``fc`` (SimCLR's supervised head) keeps its name.
+SEPARIUS_SIMCLR_V2: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
+    (re.compile(r"net\.0\.0\.(.+)"), r"conv1.\1"),
+    (re.compile(r"net\.0\.1\.0\.(.+)"), r"bn1.\1"),
+    (re.compile(r"net\.([1-4])\.blocks\.(\d+)\.net\.([024])\.(weight|bias)"),
+     lambda m: f"layer{m[1]}.{m[2]}.conv{int(m[3]) // 2 + 1}.{m[4]}"),
+    (re.compile(r"net\.([1-4])\.blocks\.(\d+)\.net\.([135])\.0\.(.+)"),
+     lambda m: f"layer{m[1]}.{m[2]}.bn{(int(m[3]) + 1) // 2}.{m[4]}"),
+    (re.compile(r"net\.([1-4])\.blocks\.(\d+)\.projection\.shortcut\.(.+)"), r"layer\1.\2.downsample.0.\3"),
+    (re.compile(r"net\.([1-4])\.blocks\.(\d+)\.projection\.bn\.0\.(.+)"), r"layer\1.\2.downsample.1.\3"),
+]
+
+
+def _is_separius_simclr_v2(payload: Mapping) -> bool:
+    resnet = payload.get("resnet")
+    return (isinstance(resnet, Mapping) and isinstance(payload.get("head"), Mapping)
+            and "net.0.0.weight" in resnet and any(".blocks.0.projection." in k for k in resnet))
+
+
+def _from_separius_simclr_v2(resnet: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Separius's ResNet keys renamed to torchvision's; keys of other variants (selective-kernel
+    ``main_conv`` / ``mixing_conv``, the SK stem) keep their names, so that ``init.apply`` refuses
+    them by name rather than loading part of the network."""
+    out = {}
+    for key, value in resnet.items():
+        for pattern, replacement in SEPARIUS_SIMCLR_V2:
+            if pattern.fullmatch(key):
+                key = pattern.sub(replacement, key)
+                break
+        out[key] = value
+    return out
+
+
 def unwrap(payload: Any, where: str) -> dict[str, torch.Tensor]:
     """The state dict of tensors inside ``payload`` (a checkpoint as ``torch.load`` returns it)."""
+    if isinstance(payload, Mapping) and _is_separius_simclr_v2(payload):
+        return _from_separius_simclr_v2(payload["resnet"])
     seen: list[str] = []
     while isinstance(payload, Mapping) and not all(isinstance(v, torch.Tensor) for v in payload.values()):
         inner = next((k for k in WRAPPERS if isinstance(payload.get(k), Mapping)), None)

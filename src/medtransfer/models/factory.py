@@ -13,6 +13,7 @@ from medtransfer.errors import ConfigError
 from medtransfer.registry import Registry
 
 from .cbr import CBR_SPECS, build_cbr
+from .keras_resnet import build_keras_resnet50
 from .resnet import RESNET28_DEPTHS, build_resnet28, slim_resnet
 
 ARCHITECTURES: Registry = Registry("architecture")
@@ -41,6 +42,15 @@ for _name in CBR_SPECS:
     _register_cbr(_name)
 for _name in RESNET28_DEPTHS:
     _register_resnet28(_name)
+
+
+@ARCHITECTURES.register("keras_resnet50")
+def _build_keras_resnet50(num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+    unknown = set(kwargs) - {"width", "drop_rate", "slim_from", "slim_factor"}
+    if unknown:
+        raise ConfigError(f"architecture 'keras_resnet50' takes the options width and drop_rate, "
+                          f"not {', '.join(sorted(unknown))}")
+    return build_keras_resnet50(num_classes, in_chans, **kwargs)
 
 
 def is_known_arch(arch: str) -> bool:
@@ -77,16 +87,18 @@ def create(arch: str, num_classes: int, in_chans: int = 3, **kwargs: Any) -> nn.
     """Build architecture ``arch`` with a ``num_classes``-way linear head for ``in_chans`` inputs.
 
     ``arch`` is one of ``ARCHITECTURES.names()`` (``cbr_large_t``, ``cbr_large_w``, ``cbr_small``,
-    ``cbr_tiny``, ``resnet18_28``, ``resnet50_28``) or any timm model name (``resnet50``,
+    ``cbr_tiny``, ``resnet18_28``, ``resnet50_28``, ``keras_resnet50``: Keras's ResNet-50 for Keras
+    weight files, :mod:`medtransfer.models.keras_resnet`) or any timm model name (``resnet50``,
     ``deit_small_patch16_224``, ``resnet18.tv_in1k``, …), passed to ``timm.create_model``.
 
     Keyword options:
         pretrained (bool): timm models only: load the timm hub weights (ImageNet tag of the name,
             or timm's default tag). Offline this fails within seconds with ``WeightsError``.
-        width (float): our architectures only: multiplies every channel count (default 1.0).
+        width (float): our architectures only: multiplies every channel count (default 1.0;
+            keras_resnet50: the four stages' filters, its stem stays 64 wide as in Keras).
         slim_from, slim_factor (int, float): rebuild the canonical blocks with index >= slim_from
-            with ``slim_factor`` × their channels (Raghu's slim top). Our CBR and ResNet (28)
-            architectures and timm's ``resnet*``; other timm models raise ``ConfigError``.
+            with ``slim_factor`` × their channels (Raghu's slim top). Our CBR, ResNet (28) and
+            keras_resnet50 architectures and timm's ``resnet*``; other timm models raise ``ConfigError``.
         anything else: passed to the builder (timm: e.g. ``img_size``, ``drop_rate``).
 
     The returned module carries its creation arguments as ``model.medtransfer_create_args``.

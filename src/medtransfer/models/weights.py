@@ -28,6 +28,11 @@ import torch
 from medtransfer.errors import ConfigError, WeightsError
 from medtransfer.provenance import file_sha256
 
+from .keras_h5 import is_hdf5, read_keras_resnet50
+
+#: The architecture Keras ResNet-50 ``.h5`` files load into (models.keras_resnet).
+KERAS_ARCH = "keras_resnet50"
+
 log = logging.getLogger(__name__)
 
 #: ImageNet-1k weights used for WT, per architecture: timm name → timm name with tag.
@@ -204,13 +209,16 @@ def _unpickle(path: Path, allow_pickle: bool) -> Any:
 def _load_file(path: Path, allow_pickle: bool = False) -> dict[str, Any]:
     """The tensors of a checkpoint file, unwrapped (``state_dict``/``model``/DINO's ``teacher`` ...;
     :func:`medtransfer.models.checkpoints.unwrap`); prefixes and heads are mapped later, against
-    the model (:func:`medtransfer.models.checkpoints.fit_checkpoint`)."""
+    the model (:func:`medtransfer.models.checkpoints.fit_checkpoint`). An HDF5 file is read as a
+    Keras ResNet-50 save (:mod:`medtransfer.models.keras_h5`), keys of ``keras_resnet50``."""
     from .checkpoints import unwrap
 
     if not path.is_file():
         raise WeightsError(
             f"weights file {str(path)!r} does not exist; check the path in the config"
         )
+    if is_hdf5(path):  # a Keras .h5 save (by content: torch files are zip archives or pickles)
+        return read_keras_resnet50(path)
     try:
         if path.suffix == ".safetensors":
             return timm.models.load_state_dict(str(path), use_ema=False)
@@ -264,12 +272,15 @@ def read_source(spec: dict[str, Any]) -> SourceWeights:
         ``{"kind": "pretrain", "path": ".../model.pt"}``: our pretrain output, a ``torch.save``'d
             dict ``{"state_dict": ..., "arch": ..., "num_classes": ..., ...}``; an optional
             ``"arch"`` in the spec must match the file's.
-        ``{"kind": "file", "path": "x.pth" | "x.safetensors", "arch": optional timm name,
+        ``{"kind": "file", "path": "x.pth" | "x.safetensors" | "x.h5", "arch": optional name,
             "allow_pickle": optional bool}``: a plain state dict or a timm/torchvision checkpoint
             (``state_dict``/``model`` wrappers and ``module.`` prefixes are removed); with ``arch``,
             timm's checkpoint filter for it maps original releases (DeiT, Swin) to timm's keys.
             A pickle that needs more than :data:`CHECKPOINT_GLOBALS` is refused unless
-            ``allow_pickle`` is true.
+            ``allow_pickle`` is true. An HDF5 file (any suffix) is a Keras ResNet-50 save
+            (Keras 2 or Keras 3 legacy ``.h5``, weights or full model: RadImageNet's
+            ``RadImageNet-ResNet50_notop.h5``, Keras's ImageNet ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5``)
+            for the architecture ``keras_resnet50`` (:mod:`medtransfer.models.keras_h5`).
         ``{"kind": "timm", "arch": name, "tag": optional, "file": optional local copy}``: the timm
             hub weights of ``arch.tag`` (default tag: :data:`IMAGENET_WEIGHTS`, else timm's).
             Loaded through ``timm.create_model(..., pretrained=True,
@@ -311,6 +322,12 @@ def read_source(spec: dict[str, Any]) -> SourceWeights:
         allow_pickle = bool(spec.get("allow_pickle"))
         state = _tensors_only(_load_file(path, allow_pickle), repr(str(path)))
         arch = spec.get("arch")
+        if arch and arch != KERAS_ARCH and is_hdf5(path):
+            raise WeightsError(
+                f"weights file {str(path)!r} is a Keras ResNet-50 save: it loads into the architecture "
+                f"{KERAS_ARCH!r} (Keras's ResNet-50: stride on the first 1x1 conv, biased convs, "
+                f"BatchNorm eps 1.001e-5), not into {arch!r}"
+            )
         if arch and timm.is_model(arch):
             state = _timm_filter(arch, state)
         return SourceWeights(state, {**_file_origin(kind, path), "allow_pickle": allow_pickle})

@@ -126,6 +126,47 @@ class PretrainPlan:
             dataset = self.source_entry(source, arch)["pretrain"]["dataset"]
             self._check_training(self.pretrain_training(source, arch), "pretrain", self.pretrain_by, dataset, arch)
 
+    def source_uses(self) -> list[tuple[str, str]]:
+        """Every (source, arch) whose weights some job reads: the sources of the inits (and of
+        their fusions) at each architecture, the sources they continue pretraining from, and the
+        source that embeds the images for FID."""
+        used = set()
+        for spec in self.inits:
+            for arch in spec.architectures or self.architectures:
+                for source, source_arch in ([(spec.source, arch)] if spec.source else []) + fusion_members(spec, arch):
+                    while source is not None and (source, source_arch) not in used:
+                        used.add((source, source_arch))
+                        source = self._from_of(source, source_arch)
+        fid = self.analysis.get("fid")
+        if fid and self.fid_pairs() and fid["features"] in self.sources:
+            used.add((fid["features"], fid.get("arch") or self.architectures[0]))
+        return sorted(used)
+
+    def check_source_files(self) -> None:
+        """Raise ConfigError for a ``file:`` source whose weights file is not there, naming the
+        key, the source, the architecture and the path (relative paths are read from the working
+        directory): else every job that reads it would fail, on a cluster after queueing. The file
+        is also an input of those jobs (workflow/rules/common.smk), so replacing it reruns them.
+        Touches the file system: the Snakefile calls it in the main process, as
+        :meth:`check_dataset_entries`."""
+        import os
+        from pathlib import Path
+
+        for source, arch in self.source_uses():
+            entry = self.source_entry(source, arch)
+            if "file" not in entry:
+                continue
+            path = self.source_spec(source, arch)["path"]
+            if not Path(path).is_file():
+                override = arch in (self.sources[source].get("per_arch") or {})
+                key = f"sources.{source}" + (f".per_arch.{arch}" if override else "") + ".file"
+                where = "" if os.path.isabs(path) else f" (relative to the working directory {os.getcwd()})"
+                raise ConfigError(
+                    f"config key {key}: the weights file {path!r} of source {source!r} for architecture "
+                    f"{arch!r} does not exist{where}; check the path (a '{{arch}}' in it is replaced by "
+                    "the architecture name) or put the file there"
+                )
+
     def pretrain_spec(self, source: str, arch: str) -> dict:
         entry = self.source_entry(source, arch)["pretrain"]
         spec = {
