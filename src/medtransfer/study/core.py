@@ -15,9 +15,16 @@ from dataclasses import dataclass, field
 from itertools import product
 
 from medtransfer import paths
+from medtransfer.augmentation import check_training_views
 from medtransfer.columns import run_columns
 from medtransfer.errors import ConfigError
-from medtransfer.init.registry import INIT_OPTIONS, INITS_WITH_K, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, reads_source
+from medtransfer.init.registry import (
+    INIT_OPTIONS,
+    INITS_WITH_K,
+    INITS_WITH_SOURCE,
+    INITS_WITHOUT_SOURCE,
+    reads_source,
+)
 from medtransfer.paths import Run
 from medtransfer.protocols import FROZEN_PROTOCOLS
 from medtransfer.study.config import _check_milestones, deep_merge, processes_per_job
@@ -164,6 +171,7 @@ class Core:
         for key, training in (("train", self.train), ("pretrain", self.pretrain_defaults)):
             _check_milestones(training["schedule"].get("milestones", []), f"{key}.schedule.milestones")
             processes_per_job(training, key)
+            check_training_views(training, key)
 
     def _expand_inits(self) -> None:
         """``study.inits`` expanded (a k sweep is one init per k) and checked against the sources

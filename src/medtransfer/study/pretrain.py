@@ -4,6 +4,7 @@ pairs the workflow pretrains itself, their job specs, and the checks of ``source
 from __future__ import annotations
 
 from medtransfer import paths
+from medtransfer.augmentation import check_training_views
 from medtransfer.errors import ConfigError
 from medtransfer.study.config import deep_merge, processes_per_job
 from medtransfer.study.core import fusion_members
@@ -30,7 +31,9 @@ class PretrainPlan:
             raise ConfigError(f"config key {key}.dataset: {entry['dataset']!r} is a segmentation dataset (its "
                               "targets are masks); pretrain on its images as an image folder instead "
                               "({format: imagefolder, labels: false} for the self-supervised methods)")
-        processes_per_job(deep_merge(self.pretrain_defaults, entry.get("training")), f"{key}.training")
+        training = deep_merge(self.pretrain_defaults, entry.get("training"))
+        processes_per_job(training, f"{key}.training")
+        check_training_views(training, f"{key}.training")
         method = entry.get("method", "supervised")
         resolve_options(method, entry.get("options"), key)
         if method == "supervised" and self.datasets[entry["dataset"]].get("labels", True) is False:
