@@ -105,16 +105,13 @@ def _warp(x: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int], fill: 
     return torch.cat([image, labels], dim=1)
 
 
-def _subset(x: torch.Tensor, chosen: torch.Tensor, fn, *args: torch.Tensor) -> torch.Tensor:
-    """``x`` with ``fn(x[chosen], *args[chosen])`` written into the chosen images (``chosen`` a
-    CPU bool [B]: the indices are known without a device sync)."""
+def _in_place(x: torch.Tensor, chosen: torch.Tensor, fn, *args: torch.Tensor) -> None:
+    """``x[chosen] = fn(x[chosen], *args[chosen])`` (``chosen`` a CPU bool [B]: the indices are
+    known without a device sync)."""
     index = chosen.nonzero()[:, 0]
-    if len(index) == 0:
-        return x
-    device_index = index.to(x.device)
-    out = x.clone()
-    out[device_index] = fn(x[device_index], *(a[index].to(x.device) for a in args))
-    return out
+    if len(index):
+        device_index = index.to(x.device)
+        x[device_index] = fn(x[device_index], *(a[index].to(x.device) for a in args))
 
 
 def _brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -179,8 +176,7 @@ class Augmenter:
             x = _warp(x, affine_matrices(self.affine_params(generator, draws, h, w)[mine], h, w), (h, w),
                       s["fill"], mask)
         if s["color_jitter"] or s["grayscale"]:
-            image = x[:, :-1] if mask else x
-            image = self._colour(image / 255.0, generator, draws, mine) * 255.0
+            image = self._colour(x[:, :-1] if mask else x, generator, draws, mine)
             x = torch.cat([image, x[:, -1:]], dim=1) if mask else image
         return x
 
@@ -195,11 +191,13 @@ class Augmenter:
         return u * ranges + torch.tensor([0, 0, 0, 0, 1, 1], dtype=torch.float64)
 
     def _colour(self, x: torch.Tensor, generator: torch.Generator, draws: int, mine: slice) -> torch.Tensor:
-        """Colour jitter then random grayscale of ``x`` in 0..1. Jitter as torchvision's ColorJitter
+        """Colour jitter then random grayscale of ``x`` (0..255). Jitter as torchvision's ColorJitter
         under RandomApply(p): per image, factors uniform in [max(0, 1 - b), 1 + b] (brightness,
-        contrast, saturation) and [-hue, hue], applied in a random order; on a one-channel image
-        saturation and hue change nothing and are skipped."""
+        contrast, saturation) and [-hue, hue], applied in a random order to the image in 0..1; on a
+        one-channel image saturation and hue change nothing and are skipped. Only the chosen
+        images are computed on (a copy of the batch is written once)."""
         s = self.settings
+        x = x.clone()
         if s["color_jitter"]:
             j = s["color_jitter"]
             apply = (torch.rand(draws, generator=generator) < j["p"])[mine]
@@ -210,14 +208,19 @@ class Augmenter:
             factors.append(-j["hue"] + 2 * j["hue"] * u[:, 3])
             used = [j["brightness"] > 0, j["contrast"] > 0, j["saturation"] > 0 and x.shape[1] == 3,
                     j["hue"] > 0 and x.shape[1] == 3]
-            for position in range(4):
-                for step, fn in enumerate(_JITTER_STEPS):
-                    if used[step]:
-                        x = _subset(x, apply & (order[:, position] == step), fn, factors[step])
+            chosen = apply.nonzero()[:, 0]  # CPU indices: no device sync
+            if len(chosen):
+                device_index = chosen.to(x.device)
+                images = x[device_index] / 255.0
+                for position in range(4):
+                    for step, fn in enumerate(_JITTER_STEPS):
+                        if used[step]:
+                            _in_place(images, order[chosen, position] == step, fn, factors[step][chosen])
+                x[device_index] = images * 255.0
         if s["grayscale"]:
             chosen = (torch.rand(draws, generator=generator) < s["grayscale"])[mine]
             if x.shape[1] == 3:  # a gray image is its own grayscale
-                x = _subset(x, chosen, lambda images: kornia.color.rgb_to_grayscale(images).expand(-1, 3, -1, -1))
+                _in_place(x, chosen, lambda images: kornia.color.rgb_to_grayscale(images).expand(-1, 3, -1, -1))
         return x
 
 
