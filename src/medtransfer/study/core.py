@@ -18,13 +18,7 @@ from medtransfer import paths
 from medtransfer.augmentation import check_training_views
 from medtransfer.columns import run_columns
 from medtransfer.errors import ConfigError
-from medtransfer.init.registry import (
-    INIT_OPTIONS,
-    INITS_WITH_K,
-    INITS_WITH_SOURCE,
-    INITS_WITHOUT_SOURCE,
-    reads_source,
-)
+from medtransfer.init.registry import INIT_OPTIONS, INITS_WITH_K, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, reads_source
 from medtransfer.paths import Run
 from medtransfer.protocols import FROZEN_PROTOCOLS
 from medtransfer.study.config import _check_milestones, deep_merge, processes_per_job

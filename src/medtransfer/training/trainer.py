@@ -20,19 +20,9 @@ import torch
 
 from medtransfer.errors import DataError
 from medtransfer.training.loop import Preempted, lr_factor, make_optimizer, train_epochs
-from medtransfer.training.metrics import (
-    DEFAULT_VALIDATION_METRICS,
-    VALIDATION_METRICS,
-    loss_function,
-    score_collector,
-    scores_from_logits,
-)
-from medtransfer.training.precision import (
-    Precision,
-    autocast,
-    cpu_has_bf16_units,
-    precision_for,
-)
+from medtransfer.training.metrics import (DEFAULT_VALIDATION_METRICS, VALIDATION_METRICS, loss_function,
+                                          score_collector, scores_from_logits)
+from medtransfer.training.precision import Precision, autocast, cpu_has_bf16_units, precision_for
 
 __all__ = ["Evaluation", "FitResult", "Precision", "Preempted", "SupervisedObjective", "autocast",
            "cpu_has_bf16_units", "evaluate", "fit", "lr_factor", "make_optimizer", "precision_for"]
