@@ -6,10 +6,15 @@ element-wise ops, with no per-image Python. A larger split is streamed: a torch 
 whose workers each open the HDF5 file themselves reads the uint8 rows of each batch, and the
 batch goes through the same device-side steps. Both paths yield identical batches.
 
-Per batch, in this order: uint8 -> float (0..255); augmentation (random crop with zero padding,
-then horizontal flip, both per image, drawn for the whole batch at once); resize to
-``image_size``; gray -> 3 channels (a broadcast, no copy); RGB -> BGR where the input transform
-asks for it (``caffe``); normalisation ``(x / 255 - mean) / std`` (:func:`input_transform`).
+Per batch, in this order: uint8 -> float (0..255); augmentation (:mod:`medtransfer.data.augment`:
+crop with zero padding, random resized crop, flips, rotation and affine, colour jitter, grayscale,
+each per image, drawn for the whole batch at once); resize to ``image_size``; gray -> 3 channels
+(a broadcast, no copy); RGB -> BGR where the input transform
+asks for it (``caffe``); normalisation ``(x / 255 - mean) / std``
+(:func:`input_transform`). An evaluation loader with
+``eval_crop`` resizes to ``image_size / eval_crop`` and keeps the centre ``image_size`` instead of
+resizing to ``image_size``; with ``tta="tencrop"`` it yields ten crops per image,
+[B, 10, C, size, size].
 
 Order and augmentation are pure functions of ``(seed, epoch)``: call ``set_epoch(epoch)`` before
 iterating (as with ``DistributedSampler``), and a resumed run sees exactly the same batches.
@@ -37,14 +42,14 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from medtransfer.augmentation import TTA_VIEWS, eval_base_size
+from medtransfer.data.augment import Augmenter, centre_crop, ten_crops
 from medtransfer.data.cache import CacheInfo, interpolate, open_cache, read_info
 from medtransfer.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENT_KEYS = ("hflip", "crop_padding")
 _ORDER_STREAM, _AUGMENT_STREAM, _LABEL_STREAM = 0, 1, 2
 
 
@@ -202,7 +207,7 @@ class BatchLoader:
                  normalize: str | Mapping[str, Any] = "dataset", image_size: int | None = None,
                  resize_mode: str = "nearest", augment: Mapping[str, Any] | None = None, drop_last: bool = False,
                  max_memory_mb: int = 2048, num_workers: int = 2, world: tuple[int, int] = (0, 1),
-                 soft_labels: bool = False) -> None:
+                 soft_labels: bool = False, eval_crop: float | None = None, tta: str | None = None) -> None:
         self.path = str(cache_path)
         self.info = read_info(cache_path)
         if split not in self.info.split_sizes:
@@ -237,11 +242,19 @@ class BatchLoader:
         self.image_size = int(image_size) if image_size else self.info.image_size
         self.resize_mode = resize_mode
         self.augment = dict(augment or {})
-        unknown = set(self.augment) - set(AUGMENT_KEYS)
-        if unknown:
-            raise ConfigError(f"augment keys {sorted(unknown)} unknown; allowed: {', '.join(AUGMENT_KEYS)}")
-        self.crop_padding = int(self.augment.get("crop_padding", 0) or 0)
-        self.hflip = bool(self.augment.get("hflip", False))
+        self.augmenter = Augmenter(self.augment, self.image_size)
+        self.eval_crop = float(eval_crop) if eval_crop else None
+        if tta is not None and tta not in TTA_VIEWS:
+            raise ConfigError(f"tta {tta!r}; allowed: {', '.join(TTA_VIEWS)}")
+        self.tta = tta
+        # an evaluation view (centre crop, ten crops) is cut from the image at this size
+        self.view_base = eval_base_size(self.image_size, self.eval_crop) if self.eval_crop else self.info.image_size
+        if tta and self.view_base <= self.image_size:
+            raise ConfigError(f"tta {tta!r} crops {self.image_size} px from {self.view_base} px images, so every "
+                              f"corner crop is the centre: set train.eval_crop (e.g. 0.875: resize to "
+                              f"{eval_base_size(self.image_size, 0.875)} px first) or cache larger images")
+        if tta and self.info.task == "segmentation":
+            raise ConfigError(f"tta {tta!r} averages class scores; segmentation targets cannot use it")
         mean, std, self.bgr = input_transform(normalize, self.info, channels)
         # x / 255 then (x - mean) / std  ==  x * scale + shift (after RGB -> BGR where bgr)
         std_t = torch.tensor(std, dtype=torch.float32)
@@ -324,37 +337,34 @@ class BatchLoader:
         """This process's rows of the split (into the cache), batch by batch, for the current epoch."""
         return [self.indices[positions.numpy()] for positions in self._batches()]
 
-    def _augment(self, x: torch.Tensor, generator: torch.Generator, global_size: int | None = None) -> torch.Tensor:
-        """Crop and flip ``x``; the draws are made for a batch of ``global_size`` (default: ``x``'s)
-        and this process's share of them kept."""
-        b, _, h, w = x.shape
-        draws = global_size or b
+    def _augment(self, x: torch.Tensor, generator: torch.Generator, global_size: int | None = None,
+                 mask: bool = False) -> torch.Tensor:
+        """``train.augment`` of ``x``; the draws are made for a batch of ``global_size`` (default:
+        ``x``'s) and this process's share of them kept."""
         mine = slice(None) if global_size is None else slice(self.rank, None, self.world_size)
-        if self.crop_padding > 0:
-            p = self.crop_padding
-            offsets = torch.randint(0, 2 * p + 1, (draws, 2), generator=generator)[mine].to(x.device)
-            padded = F.pad(x, (p, p, p, p))
-            rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # [B, H]
-            cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # [B, W]
-            batch = torch.arange(b, device=x.device)[:, None, None]
-            # advanced indices around a slice put their dims first: [B, H, W, C]
-            x = padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
-        if self.hflip:
-            flip = (torch.rand(draws, generator=generator) < 0.5)[mine].to(x.device)
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        return x
+        return self.augmenter(x, generator, global_size or x.shape[0], mine, mask=mask)
+
+    def _view(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        """An evaluation batch at ``image_size``: resized to ``image_size / eval_crop`` and its
+        centre kept; with ``tta``, [B, 10, C, size, size] ten crops (normalised after)."""
+        x = interpolate(x, self.view_base, mode)
+        return x if self.tta else centre_crop(x, self.image_size)
 
     def transform(self, images: torch.Tensor, generator: torch.Generator | None = None,
                   global_size: int | None = None) -> torch.Tensor:
         """uint8 [B, C, H, W] on the device -> the normalised float32 batch the model sees
         (``global_size``: the global batch that ``images`` are this process's share of)."""
         x = images.float()
-        if generator is not None and (self.crop_padding > 0 or self.hflip):
+        if generator is not None and self.augmenter.active:
             x = self._augment(x, generator, global_size)
-        x = interpolate(x, self.image_size, self.resize_mode)
+        if self.eval_crop or self.tta:
+            x = self._view(x, self.resize_mode)
+        else:
+            x = interpolate(x, self.image_size, self.resize_mode)
         if x.shape[1] != self.channels:
             x = x.expand(-1, self.channels, -1, -1)
-        return self._normalise(x)
+        x = self._normalise(x)
+        return ten_crops(x, self.image_size) if self.tta else x
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Float [B, channels, H, W] in 0..255 -> the model's input (see :func:`input_transform`)."""
@@ -368,11 +378,14 @@ class BatchLoader:
         [B, size, size]: one crop and flip for both (the mask rides along as an extra channel;
         padding is background), then each resized (the mask with nearest neighbour)."""
         x = torch.cat([images, masks], dim=1).float()
-        if generator is not None and (self.crop_padding > 0 or self.hflip):
-            x = self._augment(x, generator, global_size)
+        if generator is not None and self.augmenter.active:
+            x = self._augment(x, generator, global_size, mask=True)
         x, y = x[:, :-1], x[:, -1:]
-        x = interpolate(x, self.image_size, self.resize_mode)
-        y = interpolate(y, self.image_size, "nearest")
+        if self.eval_crop:
+            x, y = self._view(x, self.resize_mode), self._view(y, "nearest")
+        else:
+            x = interpolate(x, self.image_size, self.resize_mode)
+            y = interpolate(y, self.image_size, "nearest")
         if x.shape[1] != self.channels:
             x = x.expand(-1, self.channels, -1, -1)
         return self._normalise(x), y[:, 0].round().long()
@@ -411,7 +424,7 @@ def make_loader(cache_path: str | Path, split: str, *, batch_size: int, shuffle:
                 normalize: str | Mapping[str, Any] = "dataset", image_size: int | None = None,
                 resize_mode: str = "nearest", augment: Mapping[str, Any] | None = None, drop_last: bool = False,
                 max_memory_mb: int = 2048, num_workers: int = 2, world: tuple[int, int] = (0, 1),
-                soft_labels: bool = False) -> BatchLoader:
+                soft_labels: bool = False, eval_crop: float | None = None, tta: str | None = None) -> BatchLoader:
     """A :class:`BatchLoader` over ``split`` of the cache at ``cache_path``.
 
     - ``indices``: rows of the split to use (e.g. :func:`~medtransfer.data.fractions.subset_indices`);
@@ -421,8 +434,12 @@ def make_loader(cache_path: str | Path, split: str, *, batch_size: int, shuffle:
       ``"unit"``, or ``{"mean": m, "std": s}`` with one value or one per channel (MedMNIST: 0.5 /
       0.5) and optional ``"bgr": True`` (:func:`input_transform`).
     - ``image_size``: resize batches on the device (e.g. 28 -> 224 with ``resize_mode="nearest"``).
-    - ``augment``: ``{"hflip": bool, "crop_padding": int}`` (pixels of the cached image), drawn
-      per image from a generator seeded by (seed, epoch).
+    - ``augment``: ``train.augment`` (:func:`medtransfer.augmentation.resolve_augment`: flips,
+      ``crop_padding`` in pixels of the cached image, random resized crop, rotation, affine,
+      colour jitter, grayscale), drawn per image from a generator seeded by (seed, epoch).
+    - ``eval_crop``: resize to ``floor(image_size / eval_crop)`` and keep the centre
+      ``image_size`` (torchvision's Resize + CenterCrop); ``tta="tencrop"``: yield the ten crops
+      [B, 10, C, size, size] of that image (of the cached image without ``eval_crop``).
     - ``max_memory_mb``: the largest selection loaded whole onto the device; larger ones stream
       with ``num_workers`` processes.
     - ``world``: ``(rank, size)`` of a multi-process job: this process yields its share
@@ -435,4 +452,5 @@ def make_loader(cache_path: str | Path, split: str, *, batch_size: int, shuffle:
     return BatchLoader(cache_path, split, batch_size=batch_size, shuffle=shuffle, seed=seed, indices=indices,
                        device=device, channels=channels, normalize=normalize, image_size=image_size,
                        resize_mode=resize_mode, augment=augment, drop_last=drop_last,
-                       max_memory_mb=max_memory_mb, num_workers=num_workers, world=world, soft_labels=soft_labels)
+                       max_memory_mb=max_memory_mb, num_workers=num_workers, world=world, soft_labels=soft_labels,
+                       eval_crop=eval_crop, tta=tta)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from itertools import product
 
 from medtransfer import paths
+from medtransfer.augmentation import check_training_views
 from medtransfer.columns import run_columns
 from medtransfer.errors import ConfigError
 from medtransfer.init.registry import INIT_OPTIONS, INITS_WITH_K, INITS_WITH_SOURCE, INITS_WITHOUT_SOURCE, reads_source
@@ -181,6 +182,7 @@ class Core:
             _check_milestones(training["schedule"].get("milestones", []), f"{key}.schedule.milestones")
             processes_per_job(training, key)
             check_optimisation(training, key)
+            check_training_views(training, key)
 
     def training_for(self, dataset: str, arch: str) -> dict:
         """The ``training`` of a job on ``dataset`` with ``arch``: ``train`` with
@@ -225,6 +227,7 @@ class Core:
         _check_milestones(training["schedule"].get("milestones", []), f"{section}.schedule.milestones")
         processes_per_job(training, section)
         check_optimisation(training, section)
+        check_training_views(training, section)
 
     def _expand_inits(self) -> None:
         """``study.inits`` expanded (a k sweep is one init per k) and checked against the sources

@@ -48,6 +48,10 @@ class FinetunePlan:
         #: targets with masks: fine-tuned under a decoder; the frozen protocols (which classify pooled
         #: features) and the fusions (which have no single encoder) skip them
         self.segmentation_targets = [t for t in study["targets"] if is_segmentation(self.datasets[t])]
+        if self.segmentation_targets and self.train.get("tta"):
+            raise ConfigError(f"config key train.tta: {self.train['tta']!r} averages class scores over views, but "
+                              f"{', '.join(self.segmentation_targets)} are segmentation targets (masks); leave "
+                              "train.tta out of a study with segmentation targets")
         if self.segmentation_targets:
             self.runs = [run for run in self.runs if not (run.dataset in self.segmentation_targets and run.init in fused)]
             self.probe_runs = [(p, run) for p, run in self.probe_runs if run.dataset not in self.segmentation_targets]

@@ -4,6 +4,7 @@ pairs the workflow pretrains itself, their job specs, and the checks of ``source
 from __future__ import annotations
 
 from medtransfer import paths
+from medtransfer.augmentation import check_training_views
 from medtransfer.errors import ConfigError
 from medtransfer.study.config import CLASSIFICATION_MONITORS, check_optimisation, merge_training, monitors_of, processes_per_job
 from medtransfer.study.core import _merged, fusion_members
@@ -56,6 +57,7 @@ class PretrainPlan:
         training = merge_training(self.pretrain_defaults, entry.get("training"))
         processes_per_job(training, f"{key}.training")
         check_optimisation(training, f"{key}.training")
+        check_training_views(training, f"{key}.training")
         method = entry.get("method", "supervised")
         monitors = monitors_of(training)
         if method != "supervised" and monitors:

@@ -17,6 +17,7 @@ import torch
 
 from medtransfer import data, init, models
 from medtransfer.atomic import atomic_path
+from medtransfer.augmentation import TTA_VIEWS
 from medtransfer.data.cache import interpolate
 from medtransfer.models import segmentation
 from medtransfer.models.fusion import FusionNetwork, Normalise, fusion_head
@@ -70,12 +71,18 @@ def spec_loader(spec: dict, split: str, device: torch.device, *, batch_size: int
                 shuffle: bool = False, **overrides: Any):
     """A loader over ``split`` of ``spec["cache"]`` with the spec's training settings (normalisation,
     input size, resize mode, memory, workers, seed); ``batch_size`` defaults to the evaluation
-    batch size, and ``overrides`` (``indices``, ``augment``, ``normalize``, ``drop_last``) go to
-    :func:`medtransfer.data.make_loader`. Fine-tuning, pretraining, frozen features and the
-    augmented linear probe all read their batches through this one function."""
+    batch size, and ``overrides`` (``indices``, ``augment``, ``normalize``, ``drop_last``, ``tta``)
+    go to :func:`medtransfer.data.make_loader`. Fine-tuning, pretraining, frozen features and the
+    augmented linear probe all read their batches through this one function.
+
+    ``train.eval_crop`` applies to every read that is not shuffled (validation, test, frozen
+    features of every split, the analyses' reads): a training read (shuffled) is resized or
+    randomly cropped to the input size by its augmentation instead."""
     training = spec["training"]
     settings = dict(normalize=spec_normalize(spec), image_size=input_size(spec), resize_mode=training["resize_mode"],
                     max_memory_mb=training["max_memory_mb"], num_workers=training["num_workers"], seed=spec["seed"])
+    if training.get("eval_crop") and not shuffle:
+        settings["eval_crop"] = training["eval_crop"]
     settings.update(overrides)
     return data.make_loader(spec["cache"], split, batch_size=batch_size or training["eval_batch_size"],
                             shuffle=shuffle, device=device, channels=3, **settings)
@@ -85,14 +92,25 @@ def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | N
                  world: distributed.World | None = None) -> dict[str, Any]:
     """Train (shuffled, augmented, subset), val and test loaders for a run or a pretraining; in a
     job of several processes (``world``) the train loader yields this process's share of each
-    global batch of ``batch_size``, and every process reads all of val and test."""
+    global batch of ``batch_size``, and every process reads all of val and test.
+
+    With ``train.tta`` the test loader yields each image's views ([B, V, C, H, W], V = 10 for
+    ``tencrop``; :func:`medtransfer.training.trainer.evaluate` averages their probabilities), in
+    batches of ``eval_batch_size / V`` images so that a batch holds as many crops as one without
+    test-time augmentation holds images. Validation (best epoch, early stopping) sees one view,
+    as in Hosseinzadeh Taher et al.'s code."""
     world = world or distributed.World()
+    training = spec["training"]
+    tta = training.get("tta")
+    test = (spec_loader(spec, "test", device, tta=tta,
+                        batch_size=max(1, training["eval_batch_size"] // TTA_VIEWS[tta]))
+            if tta else spec_loader(spec, "test", device))
     return {
-        "train": spec_loader(spec, "train", device, batch_size=spec["training"]["batch_size"], shuffle=True,
-                             indices=train_indices, augment=spec["training"]["augment"],
+        "train": spec_loader(spec, "train", device, batch_size=training["batch_size"], shuffle=True,
+                             indices=train_indices, augment=training["augment"],
                              world=(world.rank, world.size), soft_labels=True),
         "val": spec_loader(spec, "val", device),
-        "test": spec_loader(spec, "test", device),
+        "test": test,
     }
 
 

@@ -21,7 +21,7 @@ import torch
 from medtransfer.errors import ConfigError, DataError
 from medtransfer.training.loop import Preempted, lr_factor, make_optimizer, train_epochs
 from medtransfer.training.metrics import (DEFAULT_VALIDATION_METRICS, TASK_METRICS, VALIDATION_METRICS,
-                                          loss_function, score_collector)
+                                          loss_function, score_collector, scores_from_logits)
 from medtransfer.training.precision import Precision, autocast, cpu_has_bf16_units, precision_for
 from medtransfer.training.schedules import LOSS, monitored_metrics
 
@@ -58,9 +58,14 @@ def evaluate(model: torch.nn.Module, loader, task: str, device: torch.device, pr
     for x, y in loader:
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
+        views = x.shape[1] if x.ndim == 5 else 0  # test-time augmentation: [B, V, C, H, W]
+        if views:
+            x = x.flatten(0, 1)
         if precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         logits = model(x)
+        if views:
+            logits = view_averaged_logits(task, logits.unflatten(0, (-1, views)))
         # the multi-label loss is a mean over known (non-NaN) entries: weight batches by those
         weight = int((~torch.isnan(y)).sum()) if task == "multilabel" else len(y)
         losses += float(loss_function(task, logits, y)) * weight
@@ -68,6 +73,18 @@ def evaluate(model: torch.nn.Module, loader, task: str, device: torch.device, pr
         collector.add(logits, y)
     scores, labels, metrics, extras = collector.result()
     return Evaluation(losses / max(n, 1), metrics, scores, labels, extras)
+
+
+def view_averaged_logits(task: str, logits: torch.Tensor) -> torch.Tensor:
+    """[B, V, K] logits of V views of each image -> [B, K] logits whose probabilities (softmax;
+    sigmoid for multi-label) are the mean of the views' probabilities, as Hosseinzadeh Taher et
+    al.'s ``test_classification`` averages its crops' outputs. The loss of a split evaluated this
+    way is the loss of the averaged probabilities."""
+    probabilities = scores_from_logits(task, logits.flatten(0, 1)).unflatten(0, logits.shape[:2]).mean(1)
+    tiny = torch.finfo(probabilities.dtype).tiny  # a probability that underflowed to 0 stays finite
+    if task == "multilabel":
+        return torch.logit(probabilities.clamp(tiny, 1 - torch.finfo(probabilities.dtype).eps))
+    return probabilities.clamp_min(tiny).log()
 
 
 @dataclass
@@ -137,7 +154,7 @@ class SupervisedObjective:
     def parameters(self) -> Iterable[torch.nn.Parameter]:
         return self.module.parameters()
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:  # noqa: ARG002
+    def loss(self, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
         with autocast(self.device, self.precision):
             logits = self.module(x)
         return loss_function(self.task, logits, y)
