@@ -8,12 +8,19 @@ from snakemake.utils import validate
 
 from medtransfer import paths
 from medtransfer.errors import ConfigError
-from medtransfer.study import REUSE_ANALYSES, Study, launcher, overrides_as_written, processes_per_job
+from medtransfer.study import (
+    REUSE_ANALYSES,
+    Study,
+    launcher,
+    overrides_as_written,
+    processes_per_job,
+)
 from medtransfer.joblogs import report_failed_jobs
 from medtransfer.paths import Run
 from medtransfer.report import layout as report_layout
 
-with overrides_as_written(config):  # validate fills in the schema's defaults; not inside an override
+# validate fills in the schema's defaults; not inside an override (train.by_* stay as written)
+with overrides_as_written(config):
     validate(config, "../schemas/config.schema.yaml")
 try:
     STUDY = Study(config)
