@@ -114,6 +114,8 @@ class Study(Core, DataPlan, PretrainPlan, FinetunePlan, ProtocolsPlan, Represent
         self._check_targets()
         self._check_sources()
         self._expand_inits()
+        self._check_folds()
+        self._check_sizes()
         self._check_protocols()
         self._expand_cells()
         self._check_segmentation_targets()
