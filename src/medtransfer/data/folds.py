@@ -182,3 +182,25 @@ def pool_roles(name: str, entry: Mapping[str, Any], labels: np.ndarray, groups: 
         raise DataError(f"datasets.{name}.folds.files: format {entry.get('format')!r} does not record its images' "
                         "file names, which fold files are matched against; use folds: {k: N} instead")
     return read_fold_files(name, folds, entry.get("root", "."), names)
+
+
+def run_rows(cache: str | Path, task: str, fraction: float, seed: int, fold: int | None, *,
+             num_classes: int | None = None, dataset: str = "the dataset") -> dict[str, Any]:
+    """Where a run's images come from: ``{"split", "train", "val", "test"}``.
+
+    Without a fold: the cache's ``train`` split, ``train`` the training subset of ``fraction``
+    (:func:`medtransfer.data.fractions.train_subset`), ``val`` and ``test`` None (whole splits).
+    With a fold: the ``pool`` split, ``train`` the subset of the fold's training rows and ``val``,
+    ``test`` the fold's rows (int64 pool rows, sorted).
+    """
+    from medtransfer.data.cache import POOL, read_folds, read_labels
+    from medtransfer.data.fractions import train_subset
+
+    if fold is None:
+        labels = read_labels(cache, "train")
+        return {"split": "train", "train": train_subset(task, labels, fraction, seed, num_classes=num_classes,
+                                                        dataset=dataset), "val": None, "test": None}
+    rows = fold_rows(read_folds(cache), int(fold))
+    labels = read_labels(cache, POOL)[rows["train"]]
+    chosen = train_subset(task, labels, fraction, seed, num_classes=num_classes, dataset=f"{dataset} (fold {fold})")
+    return {"split": POOL, "train": rows["train"][chosen], "val": rows["val"], "test": rows["test"]}

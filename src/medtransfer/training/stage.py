@@ -57,17 +57,22 @@ def spec_loader(spec: dict, split: str, device: torch.device, *, batch_size: int
 
 
 def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | None,
-                 world: distributed.World | None = None) -> dict[str, Any]:
+                 world: distributed.World | None = None, rows: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (shuffled, augmented, subset), val and test loaders for a run or a pretraining; in a
     job of several processes (``world``) the train loader yields this process's share of each
-    global batch of ``batch_size``, and every process reads all of val and test."""
+    global batch of ``batch_size``, and every process reads all of val and test. ``rows``
+    (:func:`medtransfer.data.folds.run_rows` of a fold run): all three read its ``split`` (the
+    pool), at its ``val`` and ``test`` rows."""
     world = world or distributed.World()
+    split = rows["split"] if rows else "train"
     return {
-        "train": spec_loader(spec, "train", device, batch_size=spec["training"]["batch_size"], shuffle=True,
+        "train": spec_loader(spec, split, device, batch_size=spec["training"]["batch_size"], shuffle=True,
                              indices=train_indices, augment=spec["training"]["augment"],
                              world=(world.rank, world.size)),
-        "val": spec_loader(spec, "val", device),
-        "test": spec_loader(spec, "test", device),
+        "val": spec_loader(spec, split if rows and rows["val"] is not None else "val", device,
+                           **({"indices": rows["val"]} if rows and rows["val"] is not None else {})),
+        "test": spec_loader(spec, split if rows and rows["test"] is not None else "test", device,
+                            **({"indices": rows["test"]} if rows and rows["test"] is not None else {})),
     }
 
 
