@@ -8,13 +8,19 @@ ones it checks for, derived from the CSV's tuple so the two cannot drift apart.
 
 from __future__ import annotations
 
-#: One run of any protocol, in the order every per-run CSV starts with.
+#: One run of any protocol, in the order every per-run CSV starts with. ``fraction`` is the
+#: training size as the config gives it: a fraction in (0, 1], or a count of images (> 1).
 RUN_COLUMNS = ("dataset", "arch", "protocol", "init", "init_name", "source", "k", "fraction", "seed")
+#: The cross-validation fold (``study.folds``): after ``seed`` in the run columns of a study with
+#: folds, and absent from a study without (whose CSVs and job specs stay as they were).
+FOLD_COLUMN = "fold"
 
 
 def run_columns(run_spec: dict) -> dict:
-    """The columns that identify a run in every tidy CSV, from its spec (``Study.run_spec``)."""
+    """The columns that identify a run in every tidy CSV, from its spec (``Study.run_spec``):
+    :data:`RUN_COLUMNS`, plus ``fold`` for a run of a cross-validated study."""
     init = run_spec["init"]
+    fold = {FOLD_COLUMN: int(run_spec["fold"])} if run_spec.get("fold") is not None else {}
     return {
         "dataset": run_spec["dataset"],
         "arch": run_spec["arch"],
@@ -25,6 +31,7 @@ def run_columns(run_spec: dict) -> dict:
         "k": "" if init["k"] is None else init["k"],
         "fraction": float(run_spec["fraction"]),
         "seed": int(run_spec["seed"]),
+        **fold,
     }
 
 

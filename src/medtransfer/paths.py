@@ -16,31 +16,70 @@ RUN_FILES = ("init.pt", "final.pt", "history.csv", "metrics.json", "predictions.
 
 
 def format_fraction(fraction: float | str) -> str:
-    """Canonical spelling of a data fraction in paths: 1.0 -> '1', 0.1 -> '0.1'."""
+    """Canonical spelling of a training size (``study.fractions``): 1.0 -> '1', 0.1 -> '0.1',
+    5000 -> '5000' (a value > 1 is a count of images). A path token ('f0.1', 'n5000', see
+    :func:`size_token`) gives its value; any other string (a wildcard pattern) is kept."""
     if isinstance(fraction, str):
+        if fraction[:1] in ("f", "n") and _is_number(fraction[1:]):
+            return fraction[1:]
         return fraction
     return f"{float(fraction):g}"
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def size_token(fraction: float | str) -> str:
+    """A training size's path component: 'f{fraction}' for a fraction (0.1 -> 'f0.1', 1.0 -> 'f1'),
+    'n{count}' for an absolute number of training images (5000 -> 'n5000'); a Snakemake pattern
+    ('{fraction}') is kept, its wildcard then matching the whole token."""
+    value = format_fraction(fraction)
+    if not _is_number(value):
+        return value
+    return f"n{int(float(value))}" if float(value) > 1 else f"f{value}"
+
+
+def seed_token(seed: int | str, fold: int | str | None = None) -> str:
+    """The seed's path component without its 's': '0', or '0_fold2' for fold 2 of a
+    cross-validated run (``study.folds``)."""
+    return f"{seed}" if fold is None else f"{seed}_fold{fold}"
+
+
 @dataclass(frozen=True)
 class Run:
-    """One cell of the study grid. ``init`` is the init label (see ``medtransfer.study``)."""
+    """One cell of the study grid. ``init`` is the init label (see ``medtransfer.study``);
+    ``fraction`` the training size as :func:`format_fraction` spells it (a fraction, or a count
+    > 1); ``fold`` the cross-validation fold (None: a study without ``study.folds``)."""
 
     dataset: str
     arch: str
     init: str
     fraction: str
     seed: int | str
+    fold: int | str | None = None
 
     @property
     def id(self) -> str:
-        """'{dataset}/{arch}/{init}/f{fraction}/s{seed}', the run's name in every stage."""
-        return f"{self.dataset}/{self.arch}/{self.init}/f{format_fraction(self.fraction)}/s{self.seed}"
+        """'{dataset}/{arch}/{init}/f{fraction}/s{seed}' (``n{count}`` for an absolute training
+        size, ``s{seed}_fold{fold}`` for a fold), the run's name in every stage."""
+        return f"{self.dataset}/{self.arch}/{self.init}/{size_token(self.fraction)}/s{seed_token(self.seed, self.fold)}"
 
     @classmethod
     def pattern(cls) -> "Run":
-        """The run with Snakemake wildcards in place of values."""
+        """The run with Snakemake wildcards in place of values: ``{fraction}`` matches the whole
+        size token ('f0.1', 'n5000'), ``{seed}`` the seed token ('0', '0_fold2')."""
         return cls("{dataset}", "{arch}", "{init}", "{fraction}", "{seed}")
+
+    @classmethod
+    def from_wildcards(cls, dataset: str, arch: str, init: str, fraction: str, seed: str) -> "Run":
+        """The run whose :meth:`pattern` path the wildcard values match (the inverse of ``id``)."""
+        seed_text, _, fold = str(seed).partition("_fold")
+        return cls(dataset, arch, init, format_fraction(fraction), int(seed_text), int(fold) if fold else None)
 
 
 def dataset_cache(dataset: str, root: str = RESULTS) -> str:
@@ -108,7 +147,7 @@ def analysis_table(kind: str, root: str = RESULTS) -> str:
 
 def group_analysis(kind: str, dataset: str, arch: str, fraction: float | str, root: str = RESULTS) -> str:
     """The part of ``analysis_table(kind)`` of one (dataset, arch, fraction) group."""
-    return f"{root}/analysis/{kind}/groups/{dataset}/{arch}/f{format_fraction(fraction)}.csv"
+    return f"{root}/analysis/{kind}/groups/{dataset}/{arch}/{size_token(fraction)}.csv"
 
 
 def table(name: str, ext: str = "csv", root: str = RESULTS) -> str:

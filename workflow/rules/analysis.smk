@@ -6,7 +6,7 @@ rule similarity_init_final:
             "similarity_init_final", "{dataset}", "{arch}", "{fraction}"
         ),
     log:
-        paths.log("similarity_init_final", "{dataset}/{arch}/f{fraction}"),
+        paths.log("similarity_init_final", "{dataset}/{arch}/{fraction}"),
     conda:
         ENV
     threads: resource("similarity", "threads")
@@ -63,7 +63,7 @@ rule similarity_pairs:
     output:
         paths.group_analysis("similarity_pairs", "{dataset}", "{arch}", "{fraction}"),
     log:
-        paths.log("similarity_pairs", "{dataset}/{arch}/f{fraction}"),
+        paths.log("similarity_pairs", "{dataset}/{arch}/{fraction}"),
     conda:
         ENV
     threads: resource("similarity", "threads")

@@ -43,8 +43,8 @@ wildcard_constraints:
     source=r"[A-Za-z0-9][A-Za-z0-9.-]*",
     arch=r"[^/]+",
     init=r"[^/]+",
-    fraction=r"[0-9.]+",
-    seed=r"\d+",
+    fraction=r"f[0-9.]+|n\d+",
+    seed=r"\d+(_fold\d+)?",
     state=r"init|final",
     protocol=r"linear|knn",
     key=r"shared|s\d+",
@@ -71,7 +71,9 @@ def per_attempt(rule_name, key):
 
 
 def run_of(wildcards):
-    return Run(
+    """The run of a job's wildcards: `fraction` is its size token (f0.1, n5000), `seed` its seed
+    token (0, or 0_fold2 with study.folds): Run.pattern's spelling."""
+    return Run.from_wildcards(
         wildcards.dataset,
         wildcards.arch,
         wildcards.init,

@@ -79,7 +79,7 @@ rule prediction_similarity:
             "prediction_similarity", "{dataset}", "{arch}", "{fraction}"
         ),
     log:
-        paths.log("prediction_similarity", "{dataset}/{arch}/f{fraction}"),
+        paths.log("prediction_similarity", "{dataset}/{arch}/{fraction}"),
     conda:
         ENV
     threads: 1

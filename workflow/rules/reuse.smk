@@ -11,7 +11,7 @@ rule weight_drift:
     output:
         paths.group_analysis("weight_drift", "{dataset}", "{arch}", "{fraction}"),
     log:
-        paths.log("weight_drift", "{dataset}/{arch}/f{fraction}"),
+        paths.log("weight_drift", "{dataset}/{arch}/{fraction}"),
     conda:
         ENV
     threads: resource("weight_drift", "threads")
@@ -31,7 +31,7 @@ rule filters:
     output:
         paths.group_analysis("filters", "{dataset}", "{arch}", "{fraction}"),
     log:
-        paths.log("filters", "{dataset}/{arch}/f{fraction}"),
+        paths.log("filters", "{dataset}/{arch}/{fraction}"),
     conda:
         ENV
     threads: resource("filters", "threads")
@@ -94,7 +94,7 @@ rule reinit_group:
     output:
         paths.group_analysis("reinit", "{dataset}", "{arch}", "{fraction}"),
     log:
-        paths.log("reinit", "{dataset}/{arch}/f{fraction}"),
+        paths.log("reinit", "{dataset}/{arch}/{fraction}"),
     conda:
         ENV
     threads: resource("reinit", "threads")
@@ -137,7 +137,7 @@ rule layer_knn_group:
     output:
         paths.group_analysis("layer_knn", "{dataset}", "{arch}", "{fraction}"),
     log:
-        paths.log("layer_knn", "{dataset}/{arch}/f{fraction}"),
+        paths.log("layer_knn", "{dataset}/{arch}/{fraction}"),
     conda:
         ENV
     threads: resource("layer_knn", "threads")

@@ -36,7 +36,12 @@ def collect_metrics(metrics_files: list[str]) -> pd.DataFrame:
             row[f"test_{name}"] = metrics["test"].get(name, np.nan)
         row["val_dice"] = metrics["val"].get("dice", np.nan)
         rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else list(RUN_COLUMNS))
+    frame = pd.DataFrame(rows, columns=None if rows else list(RUN_COLUMNS))
+    if rows and (frame["fraction"] > 1).any():
+        # absolute training sizes (study.fractions > 1): n_train beside them, as metrics.json names
+        # it (num_train is the same number; a study of fractions only keeps its columns as they were)
+        frame.insert(frame.columns.get_loc("num_train") + 1, "n_train", frame["num_train"])
+    return frame
 
 
 def collect_history(metrics_files: list[str]) -> pd.DataFrame:

@@ -140,18 +140,22 @@ def resolve_k(k: int, n_memory: int, cap_k: bool, run: str, fraction: float, dat
 def run_layer_knn(spec: dict, device: torch.device) -> pd.DataFrame:
     """layer_knn.csv rows (:data:`medtransfer.columns.LAYER_KNN_COLUMNS`) of one run. ``spec``: ``run``, ``run_dir``, ``columns``, ``states``,
     ``split`` (the queries), ``k``, ``temperature``, ``cap_k``, ``max_memory_mb``."""
+    from medtransfer.data.folds import run_rows
     from medtransfer.training.stage import spec_loader
     from medtransfer.training.trainer import precision_for
 
     run = spec["run"]
     run_spec = read_metrics(spec["run_dir"], run)["spec"]
     info = data.read_info(run_spec["cache"])
-    train_labels = data.read_labels(run_spec["cache"], "train")
-    indices = data.subset_indices(train_labels, run_spec["fraction"], run_spec["seed"],
-                                  num_classes=info.num_classes, dataset=run_spec["dataset"])
+    # the run's own training subset (and, for a fold run, its fold's rows of the pool as queries)
+    rows = run_rows(run_spec["cache"], info.task, run_spec["fraction"], run_spec["seed"], run_spec.get("fold"),
+                    num_classes=info.num_classes, dataset=run_spec["dataset"])
+    indices = rows["train"]
     k = resolve_k(int(spec["k"]), len(indices), bool(spec["cap_k"]), run, run_spec["fraction"], run_spec["dataset"])
-    memory_loader = spec_loader(run_spec, "train", device, indices=indices)
-    query_loader = spec_loader(run_spec, spec["split"], device)
+    memory_loader = spec_loader(run_spec, rows["split"], device, indices=indices)
+    query_rows = rows.get(spec["split"])
+    query_loader = (spec_loader(run_spec, spec["split"], device) if query_rows is None
+                    else spec_loader(run_spec, rows["split"], device, indices=query_rows))
     channels_last = precision_for(device, run_spec["training"]).channels_last
     n_rows = memory_loader.num_examples + query_loader.num_examples
     rows = []

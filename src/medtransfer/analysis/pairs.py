@@ -47,6 +47,8 @@ def similarity_pairs(spec: dict) -> pd.DataFrame:
                         "value": value,
                         # a `state` of init compares the runs before fine-tuning (source vs source)
                         "state": comparison.get("state", "final"),
+                        # a cross-validated study's fold (both sides ran on it)
+                        **({"fold": comparison["fold"]} if "fold" in comparison else {}),
                         **({"value_sd": sd} if subsample else {}),
                     })
     return pd.DataFrame(rows)

@@ -114,7 +114,8 @@ def compare_runs(a: dict, b: dict, split: str, kind: str) -> dict:
     return {"run_a": a["run"], "run_b": b["run"], "dataset": ca["dataset"], "arch": ca["arch"],
             "fraction": float(ca["fraction"]), "init_a": ca["init"], "init_b": cb["init"], "seed_a": int(ca["seed"]),
             "seed_b": int(cb["seed"]), "kind": kind, "split": split, "task": pa["task"],
-            "n_examples": int(len(pa["scores"])), **prediction_similarity(pa["task"], pa["scores"], pb["scores"])}
+            "n_examples": int(len(pa["scores"])), **prediction_similarity(pa["task"], pa["scores"], pb["scores"]),
+            **({"fold": int(ca["fold"])} if "fold" in ca else {})}
 
 
 def prediction_similarity_table(spec: dict) -> pd.DataFrame:
@@ -122,4 +123,5 @@ def prediction_similarity_table(spec: dict) -> pd.DataFrame:
     "predictions", "columns"}}, "comparisons": [{"kind", "a": run id, "b": run id}]})."""
     runs = spec["runs"]
     rows = [compare_runs(runs[c["a"]], runs[c["b"]], spec["split"], c["kind"]) for c in spec["comparisons"]]
-    return pd.DataFrame(rows, columns=list(PREDICTION_SIMILARITY_COLUMNS))
+    folds = ("fold",) if any("fold" in row for row in rows) else ()  # cross-validated studies only
+    return pd.DataFrame(rows, columns=list(PREDICTION_SIMILARITY_COLUMNS) + list(folds))

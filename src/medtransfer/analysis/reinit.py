@@ -74,7 +74,14 @@ def run_reinit(spec: dict, device: torch.device) -> pd.DataFrame:
     metrics = read_metrics(spec["run_dir"], run)
     model, init_state, final_state = read_states(spec["run_dir"], run)
     run_spec = metrics["spec"]
-    loader = spec_loader(run_spec, split, device)
+    if run_spec.get("fold") is None:
+        loader = spec_loader(run_spec, split, device)
+    else:  # a fold run's val / test are its fold's rows of the pool
+        from medtransfer.data.cache import POOL, read_folds
+        from medtransfer.data.folds import fold_rows
+
+        loader = spec_loader(run_spec, POOL, device, indices=fold_rows(read_folds(run_spec["cache"]),
+                                                                       int(run_spec["fold"]))[split])
     precision = precision_for(device, run_spec["training"])
     model.to(device)
     scores = []

@@ -43,12 +43,13 @@ def spearman(x: np.ndarray, y: np.ndarray) -> tuple[float, float, str]:
 def run_points(similarity: pd.DataFrame, metrics: pd.DataFrame, metric: str, include_ri: bool = False) -> pd.DataFrame:
     """One row per (run, block, measure): its similarity(init, final) and its gain over RI."""
     gains = gain_over_ri(metrics, metric)
-    keep = similarity[[*RUN_KEY, "block", "block_index", "measure", "value"]].rename(columns={"value": "similarity"})
-    points = keep.merge(gains[[*RUN_KEY, "init_name", "gain"]], on=RUN_KEY, how="inner")
+    key = [*RUN_KEY, *(["fold"] if "fold" in similarity.columns and "fold" in gains.columns else [])]
+    keep = similarity[[*key, "block", "block_index", "measure", "value"]].rename(columns={"value": "similarity"})
+    points = keep.merge(gains[[*key, "init_name", "gain"]], on=key, how="inner")
     if not include_ri:
         points = points[points["init"] != "RI"]
     points = points.dropna(subset=["similarity", "gain"]).assign(metric=metric)
-    return points[list(REPRESENTATION_GAIN_RUNS_COLUMNS)].reset_index(drop=True)
+    return points[list(REPRESENTATION_GAIN_RUNS_COLUMNS) + key[len(RUN_KEY):]].reset_index(drop=True)
 
 
 def correlations(points: pd.DataFrame) -> pd.DataFrame:

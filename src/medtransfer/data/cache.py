@@ -17,6 +17,14 @@ that looks finished);
 :func:`read_info` and :func:`read_split` read it and fail with a DataError naming the file and
 the fix on a missing, truncated or foreign file or another schema version.
 
+Optional parts (no version change: a reader that does not ask for them never sees them, and a
+cache without them reads as before): ``{split}/groups`` (str [N], each image's patient, where the
+format records patients) and, for a dataset with ``folds:``, the group ``pool``
+(:mod:`medtransfer.data.folds`): ``images``, a virtual dataset over the train, val and test images
+in that order (no copy), their ``labels`` (and ``groups``), and ``folds`` int8 [N, K], each
+image's role in each fold (0 train, 1 val, 2 test, -1 unused). ``pool`` is a split for
+:func:`read_info` (``split_sizes``), :func:`read_labels` and the loaders.
+
 Schema versions: 1 had no masks; 2 (segmentation targets) adds them. A version-1 cache of a
 classification dataset has exactly the layout version 2 writes for one, so it is read as it is:
 converting CheXpert again (hours) for a field it cannot have would help nobody. A segmentation
@@ -44,6 +52,7 @@ from medtransfer.errors import ConfigError, DataError
 SCHEMA_VERSION = 2
 CLASSIFICATION_VERSIONS = (1, 2)  # the classification layout did not change from 1 to 2
 CHUNK_BYTES = 64 << 20  # images converted per step: bounds memory for any dataset size
+POOL = "pool"  # every image of a dataset with folds (train, val, test), see medtransfer.data.folds
 REQUIRED_ATTRS = ("name", "task", "class_names", "source", "source_checksum", "image_size", "channels",
                   "mean", "std", "schema_version")
 
@@ -129,8 +138,8 @@ def open_cache(path: str | Path) -> Iterator[h5py.File]:
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    if split not in SPLITS + (POOL,):
+        raise ValueError(f"split must be one of {SPLITS + (POOL,)}, not {split!r}")
 
 
 def read_info(path: str | Path) -> CacheInfo:
@@ -148,7 +157,7 @@ def read_info(path: str | Path) -> CacheInfo:
             channels=int(a["channels"]),
             mean=tuple(float(v) for v in np.atleast_1d(a["mean"])),
             std=tuple(float(v) for v in np.atleast_1d(a["std"])),
-            split_sizes={s: int(h5[s]["images"].shape[0]) for s in SPLITS},
+            split_sizes={s: int(h5[s]["images"].shape[0]) for s in SPLITS + (POOL,) if s in h5},
             source=str(a["source"]),
             checksum=str(a["source_checksum"]),
             format=str(a.get("format", "")),
@@ -176,6 +185,15 @@ def read_labels(path: str | Path, split: str) -> np.ndarray:
         except OSError as err:
             raise DataError(f"dataset cache {path}: {split} labels cannot be read ({err}); "
                             f"{_fix(Path(path))}") from None
+
+
+def read_folds(path: str | Path) -> np.ndarray:
+    """``pool/folds`` of a dataset with folds: int8 [N, K], each pooled image's role per fold."""
+    with open_cache(path) as h5:
+        if POOL not in h5:
+            raise DataError(f"dataset cache {path} has no folds; give its dataset `folds:` (e.g. {{k: 5}}) and rerun "
+                            f"the preprocess rule (delete {path} first)")
+        return h5[POOL]["folds"][...]
 
 
 def read_masks(path: str | Path, split: str) -> np.ndarray:

@@ -99,6 +99,12 @@ class RawDataset:
     checksum: str
     attributes: dict[str, Any] = field(default_factory=dict)
     masks: dict[str, Any] | None = None
+    #: optional, per split: the patient (or other group) of each image, [N] str or int; the cache
+    #: keeps it (``{split}/groups``) and ``folds: {k}`` keeps patients whole with it
+    groups: dict[str, np.ndarray] | None = None
+    #: optional, per split: each image's file path relative to the dataset's root (N strings),
+    #: which fold files (``folds: {files}``) are matched against
+    names: dict[str, list[str]] | None = None
 
     @property
     def channels(self) -> int:
@@ -174,6 +180,10 @@ def check_raw(name: str, raw: RawDataset) -> None:
         raise DataError(f"{where}: a segmentation task comes with masks, and only it")
     if raw.masks is not None:
         check_masks(where, raw)
+    for what, per_split in (("groups", raw.groups), ("names", raw.names)):
+        for split in SPLITS if per_split is not None else ():
+            if split not in per_split or len(per_split[split]) != len(raw.splits[split][1]):
+                raise DataError(f"{where}: {what} must give one value per image of every split ({split})")
 
 
 def check_masks(where: str, raw: RawDataset) -> None:

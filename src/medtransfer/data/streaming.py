@@ -144,6 +144,9 @@ def _create(h5: h5py.File, raw: RawDataset, size: int, stamp: str) -> None:
         if raw.masks is not None:
             group.create_dataset("masks", shape=(n, 1, size, size), dtype=np.uint8,
                                  chunks=(1, 1, size, size) if n else None)
+        if raw.groups is not None:  # patients: optional, so caches without them read as before
+            group.create_dataset("groups", data=np.asarray([str(g) for g in raw.groups[split]], dtype=object),
+                                 dtype=h5py.string_dtype())
         group.attrs["rows_written"] = 0
     h5["train"].attrs["pixel_sum"] = np.zeros(channels, np.int64)
     h5["train"].attrs["square_sum"] = np.zeros(channels, np.int64)
@@ -189,6 +192,8 @@ def write_cache(name: str, entry: Mapping[str, Any], raw: RawDataset, out_path: 
         count = max(1, int(train["images"].shape[0]) * size * size)
         mean = train.attrs["pixel_sum"] / count
         std = np.sqrt(np.maximum(train.attrs["square_sum"] / count - mean**2, 0.0))
+        if entry.get("folds") is not None and "pool" not in h5:
+            write_pool(h5, name, entry, raw)
         for split in SPLITS:
             del h5[split].attrs["rows_written"]
         del train.attrs["pixel_sum"], train.attrs["square_sum"], h5.attrs["resume_fingerprint"]
@@ -249,6 +254,37 @@ def _write_split(group: h5py.Group, images: Any, is_train: bool, step: int, size
         group.attrs["rows_written"] = stop  # after the pixels: a resume never skips unwritten rows
         group.file.flush()
         bar.update(stop - start)
+
+
+def write_pool(h5: h5py.File, name: str, entry: Mapping[str, Any], raw: RawDataset) -> None:
+    """The ``pool`` group of a dataset with folds (:mod:`medtransfer.data.folds`): ``images``, a
+    virtual dataset over train, val and test images in that order (no copy; its source is the file
+    itself, '.', so it survives the rename), their ``labels``, ``groups`` when the format records
+    patients, and ``folds`` int8 [N, K] (each image's role in each fold)."""
+    from medtransfer.data.folds import pool_roles
+
+    if raw.task in ("segmentation", "unlabeled"):
+        raise ConfigError(f"datasets.{name}.folds: folds are for classification datasets, not {raw.task}")
+    labels = np.concatenate([np.asarray(raw.splits[s][1]) for s in SPLITS])
+    groups = None if raw.groups is None else np.concatenate([np.asarray(raw.groups[s]).astype(str) for s in SPLITS])
+    names = None if raw.names is None else [n for s in SPLITS for n in raw.names[s]]
+    roles = pool_roles(name, entry, labels, groups, names)
+    shape = h5["train"]["images"].shape[1:]
+    layout = h5py.VirtualLayout(shape=(len(labels), *shape), dtype=np.uint8)
+    start = 0
+    for split in SPLITS:
+        n = int(h5[split]["images"].shape[0])
+        if n:
+            layout[start:start + n] = h5py.VirtualSource(".", f"{split}/images", shape=(n, *shape))
+        start += n
+    pool = h5.create_group("pool")
+    pool.create_virtual_dataset("images", layout)
+    pool.create_dataset("labels", data=labels)
+    if groups is not None:
+        pool.create_dataset("groups", data=groups.astype(object), dtype=h5py.string_dtype())
+    pool.create_dataset("folds", data=roles)
+    pool.attrs["folds"] = json.dumps({"entry": dict(entry["folds"]), "order": "train, val, test rows of the cache",
+                                      "roles": {"train": 0, "val": 1, "test": 2, "unused": -1}}, default=str)
 
 
 def channel_sums(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

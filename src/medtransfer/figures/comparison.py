@@ -14,7 +14,7 @@ from scipy import stats
 from medtransfer.atomic import write_text
 from medtransfer.columns import RUN_COLUMNS
 from medtransfer.figures.io import RUN_KEY, check_unique, read_results, with_protocol
-from medtransfer.figures.style import init_sort_key, metric_label
+from medtransfer.figures.style import init_sort_key, metric_label, size_text
 from medtransfer.protocols import PROTOCOLS
 
 CELL = ("dataset", "arch", "protocol", "fraction")
@@ -73,7 +73,7 @@ def comparison_markdown(table: pd.DataFrame, metric: str = "test_auc") -> str:
                 if not math.isnan(row["p_value"]):
                     text += f" (p {row['p_value']:.2g})"
                 cells.append(text)
-            out.append(f"| {protocol} | {100 * fraction:g} % | " + " | ".join(cells) + " |")
+            out.append(f"| {protocol} | {size_text(fraction)} | " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)
 

@@ -107,7 +107,7 @@ def epochs_to_fraction_of_best(history: pd.DataFrame, fraction: float = 0.95) ->
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    keys = [c for c in RUN_COLUMNS if c in history.columns]
+    keys = [c for c in (*RUN_COLUMNS, "fold") if c in history.columns]
     if not keys or not {"epoch", "val_auc"} <= set(history.columns):
         raise ValueError("history needs run columns, 'epoch' and 'val_auc'")
     scored = history.dropna(subset=["val_auc"]).sort_values("epoch", kind="stable").reset_index(drop=True)

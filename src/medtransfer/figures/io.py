@@ -25,7 +25,7 @@ _TEXT_COLUMNS = (
 _TEXT_COLUMNS += ("run_a", "run_b", "split", "note", "features", "source_dataset", "metric", "state")
 # the feature-reuse CSVs (medtransfer.figures.reuse)
 _TEXT_COLUMNS += ("run", "state", "metric", "split", "layer")
-_INTEGER_COLUMNS = ("seed", "seed_a", "seed_b", "epoch", "block_index", "block_a_index", "block_b_index")
+_INTEGER_COLUMNS = ("seed", "fold", "seed_a", "seed_b", "epoch", "block_index", "block_a_index", "block_b_index")
 _INTEGER_COLUMNS += ("n_params", "filter", "channel", "row", "col")
 
 
@@ -79,8 +79,10 @@ def with_protocol(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def check_unique(frame: pd.DataFrame, keys: Sequence[str], path: str | Path) -> None:
-    """Raise DataError when two rows share ``keys`` (a run counted twice would bias the means)."""
-    duplicated = frame.duplicated(list(keys), keep=False)
+    """Raise DataError when two rows share ``keys`` (a run counted twice would bias the means); a
+    cross-validated study's ``fold`` column is part of every run key."""
+    keys = list(keys) + (["fold"] if "fold" in frame.columns and "fold" not in keys else [])
+    duplicated = frame.duplicated(keys, keep=False)
     if duplicated.any():
         example = frame.loc[duplicated, list(keys)].iloc[0].to_dict()
         raise DataError(

@@ -21,6 +21,7 @@ from medtransfer.figures.style import (
     legend_outside,
     save_figure,
     save_no_data,
+    size_text,
     sort_inits,
 )
 
@@ -31,7 +32,7 @@ def panel_title(dataset: str, arch: str | None = None, fraction: float | None = 
     if arch is not None:
         parts.append(str(arch))
     if fraction is not None:
-        parts.append(f"{100 * float(fraction):g} % data")
+        parts.append(f"{int(float(fraction))} images" if float(fraction) > 1 else f"{100 * float(fraction):g} % data")
     return " · ".join(parts)
 
 
@@ -129,7 +130,7 @@ def seed_dots_by_init(
                 ax = axes[r, c]
                 panel = table[(table["dataset"] == dataset) & (table["arch"] == arch)]
                 dot_whisker(ax, panel, "fraction", y, "init", fractions, inits, palette,
-                            x_labels=[f"{100 * f:g} %" for f in fractions])  # fmt: skip
+                            x_labels=[size_text(f) for f in fractions])  # fmt: skip
                 if integer_y:
                     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_title(panel_title(dataset, arch))

@@ -225,8 +225,15 @@ def fraction_palette(fractions: Iterable[float]) -> dict[float, tuple]:
 
 
 def fraction_label(fraction: float) -> str:
-    """'10 % of training data' for 0.1."""
+    """'10 % of training data' for 0.1; '5,000 training images' for an absolute size (> 1)."""
+    if float(fraction) > 1:
+        return f"{int(float(fraction)):,} training images"
     return f"{100 * float(fraction):g} % of training data"
+
+
+def size_text(fraction: float) -> str:
+    """A training size in a few characters: '10 %' for 0.1, 'n=5000' for an absolute size (> 1)."""
+    return f"n={int(float(fraction))}" if float(fraction) > 1 else f"{100 * float(fraction):g} %"
 
 
 @contextmanager

@@ -31,13 +31,16 @@ def summarise(metrics: pd.DataFrame) -> pd.DataFrame:
     metrics = with_protocol(metrics)
     metrics_present = [m for m in SUMMARY_METRICS if m in metrics.columns]
     metrics_present = [m for m in metrics_present if m in _ALWAYS or metrics[m].notna().any()]
-    columns = list(GROUP[:4]) + ["init_name", "source", "k", "fraction", "n_seeds"]
+    folds = "fold" in metrics.columns and metrics["fold"].notna().any()  # a cross-validated study
+    columns = list(GROUP[:4]) + ["init_name", "source", "k", "fraction", "n_seeds"] + (["n_folds"] if folds else [])
     columns += [f"{m}_{stat}" for m in metrics_present for stat in ("mean", "sd")]
     if metrics.empty:
         return pd.DataFrame(columns=columns)
     groups = metrics.groupby(list(GROUP), sort=False, dropna=False)
     table = groups[["init_name", "source", "k"]].first()
     table["n_seeds"] = groups["seed"].nunique()
+    if folds:  # the means and sds are over every run of the cell: seeds × folds
+        table["n_folds"] = groups["fold"].nunique()
     for metric in metrics_present:
         table[f"{metric}_mean"] = groups[metric].mean()
         table[f"{metric}_sd"] = groups[metric].std(ddof=1)
@@ -68,18 +71,23 @@ def _mean_sd(mean: float, sd: float) -> str:
 def to_markdown(table: pd.DataFrame) -> str:
     """GitHub table of :func:`summarise`'s output with "mean ± sd" cells (3 decimals)."""
     metrics = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
-    header = ["dataset", "arch", "protocol", "init", "fraction", "n seeds"] + [metric_label(m) for m in metrics]
+    folds = "n_folds" in table.columns  # a cross-validated study: one more count column
+    header = ["dataset", "arch", "protocol", "init", "fraction", "n seeds"] + (["n folds"] if folds else [])
+    header += [metric_label(m) for m in metrics]
+    over = "seeds × folds" if folds else "seeds"
     lines = [
-        "Mean ± sd (sample sd, ddof=1) over seeds; a single value means one seed.",
+        f"Mean ± sd (sample sd, ddof=1) over {over}; a single value means one {'run' if folds else 'seed'}.",
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 5 + ["---:"] * (1 + len(metrics))) + "|",
+        "|" + "|".join(["---"] * 5 + ["---:"] * (1 + folds + len(metrics))) + "|",
     ]
     for row in table.itertuples(index=False):
         row = row._asdict()
         cells = [str(row["dataset"]), str(row["arch"]), str(row["protocol"]), str(row["init"]),
                  f"{row['fraction']:g}"]
         cells.append(str(int(row["n_seeds"])))
+        if folds:
+            cells.append(str(int(row["n_folds"])))
         cells += [_mean_sd(row[f"{m}_mean"], row[f"{m}_sd"]) for m in metrics]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     if table.empty:

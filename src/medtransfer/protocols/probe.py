@@ -13,7 +13,7 @@ import numpy as np
 
 from medtransfer import data
 from medtransfer.atomic import write_json
-from medtransfer.errors import ConfigError
+from medtransfer.errors import ConfigError, DataError
 from medtransfer.specs import spec_hash
 from medtransfer.protocols.dvme import dvme_scores, select_dvme
 from medtransfer.protocols.features import read_features
@@ -22,6 +22,29 @@ from medtransfer.protocols.linear import probe_scores, select_probe
 from medtransfer.provenance import git_commit, provenance
 from medtransfer.training.stage import write_predictions
 from medtransfer.training.metrics import classification_metrics
+
+
+def _fold_features(features: dict, cache: str, fold: int) -> dict:
+    """``train``, ``val``, ``test`` of a fold: the features of train, val and test concatenated (the
+    cache's pool order, :mod:`medtransfer.data.folds`), at the fold's rows. A fusion's features
+    (one array per source) are cut the same way."""
+    from medtransfer.data.cache import read_folds
+    from medtransfer.data.folds import fold_rows
+
+    def pooled(i: int):
+        parts = [features[split][i] for split in ("train", "val", "test")]
+        if isinstance(parts[0], list):
+            return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
+        return np.concatenate(parts)
+
+    x, y = pooled(0), pooled(1)
+    roles = read_folds(cache)
+    if len(y) != roles.shape[0]:
+        raise DataError(f"features of {len(y)} images, but the folds of {cache} cover {roles.shape[0]}; the cache "
+                        "changed after the features were computed: rerun them")
+    rows = fold_rows(roles, fold)
+    cut = (lambda idx: [part[idx] for part in x]) if isinstance(x, list) else (lambda idx: x[idx])
+    return {role: (cut(idx), y[idx]) for role, idx in rows.items()}
 
 
 def probe(spec: dict) -> dict:
@@ -34,6 +57,8 @@ def probe(spec: dict) -> dict:
     if fusion == "CONCAT":  # the baseline of DVME: one linear probe on the sources side by side
         features.update({split: (np.concatenate(features[split][0], axis=1), features[split][1])
                          for split in ("train", "val", "test")})
+    if spec.get("fold") is not None:  # a fold run: the fold's rows of the pooled features
+        features.update(_fold_features(features, spec["cache"], int(spec["fold"])))
     task, class_names = features["task"], features["class_names"]
     train_x, train_y = features["train"]
     indices = data.subset_indices(train_y, spec["fraction"], spec["seed"], num_classes=len(class_names),

@@ -67,6 +67,9 @@ def mean_sd(values: Sequence[float] | np.ndarray, digits: int = 3) -> str:
 
 
 def pct(fraction: float) -> str:
+    """'10 %' for 0.1; '5,000 images' for an absolute training size (> 1)."""
+    if float(fraction) > 1:
+        return f"{int(float(fraction)):,} images"
     return f"{100 * float(fraction):g} %"
 
 

@@ -103,6 +103,7 @@ def front_rst(spec: dict) -> str:
             f"- initialisations: {', '.join(rst.literal(i) for i in grid['inits'])}",
             f"- fractions of the training data: {', '.join(pct(f) for f in grid['fractions'])}",
             f"- seeds: {', '.join(str(s) for s in grid['seeds'])}",
+            *([f"- cross-validation folds: {', '.join(str(f) for f in grid['folds'])}"] if grid.get("folds") else []),
             f"- protocols: {', '.join(grid['protocols'])}", ""]  # fmt: skip
 
     out += ["Datasets", "--------", ""]

@@ -117,6 +117,8 @@ class Study(Core, DataPlan, PretrainPlan, FinetunePlan, ProtocolsPlan, Represent
         self._check_sources()
         self._expand_inits()
         self._check_training_overrides()
+        self._check_folds()
+        self._check_sizes()
         self._check_protocols()
         self._expand_cells()
         self._check_segmentation_targets()

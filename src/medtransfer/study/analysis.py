@@ -53,25 +53,31 @@ class AnalysisPlan:
     def pairs_spec(self, dataset: str, arch: str, fraction: str) -> dict:
         """The comparisons of one group: every configured pair at every seed, and the noise floor
         of each init in a pair (consecutive seeds of the same init; needs two seeds or more)."""
-        def activations_of(init: str, seed: int, state: str) -> str:
-            return paths.activations(Run(dataset, arch, init, fraction, seed), state)
+        fraction = paths.format_fraction(fraction)
+
+        def activations_of(init: str, seed: int, state: str, fold: int | None) -> str:
+            return paths.activations(Run(dataset, arch, init, fraction, seed, fold), state)
+
+        def fold_key(fold: int | None) -> dict:  # only with study.folds: other specs stay as they were
+            return {} if fold is None else {"fold": fold}
 
         comparisons, floors = [], set()
         for pair in self.analysis["pairs"]:
             state = pair.get("state", "final")
             name = f"{pair['a']} vs {pair['b']}" + _state_suffix(state)
-            for seed in self.seeds:
+            for seed, fold in self.replicates:  # both sides on the same fold: the same images
                 comparisons.append({"pair": name, "kind": "pair", "init_a": pair["a"], "seed_a": seed,
-                                    "a": activations_of(pair["a"], seed, state), "init_b": pair["b"],
-                                    "seed_b": seed, "b": activations_of(pair["b"], seed, state),
-                                    **_state_key(state)})
+                                    "a": activations_of(pair["a"], seed, state, fold), "init_b": pair["b"],
+                                    "seed_b": seed, "b": activations_of(pair["b"], seed, state, fold),
+                                    **_state_key(state), **fold_key(fold)})
             floors |= {(pair["a"], state), (pair["b"], state)}
         for init, state in sorted(floors):
-            for seed_a, seed_b in zip(self.seeds, self.seeds[1:]):
-                comparisons.append({"pair": f"{init} vs {init}" + _state_suffix(state), "kind": "noise_floor",
-                                    "init_a": init, "seed_a": seed_a, "a": activations_of(init, seed_a, state),
-                                    "init_b": init, "seed_b": seed_b, "b": activations_of(init, seed_b, state),
-                                    **_state_key(state)})
+            for fold in self.folds:
+                for seed_a, seed_b in zip(self.seeds, self.seeds[1:]):
+                    comparisons.append({"pair": f"{init} vs {init}" + _state_suffix(state), "kind": "noise_floor",
+                                        "init_a": init, "seed_a": seed_a, "a": activations_of(init, seed_a, state, fold),
+                                        "init_b": init, "seed_b": seed_b, "b": activations_of(init, seed_b, state, fold),
+                                        **_state_key(state), **fold_key(fold)})
         return {"dataset": dataset, "arch": arch, "fraction": float(fraction), "measures": self.analysis["measures"],
                 "comparisons": comparisons, "out": paths.group_analysis("similarity_pairs", dataset, arch, fraction),
                 **self._cca_subsample_spec()}

@@ -129,6 +129,17 @@ def expand_init(entry: str | dict, index: int) -> list[InitSpec]:
     return [InitSpec(name, source, k, slim, archs) for k in ks]
 
 
+def check_size(value: float, index: int) -> float:
+    """A ``study.fractions`` entry: a fraction in (0, 1] or a whole number (> 1) of training images.
+    (The data stage checks the same in :func:`medtransfer.data.fractions.check_size`; the planner
+    does not import it, because :mod:`medtransfer.data` imports torch.)"""
+    number = float(value)
+    if not (0.0 < number <= 1.0 or (number > 1.0 and number == int(number))):
+        raise ConfigError(f"config key study.fractions[{index}]: {value!r} is neither a fraction in (0, 1] nor a "
+                          "whole number of training images (> 1, e.g. 5000)")
+    return number
+
+
 def fusion_members(spec: InitSpec, arch: str) -> list[tuple[str, str]]:
     """(source, architecture) of every backbone a fusion init fuses, from its entries ("name" or
     "name@arch"): ``arch`` (the run's) where an entry names none; none for any other init."""
@@ -247,8 +258,14 @@ class Core:
         if len(set(labels)) != len(labels):
             raise ConfigError(f"config key study.inits: the same init appears twice ({labels})")
         self.architectures: list[str] = list(study["architectures"])
-        self.fractions = [paths.format_fraction(f) for f in study["fractions"]]
+        self.fractions = [paths.format_fraction(check_size(f, i)) for i, f in enumerate(study["fractions"])]
+        if len(set(self.fractions)) != len(self.fractions):
+            raise ConfigError(f"config key study.fractions: a size appears twice ({study['fractions']})")
         self.seeds: list[int] = list(study["seeds"])
+        #: the cross-validation folds (``study.folds``); [None] for a study without folds
+        self.folds: list[int | None] = list(study["folds"]) if study.get("folds") is not None else [None]
+        #: (seed, fold) of every repetition of a cell: seeds × folds
+        self.replicates: list[tuple[int, int | None]] = [(seed, fold) for seed in self.seeds for fold in self.folds]
         for spec in self.inits:
             for arch in spec.architectures or ():
                 if arch not in self.architectures:
@@ -262,9 +279,9 @@ class Core:
         study = self.config["study"]
         #: every cell of the grid, whatever the protocol
         self.cells = [
-            Run(dataset, arch, spec.label, fraction, seed)
-            for dataset, arch, spec, fraction, seed in product(
-                study["targets"], self.architectures, self.inits, self.fractions, self.seeds
+            Run(dataset, arch, spec.label, fraction, seed, fold)
+            for dataset, arch, spec, fraction, (seed, fold) in product(
+                study["targets"], self.architectures, self.inits, self.fractions, self.replicates
             )
             if spec.architectures is None or arch in spec.architectures
         ]
@@ -349,6 +366,8 @@ class Core:
             "source": self.source_spec(init.source, run.arch) if init.source else None,
             "fraction": float(run.fraction),
             "seed": int(run.seed),
+            # only for cross-validated runs: every other spec (and its hash) stays as it was
+            **({"fold": int(run.fold)} if run.fold is not None else {}),
             "training": training,
             **self.preprocess_spec_of(init.source, run.arch),
             **({"members": self.member_specs(init, run.arch)} if init.fusion else {}),

@@ -190,18 +190,19 @@ class DomainPlan:
                 if not self.init_spec(run.init).fusion]
         inits = [spec.label for spec in self.inits if any(run.init == spec.label for run in runs)]
 
-        def side(init: str, seed: int) -> dict:
-            run = Run(dataset, arch, init, paths.format_fraction(fraction), seed)
+        def side(init: str, seed: int, fold: int | None = None) -> dict:
+            run = Run(dataset, arch, init, paths.format_fraction(fraction), seed, fold)
             return {"run": run.id, "predictions": paths.run_file(run, "predictions.h5"),
                     "columns": self.run_columns(run)}
 
         # runs listed once, comparisons by run id: the spec is one command-line argument, and a
-        # big grid's pairs would pass the kernel's 128 KB limit if each repeated its runs' records
-        records = {record["run"]: record for record in (side(run.init, run.seed) for run in runs)}
-        comparisons = [{"kind": "inits", "a": side(a, seed)["run"], "b": side(b, seed)["run"]}
-                       for seed in self.seeds for i, a in enumerate(inits) for b in inits[i + 1:]]
-        comparisons += [{"kind": "seeds", "a": side(init, s)["run"], "b": side(init, t)["run"]}
-                        for init in inits for s, t in zip(self.seeds, self.seeds[1:])]
+        # big grid's pairs would pass the kernel's 128 KB limit if each repeated its runs' records.
+        # With folds, both runs of a comparison are of the same fold (predictions on the same images).
+        records = {record["run"]: record for record in (side(run.init, run.seed, run.fold) for run in runs)}
+        comparisons = [{"kind": "inits", "a": side(a, seed, fold)["run"], "b": side(b, seed, fold)["run"]}
+                       for seed, fold in self.replicates for i, a in enumerate(inits) for b in inits[i + 1:]]
+        comparisons += [{"kind": "seeds", "a": side(init, s, fold)["run"], "b": side(init, t, fold)["run"]}
+                        for init in inits for fold in self.folds for s, t in zip(self.seeds, self.seeds[1:])]
         return {"split": options["split"], "runs": records, "comparisons": comparisons,
                 "out": paths.group_analysis("prediction_similarity", dataset, arch, fraction)}
 

@@ -100,6 +100,9 @@ class ProtocolsPlan:
         if protocol not in FROZEN_PROTOCOLS:
             raise ConfigError(f"protocol {protocol!r} has no frozen-feature runs (those are: "
                               f"{', '.join(FROZEN_PROTOCOLS)})")
+        if run.fold is not None and protocol == "linear" and self.linear.get("augment"):
+            raise ConfigError("config key linear.augment: the augmented linear probe reads the cache's train split "
+                              "and does not run on folds (study.folds) yet; set linear.augment: false")
         return {
             "run": run.id,
             "protocol": protocol,
@@ -109,6 +112,8 @@ class ProtocolsPlan:
             "init": self.init_spec(run.init).as_dict(),
             "fraction": float(run.fraction),
             "seed": int(run.seed),
+            # a fold's rows of the pooled features: read from the cache (only then: other specs unchanged)
+            **({"fold": int(run.fold), "cache": paths.dataset_cache(run.dataset)} if run.fold is not None else {}),
             "features": self.features_path(run),
             protocol: self.linear if protocol == "linear" else self.knn,
             **({"dvme": self.dvme} if self.init_spec(run.init).name == "DVME" else {}),

@@ -63,6 +63,7 @@ class ReportPlan:
                 "inits": [spec.label for spec in self.inits],
                 "fractions": [float(f) for f in self.fractions],
                 "seeds": self.seeds,
+                **({"folds": self.folds} if self.folds != [None] else {}),  # only then: specs as before
                 "protocols": self.protocols,
             },
             "counts": {"finetune": len(self.runs), "probe": len(self.probe_runs),

@@ -93,8 +93,9 @@ class ReusePlan:
     def filters_cell_runs(self, cell: dict | None = None) -> list[Run]:
         """The runs of the ``analysis.filters`` cell (or of ``cell``): one per init."""
         cell = cell or self.reuse["filters"]
-        return [run for run in self.single_backbone_runs() if (run.dataset, run.arch, run.fraction, run.seed)
-                == (cell["dataset"], cell["arch"], cell["fraction"], cell["seed"])]
+        # with study.folds: the first fold's runs (one kernel picture per init, as without folds)
+        return [run for run in self.single_backbone_runs() if (run.dataset, run.arch, run.fraction, run.seed, run.fold)
+                == (cell["dataset"], cell["arch"], cell["fraction"], cell["seed"], self.folds[0])]
 
     def reuse_runs(self, name: str) -> list[Run]:
         """The runs analysis ``name`` reads: every single-backbone run for the weight analyses

@@ -25,6 +25,7 @@ import pandas as pd
 from medtransfer import data
 from medtransfer.models import segmentation
 from medtransfer.atomic import atomic_path, torch_save, write_json
+from medtransfer.data.folds import run_rows
 from medtransfer.specs import spec_hash
 from medtransfer.models.fusion import FusionNetwork, calibrate
 from medtransfer.provenance import git_commit, provenance
@@ -52,12 +53,13 @@ def finetune(spec: dict, *, device: str | None = None, progress: bool = True) ->
 
     info = data.read_info(spec["cache"])
     model, record, create_kwargs = initialised_model(spec, info.num_classes)
-    train_labels = data.read_labels(spec["cache"], "train")
-    train_indices = data.train_subset(info.task, train_labels, spec["fraction"], spec["seed"],
-                                      num_classes=info.num_classes, dataset=spec["dataset"])
-    loaders = make_loaders(spec, torch_device, train_indices, world)
+    # the training subset (a fraction or a count of images), of the fold's training rows for a fold run
+    rows = run_rows(spec["cache"], info.task, spec["fraction"], spec["seed"], spec.get("fold"),
+                    num_classes=info.num_classes, dataset=spec["dataset"])
+    train_indices = rows["train"]
+    loaders = make_loaders(spec, torch_device, train_indices, world, rows=rows)
     if isinstance(model, FusionNetwork):  # the linear protocol's standardisation, from the start weights
-        calibrate(model.to(torch_device), spec_loader(spec, "train", torch_device, indices=train_indices),
+        calibrate(model.to(torch_device), spec_loader(spec, rows["split"], torch_device, indices=train_indices),
                   torch_device)
     saved = {"arch": spec["arch"], "num_classes": info.num_classes, "create_kwargs": create_kwargs,
              "init": spec["init"], **({"fusion": True} if isinstance(model, FusionNetwork) else {}),

@@ -89,10 +89,12 @@ def spec_loader(spec: dict, split: str, device: torch.device, *, batch_size: int
 
 
 def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | None,
-                 world: distributed.World | None = None) -> dict[str, Any]:
+                 world: distributed.World | None = None, rows: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (shuffled, augmented, subset), val and test loaders for a run or a pretraining; in a
     job of several processes (``world``) the train loader yields this process's share of each
-    global batch of ``batch_size``, and every process reads all of val and test.
+    global batch of ``batch_size``, and every process reads all of val and test. ``rows``
+    (:func:`medtransfer.data.folds.run_rows` of a fold run): all three read its ``split`` (the
+    pool), at its ``val`` and ``test`` rows.
 
     With ``train.tta`` the test loader yields each image's views ([B, V, C, H, W], V = 10 for
     ``tencrop``; :func:`medtransfer.training.trainer.evaluate` averages their probabilities), in
@@ -101,16 +103,21 @@ def make_loaders(spec: dict, device: torch.device, train_indices: np.ndarray | N
     as in Hosseinzadeh Taher et al.'s code."""
     world = world or distributed.World()
     training = spec["training"]
+    split = rows["split"] if rows else "train"
+
+    def evaluation(name: str, **options: Any):
+        if rows and rows[name] is not None:
+            return spec_loader(spec, split, device, indices=rows[name], **options)
+        return spec_loader(spec, name, device, **options)
+
     tta = training.get("tta")
-    test = (spec_loader(spec, "test", device, tta=tta,
-                        batch_size=max(1, training["eval_batch_size"] // TTA_VIEWS[tta]))
-            if tta else spec_loader(spec, "test", device))
     return {
-        "train": spec_loader(spec, "train", device, batch_size=training["batch_size"], shuffle=True,
+        "train": spec_loader(spec, split, device, batch_size=training["batch_size"], shuffle=True,
                              indices=train_indices, augment=training["augment"],
                              world=(world.rank, world.size), soft_labels=True),
-        "val": spec_loader(spec, "val", device),
-        "test": test,
+        "val": evaluation("val"),
+        "test": (evaluation("test", tta=tta, batch_size=max(1, training["eval_batch_size"] // TTA_VIEWS[tta]))
+                 if tta else evaluation("test")),
     }
 
 
