@@ -60,6 +60,40 @@ def test_busi_classes_are_its_folders_and_masks_are_never_images(busi, tmp_path)
             assert info.class_names[label] == truth[image.transpose(1, 2, 0).tobytes()][0]
 
 
+def test_busi_reads_juodelytes_fold_csvs_against_its_own_files(busi, tmp_path):
+    """Juodelyte et al.'s committed folds (DovileDo/revisiting-transfer data/breast/{train,val,test}_fold{n}.csv:
+    index, path with their own '../../../data/breast/' prefix over a flat folder, class) select the
+    same images in the cache: each image's role per fold is what the CSVs say of its file."""
+    import h5py
+    import pandas as pd
+
+    from medtransfer.data.cache import POOL, read_folds
+
+    root, _ = busi
+    files = sorted(p.relative_to(root).as_posix() for p in root.glob("*/*.png") if "_mask" not in p.name)
+    order = np.random.default_rng(1).permutation(len(files))
+    expected = {}
+    for fold, held in enumerate(np.array_split(order, 2)):
+        roles = {"train": np.setdiff1d(order, held), "val": held[: len(held) // 3], "test": held[len(held) // 3:]}
+        for role, rows in roles.items():
+            frame = pd.DataFrame({"path": [f"../../../data/breast/{files[i].split('/')[1]}" for i in rows],
+                                  "class": [files[i].split("/")[0] for i in rows]}, index=rows)
+            frame.to_csv(tmp_path / f"{role}_fold{fold + 1}.csv")
+            expected.update({(files[i], fold): role for i in rows})
+    folds = {"files": {r: str(tmp_path / f"{r}_fold{{n}}.csv") for r in ("train", "val", "test")}, "count": 2}
+    out = tmp_path / "busi.h5"
+    build_cache("busi", busi_entry(root, merge={"normal": "benign"}, folds=folds), out)
+    roles = read_folds(out)
+    with h5py.File(out) as h5:
+        pool = h5[POOL]["images"][...]
+    by_pixels = {np.asarray(Image.open(root / f)).tobytes(): f for f in files}
+    names = [by_pixels[image.transpose(1, 2, 0).tobytes()] for image in pool]
+    role_ids = {"train": 0, "val": 1, "test": 2}
+    for row, name in enumerate(names):
+        for fold in range(2):
+            assert roles[row, fold] == role_ids[expected[(name, fold)]], (name, fold)
+
+
 def test_busi_merge_normal_into_benign_gives_juodelytes_binary_task(busi):
     root, _ = busi
     raw = read_dataset("busi", busi_entry(root, merge={"normal": "benign"}))

@@ -267,7 +267,7 @@ def write_pool(h5: h5py.File, name: str, entry: Mapping[str, Any], raw: RawDatas
         raise ConfigError(f"datasets.{name}.folds: folds are for classification datasets, not {raw.task}")
     labels = np.concatenate([np.asarray(raw.splits[s][1]) for s in SPLITS])
     groups = None if raw.groups is None else np.concatenate([np.asarray(raw.groups[s]).astype(str) for s in SPLITS])
-    names = None if raw.names is None else [n for s in SPLITS for n in raw.names[s]]
+    names = [n for s in SPLITS for n in raw.names[s]] if raw.names is not None else decoded_file_names(raw, entry)
     roles = pool_roles(name, entry, labels, groups, names)
     shape = h5["train"]["images"].shape[1:]
     layout = h5py.VirtualLayout(shape=(len(labels), *shape), dtype=np.uint8)
@@ -285,6 +285,23 @@ def write_pool(h5: h5py.File, name: str, entry: Mapping[str, Any], raw: RawDatas
     pool.create_dataset("folds", data=roles)
     pool.attrs["folds"] = json.dumps({"entry": dict(entry["folds"]), "order": "train, val, test rows of the cache",
                                       "roles": {"train": 0, "val": 1, "test": 2, "unused": -1}}, default=str)
+
+
+def decoded_file_names(raw: RawDataset, entry: Mapping[str, Any]) -> list[str] | None:
+    """Each image's file path relative to the entry's ``root``, in train, val, test order, where
+    every split decodes its images from files (:class:`~medtransfer.data.images.DecodedImages`:
+    every image-file format); None otherwise. What fold files (``folds: {files}``) are matched
+    against when the format records no names of its own."""
+    from medtransfer.data.images import DecodedImages
+
+    root = os.path.abspath(entry.get("root", "."))
+    names: list[str] = []
+    for split in SPLITS:
+        images = raw.splits[split][0]
+        if not isinstance(images, DecodedImages):
+            return None
+        names += [os.path.relpath(os.path.abspath(path), root).replace(os.sep, "/") for path in images.paths]
+    return names
 
 
 def channel_sums(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
