@@ -194,3 +194,32 @@ def test_the_cache_holds_the_multilabel_labels(tmp_path):
         np.testing.assert_array_equal(labels, np.stack([expected_vector(by_gray[int(v)]) for v in pixels[:, 0, 3, 3]]))
         total += len(labels)
     assert total == len(images) and info.split_sizes["test"] == sum(im[3] for im in images)
+
+
+def test_a_supervised_source_pretrains_on_chestxray14(tmp_path, monkeypatch):
+    """Hosseinzadeh Taher et al.'s domain-adapted source: supervised pretraining on the 14 NIH
+    findings (BCE over the multi-label cache, validation mean AUC in the history), whose weights
+    then start a WT run like any source."""
+    import torch
+
+    from conftest import tiny_config
+    from medtransfer.study import Study
+    from medtransfer.training.pretrain import pretrain
+
+    root, _ = write_nih(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config()
+    config["datasets"]["cxr14"] = entry(root, size=16, val_fraction=0.3)
+    config["sources"] = {"cxr14-sup": {"pretrain": {"dataset": "cxr14", "method": "supervised"}}}
+    config["study"]["inits"] = ["RI", {"WT": "cxr14-sup"}]
+    config["analysis"] = {"pairs": [], "fid": False}
+    config["pretrain"] = {"epochs": 2, "batch_size": 8, "select_on": "val_loss"}
+    study = Study(config)
+    build_cache("cxr14", study.datasets["cxr14"], "results/data/cxr14.h5")
+    assert read_info("results/data/cxr14.h5").task == "multilabel"
+    spec = study.pretrain_spec("cxr14-sup", "cbr_tiny")
+    meta = pretrain(spec, device="cpu", progress=False)
+    assert [row["epoch"] for row in meta["history"]] == [1, 2]
+    assert all("val_auc" in row and np.isfinite(row["val_loss"]) for row in meta["history"])
+    saved = torch.load(f"{spec['out_dir']}/model.pt", weights_only=True)
+    assert saved["num_classes"] == len(NIH)
