@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from conftest import SCHEMA, tiny_config
 from medtransfer.data import FORMATS, RawDataset, build_cache, make_loader
 from medtransfer.errors import ConfigError
-from medtransfer.study import Study, overrides_as_written, validate_config
+from medtransfer.study import Study, validate_config
 
 # Keras's imagenet_utils.preprocess_input(mode="caffe"), written out: RGB -> BGR, this mean
 # (BGR order) subtracted from 0..255 pixels, no scaling.
@@ -138,18 +138,17 @@ def test_the_schema_checks_override_values_as_training_sections_and_snakemake_de
         wrong["train"]["by_arch"]["resnet18_28"] = bad
         with pytest.raises(ConfigError, match=key):
             validate_config(wrong, SCHEMA)
-    # Snakemake's validate fills the schema's defaults in (optimizer.weight_decay: 0.0, ...): inside
-    # an override that would undo train.optimizer.weight_decay for those runs
+    # Snakemake's validate fills in any default the schema declares: the schema declares none, so
+    # an override (or pretrain:) holds only what the user wrote and inherits the rest
+    config["pretrain"] = {"optimizer": {"lr": 0.5}}
     filled = copy.deepcopy(config)
     validate(filled, str(SCHEMA))
-    assert filled["train"]["by_arch"]["resnet18_28"]["optimizer"]["weight_decay"] == 0.0
-    kept = copy.deepcopy(config)
-    with overrides_as_written(kept):
-        validate(kept, str(SCHEMA))
-    assert kept["train"]["by_arch"] == config["train"]["by_arch"]
-    run = next(r for r in Study(kept).runs if r.arch == "resnet18_28")
-    assert Study(kept).run_spec(run)["training"]["optimizer"] == {"name": "sgd", "lr": 1.0e-4,
-                                                                  "weight_decay": 1.0e-4, "momentum": 0.9}
+    assert filled == config
+    study = Study(filled)
+    run = next(r for r in study.runs if r.arch == "resnet18_28")
+    assert study.run_spec(run)["training"]["optimizer"] == {"name": "sgd", "lr": 1.0e-4,
+                                                            "weight_decay": 1.0e-4, "momentum": 0.9}
+    assert study.pretrain_defaults["optimizer"] == {**study.train["optimizer"], "lr": 0.5}
 
 
 # --- sources.<name>.preprocess ---------------------------------------------------------------------

@@ -241,7 +241,7 @@ def test_tiny_study_end_to_end_then_one_figure_without_retraining(tiny_study_run
     assert len(none) == len(classification) and (none["value"] - none["test_auc"]).abs().max() < 1e-9
     knn = pd.read_csv(results / "analysis" / "layer_knn.csv")
     assert set(knn["state"]) == {"init", "final"} and knn["run"].nunique() == len(classification)
-    assert (knn["k"] == 200).all() and knn.loc[knn["metric"] == "auc", "value"].between(0, 1).all()
+    assert (knn["knn_k"] == 200).all() and knn.loc[knn["metric"] == "auc", "value"].between(0, 1).all()
     assert len(pd.read_csv(results / "analysis" / "filters.csv")) == len(metrics)
     kernels = pd.read_csv(results / "analysis" / "filter_kernels.csv")
     assert set(kernels["init"]) == {"RI", "WT_natural"} and set(kernels["seed"]) == {0}

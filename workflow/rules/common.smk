@@ -12,16 +12,15 @@ from medtransfer.study import (
     REUSE_ANALYSES,
     Study,
     launcher,
-    overrides_as_written,
     processes_per_job,
 )
 from medtransfer.joblogs import report_failed_jobs
 from medtransfer.paths import Run
 from medtransfer.report import layout as report_layout
 
-# validate fills in the schema's defaults; not inside an override (train.by_* stay as written)
-with overrides_as_written(config):
-    validate(config, "../schemas/config.schema.yaml")
+# the schema has no defaults for validate to fill in: a section holds what the user wrote, and
+# what it leaves out comes from the sections it merges over (medtransfer.study.defaults)
+validate(config, "../schemas/config.schema.yaml")
 try:
     STUDY = Study(config)
     if workflow.is_main_process:  # not again in every cluster job: it imports timm

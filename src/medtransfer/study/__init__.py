@@ -26,7 +26,6 @@ from medtransfer.study.analysis import MEASURE_NAMES, AnalysisPlan
 from medtransfer.study.config import (
     deep_merge,
     load_config,
-    overrides_as_written,
     processes_per_job,
     validate_config,
 )
@@ -98,7 +97,6 @@ __all__ = [
     "is_segmentation",
     "launcher",
     "load_config",
-    "overrides_as_written",
     "processes_per_job",
     "validate_config",
 ]

@@ -3,9 +3,7 @@ checks of the training sections that every stage which trains shares."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -54,19 +52,6 @@ def split_overrides(section: dict | None, key: str) -> tuple[dict, dict]:
                                   f"{key}.by_dataset)")
         by[name] = copy.deepcopy(entries)
     return section, by
-
-
-@contextlib.contextmanager
-def overrides_as_written(config: dict) -> Iterator[None]:
-    """Restore ``train`` / ``pretrain``'s ``by_arch`` and ``by_dataset`` as the config wrote them
-    after the block (``snakemake.utils.validate``, which fills the schema's defaults in): an
-    override holds only what the user set, or ``optimizer: {lr: 1.0e-4}`` would also reset
-    ``train.optimizer.weight_decay`` to the schema's default."""
-    saved = {(section, name): copy.deepcopy(config[section][name]) for section in ("train", "pretrain")
-             if isinstance(config.get(section), dict) for name in BY_KEYS if name in config[section]}
-    yield
-    for (section, name), value in saved.items():
-        config[section][name] = value
 
 
 def load_config(path: str | Path, schema: str | Path | None = None) -> dict:
