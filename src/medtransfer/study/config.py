@@ -124,8 +124,7 @@ def check_optimisation(training: dict, key: str) -> None:
         if not 0 < factor < 1:
             raise ConfigError(f"config key {key}.schedule.factor: {factor!r}; give a number in (0, 1), "
                               "the lr's multiplier at each plateau")
-        # gamma: the schema's default, which Snakemake's validation writes into every schedule
-        stray = sorted(set(schedule) - {"name", "monitor", "warmup_epochs", "gamma", *PLATEAU_OPTIONS})
+        stray = sorted(set(schedule) - {"name", "monitor", "warmup_epochs", *PLATEAU_OPTIONS})
         if stray:
             raise ConfigError(f"config key {key}.schedule: {', '.join(stray)} are not options of the plateau "
                               f"schedule; allowed: monitor, {', '.join(PLATEAU_OPTIONS)}, warmup_epochs")
