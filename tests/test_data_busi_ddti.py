@@ -195,6 +195,28 @@ def test_ddti_labels_tirads_4_and_above_malignant_and_keeps_cases_in_one_split(d
     assert len(where) == 24 and all(len(splits) == 1 for splits in where.values())
 
 
+def test_ddti_folds_made_here_keep_each_case_in_one_fold(ddti, tmp_path):
+    """folds: {k} groups by the patient the format records (the case): a case's images share one
+    held-out fold, so no case is on both sides of any fold (the cache's pool keeps the groups)."""
+    import h5py
+
+    from medtransfer.data.cache import POOL, read_folds
+
+    root, truth = ddti
+    out = tmp_path / "ddti.h5"
+    build_cache("ddti", ddti_entry(root, folds={"k": 3}), out)
+    roles = read_folds(out)
+    with h5py.File(out) as h5:
+        groups = h5[POOL]["groups"].asstr()[...]
+        pool = h5[POOL]["images"][...]
+    cases = [str(truth[int(np.round(image.mean()))][0]) for image in pool]
+    assert list(groups) == cases  # the groups are the cases, in pool order
+    for fold in range(3):
+        for case in set(cases):
+            rows = [i for i, c in enumerate(cases) if c == case]
+            assert len({int(roles[i, fold] == 0) for i in rows}) == 1, (case, fold)  # all train or all held out
+
+
 def test_ddti_missing_tirads_benign_keeps_those_cases_as_juodelytes_code(ddti):
     root, truth = ddti
     raw = read_dataset("ddti", ddti_entry(root, missing_tirads="benign"))

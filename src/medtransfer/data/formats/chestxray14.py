@@ -267,4 +267,4 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     attributes["images_listing_md5"] = md5_of_listing(root, [p for s in parts for p in paths[s]])
     digest = hashlib.md5(" ".join(md5_file(p) for p in [csv_path, *list_files]).encode()).hexdigest()
     return RawDataset(splits=splits, task="multilabel", class_names=list(LABELS), source=str(root),
-                      checksum=digest, attributes=attributes)
+                      checksum=digest, attributes=attributes, groups=patients)

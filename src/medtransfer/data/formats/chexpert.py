@@ -323,4 +323,4 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     if derived:
         attributes["no_finding"] = "derived: 1 where every other label is 0 (Matsoukas et al.)"
     return RawDataset(splits=splits, task="multilabel", class_names=labels, source=str(root),
-                      checksum=digest, attributes=attributes)
+                      checksum=digest, attributes=attributes, groups=patients)

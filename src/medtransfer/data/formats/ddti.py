@@ -156,4 +156,5 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
         "made_splits": describe_split(parts, root.name, "case", seed),
     }
     return RawDataset(splits=splits, task="binary", class_names=list(CLASSES), source=str(root),
-                      checksum=md5_of_listing(root, [*paths, *reports.values()]), attributes=attributes)
+                      checksum=md5_of_listing(root, [*paths, *reports.values()]), attributes=attributes,
+                      groups={split: cases_array[idx].astype(str) for split, idx in parts.items()})

@@ -129,4 +129,4 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
     attributes["patients"] = {s: int(len(np.unique(p))) for s, p in patients.items()}
     digest = hashlib.md5(" ".join(md5_file(p) for p in csvs.values()).encode()).hexdigest()
     return RawDataset(splits=splits, task=task, class_names=class_names, source=str(root), checksum=digest,
-                      attributes=attributes)
+                      attributes=attributes, groups=patients)

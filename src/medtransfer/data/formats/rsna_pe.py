@@ -337,4 +337,5 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
         "series_listing_md5": listing.hexdigest(),
     }
     return RawDataset(splits=splits, task="binary", class_names=["no_pe", "pe"], source=str(csv_path),
-                      checksum=md5_file(csv_path), attributes=attributes)
+                      checksum=md5_file(csv_path), attributes=attributes,
+                      groups={split: study_of[idx] for split, idx in parts.items()})

@@ -252,4 +252,5 @@ def read(name: str, entry: dict[str, Any]) -> RawDataset:
         return RawDataset(splits=splits, task="segmentation", class_names=["background", "pneumothorax"],
                           source=str(csv_path), checksum=md5_file(csv_path), attributes=attributes, masks=masks)
     return RawDataset(splits=splits, task="binary", class_names=["no_pneumothorax", "pneumothorax"],
-                      source=str(csv_path), checksum=md5_file(csv_path), attributes=attributes)
+                      source=str(csv_path), checksum=md5_file(csv_path), attributes=attributes,
+                      groups={split: patients[idx].astype(str) for split, idx in chosen.items()})
