@@ -92,7 +92,39 @@ Decoder = Callable[[Path, int, int, str], np.ndarray]
 ValueError for an unreadable file (as :func:`load_image`)."""
 
 
-class DecodedImages:
+class LazyDecoded:
+    """What the array-likes decoded when sliced share: ``np.asarray`` reads them whole, ``close``
+    ends their decoding threads, and a pickled copy (a loader worker, a resumed writer) leaves
+    the threads and locks behind and makes its own (``_setup``, which ``__init__`` also calls)."""
+
+    _pool: ThreadPoolExecutor | None
+    #: attributes a pickled copy does not carry (``_setup`` makes them again)
+    _transient: tuple[str, ...] = ("_pool",)
+
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __getstate__(self) -> dict:  # a thread pool or lock does not pickle
+        return {k: v for k, v in self.__dict__.items() if k not in self._transient}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._setup()
+
+
+class DecodedImages(LazyDecoded):
     """Image files as a uint8 [N, C, size, size] array-like, decoded when sliced.
 
     Args:
@@ -115,7 +147,12 @@ class DecodedImages:
         self.workers = int(workers) if workers else default_decode_threads()
         self.shape = (len(self.paths), self.channels, self.size, self.size)
         self.dtype = np.dtype(np.uint8)
-        self._pool: ThreadPoolExecutor | None = None
+        self._setup()
+
+    _transient = ("_pool", "_pool_lock")
+
+    def _setup(self) -> None:
+        self._pool = None
         self._pool_lock = threading.Lock()  # slices may be read from several threads at once
 
     def __len__(self) -> int:
@@ -167,17 +204,3 @@ class DecodedImages:
                 pass
         return out
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[:]
-        return out if dtype is None else out.astype(dtype)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def __getstate__(self) -> dict:  # a thread pool or lock does not pickle; a copy makes its own
-        return {k: v for k, v in self.__dict__.items() if k not in ("_pool", "_pool_lock")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _pool=None, _pool_lock=threading.Lock())

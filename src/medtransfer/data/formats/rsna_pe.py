@@ -60,7 +60,7 @@ from PIL import Image
 
 from medtransfer.data.formats import dicom
 from medtransfer.data.formats.common import check_decoding_keys, decoding_keys, md5_file, split_keys
-from medtransfer.data.images import PIL_FILTERS, default_decode_threads
+from medtransfer.data.images import PIL_FILTERS, LazyDecoded, default_decode_threads
 from medtransfer.data.raw import RawDataset, register_format, require
 from medtransfer.data.splits import check_disjoint, describe_split, grouped_split
 from medtransfer.errors import ConfigError, DataError
@@ -71,7 +71,7 @@ DOWNLOAD = "https://www.kaggle.com/c/rsna-str-pulmonary-embolism-detection/data"
 SERIES_KEPT = 64  # series orders kept in memory (a chunk rarely spans more than two series)
 
 
-class SliceStacks:
+class SliceStacks(LazyDecoded):
     """Slices of CT series as a lazy uint8 [N, 3, size, size] array-like: item i is slice i with
     its two neighbours (lower z, itself, upper z) as channels, windowed and resized when sliced.
 
@@ -100,8 +100,10 @@ class SliceStacks:
         self.dtype = np.dtype(np.uint8)
         self._setup()
 
+    _transient = ("_pool", "_lock", "_orders")  # the slice orders are a cache: a copy reads its own
+
     def _setup(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = None
         self._lock = threading.Lock()
         self._orders: OrderedDict[int, dict[bytes, tuple[bytes, bytes]]] = OrderedDict()
 
@@ -192,21 +194,6 @@ class SliceStacks:
                 out[k, channel] = decoded[key]
         return out
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[:]
-        return out if dtype is None else out.astype(dtype)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-    def __getstate__(self) -> dict:  # a pool or lock does not pickle; a copy makes its own
-        return {k: v for k, v in self.__dict__.items() if k not in ("_pool", "_lock", "_orders")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._setup()
 
 
 # --- the format -------------------------------------------------------------------------------------
